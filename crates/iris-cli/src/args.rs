@@ -1,0 +1,100 @@
+//! Command-line options shared by `run`, `chat` (and later `serve`, `bench`).
+
+use anyhow::{bail, Result};
+use candle_core::{DType, Device};
+use clap::{Args, ValueEnum};
+use iris_engine::generation_config::GenerationDefaults;
+use iris_engine::SamplingParams;
+use iris_models::{LoadOptions, MediaOptions};
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum DtypeArg {
+    /// The fastest faithful precision on this device (f32 on CPU, see BENCHMARKS.md).
+    Auto,
+    F32,
+    F16,
+    Bf16,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ModelArgs {
+    /// Checkpoint directory, or a Hugging Face repo id (from the local HF cache, else downloaded).
+    #[arg(long)]
+    pub model: String,
+    /// Compute precision of the weights and activations.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub dtype: DtypeArg,
+}
+
+impl ModelArgs {
+    pub fn load_options(&self) -> LoadOptions {
+        let dtype = match self.dtype {
+            // candle's bf16 matmul is ~30x slower than f32 on CPU, and f16 overflows Qwen2's
+            // activations; f32 is the fastest faithful choice until quantised kernels land.
+            DtypeArg::Auto | DtypeArg::F32 => DType::F32,
+            DtypeArg::F16 => DType::F16,
+            DtypeArg::Bf16 => DType::BF16,
+        };
+        LoadOptions { dtype, device: Device::Cpu }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SamplingArgs {
+    /// Most tokens to generate.
+    #[arg(long, default_value_t = 512)]
+    pub max_tokens: usize,
+    /// Sampling temperature; 0 is greedy. Default: the checkpoint's generation_config.json.
+    #[arg(long)]
+    pub temperature: Option<f32>,
+    #[arg(long)]
+    pub top_p: Option<f32>,
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    #[arg(long)]
+    pub repetition_penalty: Option<f32>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Stop when this text appears (repeatable); the stop text is not included.
+    #[arg(long)]
+    pub stop: Vec<String>,
+    /// Override the preprocessor's minimum pixels per image.
+    #[arg(long)]
+    pub min_pixels: Option<usize>,
+    /// Override the preprocessor's maximum pixels per image.
+    #[arg(long)]
+    pub max_pixels: Option<usize>,
+}
+
+impl SamplingArgs {
+    /// Checkpoint defaults overridden by the flags; `--temperature 0` forces greedy.
+    pub fn sampling(&self, defaults: &GenerationDefaults) -> Result<SamplingParams> {
+        let mut p = defaults.sampling();
+        if let Some(t) = self.temperature {
+            p.temperature = t;
+            if t > 0.0 && !defaults.do_sample {
+                // sampling asked for on a greedy checkpoint: no hidden top-k/top-p
+                p.top_k = None;
+                p.top_p = None;
+            }
+        }
+        if self.top_p.is_some() {
+            p.top_p = self.top_p;
+        }
+        if self.top_k.is_some() {
+            p.top_k = self.top_k;
+        }
+        if self.repetition_penalty.is_some() {
+            p.repetition_penalty = self.repetition_penalty;
+        }
+        p.seed = self.seed;
+        if let Err(e) = p.validate() {
+            bail!("{e}");
+        }
+        Ok(p)
+    }
+
+    pub fn media_options(&self) -> MediaOptions {
+        MediaOptions { min_pixels: self.min_pixels, max_pixels: self.max_pixels }
+    }
+}

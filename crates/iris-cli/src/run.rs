@@ -1,0 +1,113 @@
+//! `iris run`: one conversation (a question with `--image`s, or a `--messages` file) through the
+//! engine, streaming text or printing one JSON object.
+
+use crate::args::{ModelArgs, SamplingArgs};
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use iris_engine::checkpoint::resolve_model;
+use iris_engine::messages::{media_source, parse_messages, Conversation, MediaRef};
+use iris_engine::{Engine, GenerateOutput, GenerateRequest};
+use iris_models::{ChatMessage, ContentPart, MediaKind, PromptOptions};
+use serde_json::json;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    /// An image to ask about (repeatable; order is kept).
+    #[arg(long)]
+    pub image: Vec<PathBuf>,
+    /// An OpenAI-style messages JSON file (instead of a question).
+    #[arg(long, conflicts_with_all = ["image", "prompt"])]
+    pub messages: Option<PathBuf>,
+    /// Print one JSON object (ids, text, usage, timings) instead of streaming text.
+    #[arg(long)]
+    pub json: bool,
+    /// The question.
+    pub prompt: Option<String>,
+}
+
+pub fn load_engine(model: &ModelArgs) -> Result<Engine> {
+    let dir = resolve_model(&model.model)?;
+    let engine = Engine::load(&dir, &model.load_options()).with_context(|| format!("loading {}", dir.display()))?;
+    let unused = engine.model.unconsumed_tensors();
+    if !unused.is_empty() {
+        let shown: Vec<&str> = unused.iter().take(5).map(|s| s.as_str()).collect();
+        eprintln!("warning: {} checkpoint tensor(s) were not used: {}{}", unused.len(), shown.join(", "), if unused.len() > 5 { ", ..." } else { "" });
+    }
+    Ok(engine)
+}
+
+fn question_conversation(images: &[PathBuf], prompt: &str) -> Result<Conversation> {
+    let mut media = Vec::new();
+    let mut parts = Vec::new();
+    for img in images {
+        let source = media_source(&img.to_string_lossy(), None, "--image")?;
+        media.push(MediaRef { kind: MediaKind::Image, source });
+        parts.push(ContentPart::Media(media.len() - 1));
+    }
+    parts.push(ContentPart::Text(prompt.to_string()));
+    Ok(Conversation { messages: vec![ChatMessage { role: "user".into(), parts, content_is_string: false }], media })
+}
+
+fn messages_conversation(path: &Path) -> Result<Conversation> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
+    let json: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", path.display()))?;
+    let base = path.parent().map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p });
+    Ok(parse_messages(&json, base).with_context(|| format!("{}", path.display()))?)
+}
+
+pub fn build_request(engine: &Engine, sampling: &SamplingArgs, conversation: Conversation) -> Result<GenerateRequest> {
+    Ok(GenerateRequest {
+        conversation,
+        sampling: sampling.sampling(&engine.defaults)?,
+        max_new_tokens: sampling.max_tokens,
+        stop: sampling.stop.clone(),
+        media_options: sampling.media_options(),
+        prompt_options: PromptOptions::default(),
+        decode_limits: Default::default(),
+    })
+}
+
+pub fn output_json(engine: &Engine, out: &GenerateOutput) -> serde_json::Value {
+    json!({
+        "prompt_token_ids": out.prompt_token_ids,
+        "token_ids": out.token_ids,
+        "text": out.text,
+        "finish_reason": out.finish_reason.as_str(),
+        "usage": {"prompt_tokens": out.prompt_token_ids.len(), "completion_tokens": out.token_ids.len()},
+        "timings": {
+            "load_ms": engine.load_ms,
+            "preprocess_ms": out.timings.preprocess_ms,
+            "vision_ms": out.timings.vision_ms,
+            "prefill_ms": out.timings.prefill_ms,
+            "decode_tokens_per_s": out.timings.decode_tokens_per_s,
+        },
+    })
+}
+
+pub fn run(args: RunArgs) -> Result<()> {
+    let conversation = match (&args.messages, &args.prompt) {
+        (Some(path), _) => messages_conversation(path)?,
+        (None, Some(prompt)) => question_conversation(&args.image, prompt)?,
+        (None, None) => bail!("give a question, or --messages FILE"),
+    };
+    let engine = load_engine(&args.model)?;
+    let req = build_request(&engine, &args.sampling, conversation)?;
+    if args.json {
+        let out = engine.generate(&req, &mut |_| {})?;
+        println!("{}", serde_json::to_string(&output_json(&engine, &out))?);
+    } else {
+        let mut stdout = std::io::stdout().lock();
+        engine.generate(&req, &mut |piece| {
+            let _ = stdout.write_all(piece.as_bytes());
+            let _ = stdout.flush();
+        })?;
+        writeln!(stdout)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,236 @@
+//! One request through a loaded model: media decode and preprocessing, prompt building, vision
+//! encoding, prefill, then sampling token by token with streaming text, EOS ids, stop strings and
+//! a token limit. Used by the CLI (`run`, `chat`); never names a model family.
+
+use crate::detokenizer::StreamDecoder;
+use crate::error::{EngineError, Result};
+use crate::generation_config::GenerationDefaults;
+use crate::messages::{load_media, Conversation};
+use crate::sampler::{Sampled, Sampler, SamplingParams};
+use crate::tokenizer::TextTokenizer;
+use iris_models::image::DecodeLimits;
+use iris_models::{LoadOptions, MediaOptions, PromptInputs, PromptOptions, StepInput, VisionLanguageModel};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Prompt tokens processed per forward call during prefill (bounds activation memory).
+pub const PREFILL_CHUNK: usize = 2048;
+
+pub struct Engine {
+    pub model: Box<dyn VisionLanguageModel>,
+    pub tokenizer: TextTokenizer,
+    pub defaults: GenerationDefaults,
+    pub dir: PathBuf,
+    pub load_ms: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct GenerateRequest {
+    pub conversation: Conversation,
+    pub sampling: SamplingParams,
+    pub max_new_tokens: usize,
+    pub stop: Vec<String>,
+    pub media_options: MediaOptions,
+    pub prompt_options: PromptOptions,
+    pub decode_limits: DecodeLimits,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    Stop,
+    Length,
+}
+
+impl FinishReason {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Timings {
+    pub preprocess_ms: f64,
+    pub vision_ms: f64,
+    pub prefill_ms: f64,
+    pub decode_ms: f64,
+    pub decode_tokens_per_s: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct GenerateOutput {
+    pub prompt_token_ids: Vec<u32>,
+    pub token_ids: Vec<u32>,
+    pub text: String,
+    pub finish_reason: FinishReason,
+    pub timings: Timings,
+    /// Sizes the media were resized to and from (`[H, W]` each), in request order.
+    pub media_sizes: Vec<([usize; 2], [usize; 2])>,
+}
+
+impl Engine {
+    pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Self> {
+        let t0 = Instant::now();
+        let tokenizer = TextTokenizer::load(dir)?;
+        let defaults = GenerationDefaults::load(dir)?;
+        let model = iris_models::load_model(dir, opts)?;
+        Ok(Self { model, tokenizer, defaults, dir: dir.to_path_buf(), load_ms: t0.elapsed().as_secs_f64() * 1e3 })
+    }
+
+    /// Decodes media and builds the prompt (no model compute).
+    pub fn prepare(&self, req: &GenerateRequest) -> Result<(PromptInputs, Vec<iris_models::PreparedMedia>)> {
+        let conv = &req.conversation;
+        let info = self.model.info();
+        if let Some(max) = info.max_media_per_conversation {
+            if conv.media.len() > max {
+                return Err(EngineError::Limit(format!("{} supports at most {max} image(s) per conversation, got {}", info.family, conv.media.len())));
+            }
+        }
+        let prepared = conv
+            .media
+            .iter()
+            .map(|m| Ok(self.model.prepare_media(&load_media(m, req.decode_limits)?, &req.media_options)?))
+            .collect::<Result<Vec<_>>>()?;
+        let prompt = self.model.build_prompt(&conv.messages, &prepared, &self.tokenizer, &req.prompt_options)?;
+        if prompt.token_ids.len() >= info.max_context {
+            return Err(EngineError::Limit(format!("the prompt has {} tokens; the model's context is {}", prompt.token_ids.len(), info.max_context)));
+        }
+        Ok((prompt, prepared))
+    }
+
+    /// Runs one request, calling `on_text` with each newly completed piece of text.
+    pub fn generate(&self, req: &GenerateRequest, on_text: &mut dyn FnMut(&str)) -> Result<GenerateOutput> {
+        req.sampling.validate().map_err(EngineError::Request)?;
+        let mut timings = Timings::default();
+        let t0 = Instant::now();
+        let (prompt, prepared) = self.prepare(req)?;
+        timings.preprocess_ms = ms(t0);
+
+        let t1 = Instant::now();
+        let media_embeds = prompt
+            .media_spans
+            .iter()
+            .map(|span| Ok((span.start, self.model.encode_media(&prepared[span.media_index])?)))
+            .collect::<Result<Vec<_>>>()?;
+        timings.vision_ms = ms(t1);
+
+        let t2 = Instant::now();
+        let mut cache = self.model.new_cache();
+        let logits = prefill(self.model.as_ref(), &prompt, media_embeds, &mut cache)?;
+        timings.prefill_ms = ms(t2);
+
+        let t3 = Instant::now();
+        let max_new = req.max_new_tokens.min(self.model.info().max_context.saturating_sub(prompt.token_ids.len()));
+        let mut sampler = Sampler::new(req.sampling.clone());
+        let mut seen = prompt.token_ids.clone();
+        let mut out_ids = Vec::new();
+        let mut text = String::new();
+        let mut stream = StreamDecoder::new();
+        let mut finish = FinishReason::Length;
+        let mut logits = logits;
+        let stop_hold = req.stop.iter().map(|s| s.len()).max().unwrap_or(0);
+        let mut emitted = 0;
+        while out_ids.len() < max_new {
+            let Sampled { token, .. } = sampler.sample(&logits.flatten_all()?.to_vec1::<f32>()?, &seen);
+            if self.defaults.eos_token_ids.contains(&token) {
+                finish = FinishReason::Stop;
+                break;
+            }
+            out_ids.push(token);
+            seen.push(token);
+            if let Some(piece) = stream.push(&self.tokenizer, token)? {
+                text.push_str(&piece);
+            }
+            if let Some(cut) = find_stop(&text, &req.stop) {
+                text.truncate(cut);
+                finish = FinishReason::Stop;
+                break;
+            }
+            // hold back what could still become the start of a stop string
+            let safe = floor_char_boundary(&text, text.len().saturating_sub(stop_hold.saturating_sub(1)));
+            if safe > emitted {
+                on_text(&text[emitted..safe]);
+                emitted = safe;
+            }
+            if out_ids.len() == max_new {
+                break;
+            }
+            let n = cache.len();
+            let positions = prompt.positions.slice(n, 1);
+            let types = [iris_models::TokenType::Text];
+            let step = StepInput { token_ids: &[token], positions: &positions, token_types: &types, media_embeds: vec![], all_logits: false };
+            logits = self.model.forward(&step, &mut cache)?;
+        }
+        if finish == FinishReason::Length {
+            if let Some(rest) = stream.flush(&self.tokenizer)? {
+                text.push_str(&rest);
+            }
+        }
+        if text.len() > emitted {
+            on_text(&text[emitted..]);
+        }
+        timings.decode_ms = ms(t3);
+        let decode_steps = out_ids.len().saturating_sub(1).max(1) as f64;
+        timings.decode_tokens_per_s = if out_ids.len() > 1 { decode_steps / (timings.decode_ms / 1e3) } else { 0.0 };
+        Ok(GenerateOutput {
+            prompt_token_ids: prompt.token_ids,
+            token_ids: out_ids,
+            text,
+            finish_reason: finish,
+            timings,
+            media_sizes: prepared.iter().map(|p| (p.orig_hw, p.resized_hw)).collect(),
+        })
+    }
+}
+
+/// Runs the prompt through the model in chunks; returns the last token's logits `[1, V]`.
+pub fn prefill(
+    model: &dyn VisionLanguageModel,
+    prompt: &PromptInputs,
+    mut media_embeds: Vec<(usize, candle_core::Tensor)>,
+    cache: &mut iris_nn::KvCache,
+) -> Result<candle_core::Tensor> {
+    let total = prompt.token_ids.len();
+    let mut start = 0;
+    let mut logits = None;
+    while start < total {
+        // never split a media item across chunks
+        let mut end = (start + PREFILL_CHUNK).min(total);
+        for (offset, emb) in &media_embeds {
+            let len = emb.dim(0)?;
+            if *offset < end && offset + len > end {
+                end = if *offset > start { *offset } else { offset + len };
+            }
+        }
+        let (mine, rest): (Vec<_>, Vec<_>) = media_embeds.into_iter().partition(|(o, _)| *o >= start && *o < end);
+        media_embeds = rest;
+        let positions = prompt.positions.slice(start, end - start);
+        let step = StepInput {
+            token_ids: &prompt.token_ids[start..end],
+            positions: &positions,
+            token_types: &prompt.token_types[start..end],
+            media_embeds: mine.into_iter().map(|(o, e)| (o - start, e)).collect(),
+            all_logits: false,
+        };
+        logits = Some(model.forward(&step, cache)?);
+        start = end;
+    }
+    logits.ok_or_else(|| EngineError::Request("empty prompt".into()))
+}
+
+fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+fn find_stop(text: &str, stops: &[String]) -> Option<usize> {
+    stops.iter().filter(|s| !s.is_empty()).filter_map(|s| text.find(s.as_str())).min()
+}
+
+fn floor_char_boundary(s: &str, mut i: usize) -> usize {
+    while i > 0 && !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}

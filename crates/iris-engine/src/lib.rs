@@ -1,0 +1,16 @@
+//! The Iris engine: resolves and loads a checkpoint, owns the tokenizer and chat template, turns
+//! OpenAI-style messages into model inputs, samples and streams text. It reaches model families
+//! only through `iris_models::api`.
+
+pub mod checkpoint;
+pub mod detokenizer;
+pub mod error;
+pub mod generate;
+pub mod generation_config;
+pub mod messages;
+pub mod sampler;
+pub mod tokenizer;
+
+pub use error::{EngineError, Result};
+pub use generate::{Engine, FinishReason, GenerateOutput, GenerateRequest, Timings};
+pub use sampler::SamplingParams;

@@ -1,0 +1,206 @@
+//! OpenAI-style chat messages -> family-neutral `ChatMessage`s plus the media they reference.
+//! Accepted parts: `{"type":"text","text"}`, `{"type":"image_url","image_url":{"url"}}` (file
+//! paths, `file://` and `data:` URLs), `{"type":"image","image":PATH}`, and
+//! `{"type":"video","video":[frame paths]}`. Relative paths resolve against `base_dir`.
+
+use crate::error::{EngineError, Result};
+use base64::Engine as _;
+use iris_models::image::{decode_image, DecodeLimits};
+use iris_models::{ChatMessage, ContentPart, Media, MediaKind};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum MediaSource {
+    Path(PathBuf),
+    Bytes { data: Vec<u8>, what: String },
+    /// A video given as its frames.
+    Frames(Vec<MediaSource>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MediaRef {
+    pub kind: MediaKind,
+    pub source: MediaSource,
+}
+
+#[derive(Debug, Clone)]
+pub struct Conversation {
+    pub messages: Vec<ChatMessage>,
+    pub media: Vec<MediaRef>,
+}
+
+const ROLES: &[&str] = &["system", "user", "assistant"];
+
+fn req(msg: String) -> EngineError {
+    EngineError::Request(msg)
+}
+
+/// Resolves a URL-or-path string of a media part.
+pub fn media_source(url: &str, base_dir: Option<&Path>, field: &str) -> Result<MediaSource> {
+    if let Some(rest) = url.strip_prefix("data:") {
+        let (meta, payload) = rest.split_once(',').ok_or_else(|| req(format!("{field}: malformed data: URL (no comma)")))?;
+        if !meta.ends_with(";base64") {
+            return Err(req(format!("{field}: only base64 data: URLs are supported")));
+        }
+        let data = base64::engine::general_purpose::STANDARD
+            .decode(payload.trim())
+            .map_err(|e| req(format!("{field}: invalid base64 in data: URL: {e}")))?;
+        return Ok(MediaSource::Bytes { data, what: format!("{field} (data: URL)") });
+    }
+    if url.starts_with("http://") || url.starts_with("https://") {
+        return Err(req(format!("{field}: remote URLs are not fetched here ({url}); pass a local file or a data: URL")));
+    }
+    let path = PathBuf::from(url.strip_prefix("file://").unwrap_or(url));
+    let path = match base_dir {
+        Some(base) if path.is_relative() => base.join(path),
+        _ => path,
+    };
+    Ok(MediaSource::Path(path))
+}
+
+/// Parses a JSON array of messages (or `{"messages": [...]}`).
+pub fn parse_messages(json: &Value, base_dir: Option<&Path>) -> Result<Conversation> {
+    let list = match json {
+        Value::Array(a) => a,
+        Value::Object(o) => o.get("messages").and_then(|m| m.as_array()).ok_or_else(|| req("expected a `messages` array".into()))?,
+        _ => return Err(req("expected a JSON array of messages".into())),
+    };
+    if list.is_empty() {
+        return Err(req("`messages` is empty".into()));
+    }
+    let mut messages = Vec::with_capacity(list.len());
+    let mut media = Vec::new();
+    for (i, m) in list.iter().enumerate() {
+        let role = m.get("role").and_then(|r| r.as_str()).ok_or_else(|| req(format!("messages[{i}].role: missing or not a string")))?;
+        if !ROLES.contains(&role) {
+            return Err(req(format!("messages[{i}].role: `{role}` is not one of {ROLES:?}")));
+        }
+        let content = m.get("content").ok_or_else(|| req(format!("messages[{i}].content: missing")))?;
+        let (parts, content_is_string) = match content {
+            Value::String(s) => (vec![ContentPart::Text(s.clone())], true),
+            Value::Array(items) => {
+                let mut parts = Vec::with_capacity(items.len());
+                for (j, item) in items.iter().enumerate() {
+                    let field = format!("messages[{i}].content[{j}]");
+                    parts.push(parse_part(item, &field, base_dir, &mut media)?);
+                }
+                (parts, false)
+            }
+            Value::Null if role == "assistant" => (vec![], true),
+            other => return Err(req(format!("messages[{i}].content: expected a string or a list of parts, got {other}"))),
+        };
+        messages.push(ChatMessage { role: role.to_string(), parts, content_is_string });
+    }
+    Ok(Conversation { messages, media })
+}
+
+fn parse_part(item: &Value, field: &str, base_dir: Option<&Path>, media: &mut Vec<MediaRef>) -> Result<ContentPart> {
+    let kind = item.get("type").and_then(|t| t.as_str()).unwrap_or_else(|| {
+        ["text", "image_url", "image", "video"].into_iter().find(|k| item.get(k).is_some()).unwrap_or("")
+    });
+    let str_field = |key: &str| item.get(key).and_then(|v| v.as_str());
+    let mut push = |kind, source| {
+        media.push(MediaRef { kind, source });
+        Ok(ContentPart::Media(media.len() - 1))
+    };
+    match kind {
+        "text" => Ok(ContentPart::Text(str_field("text").ok_or_else(|| req(format!("{field}.text: missing or not a string")))?.to_string())),
+        "image_url" => {
+            let url = match item.get("image_url") {
+                Some(Value::String(s)) => s.as_str(),
+                Some(v) => v.get("url").and_then(|u| u.as_str()).ok_or_else(|| req(format!("{field}.image_url.url: missing")))?,
+                None => return Err(req(format!("{field}.image_url: missing"))),
+            };
+            push(MediaKind::Image, media_source(url, base_dir, field)?)
+        }
+        "image" => {
+            let url = str_field("image").ok_or_else(|| req(format!("{field}.image: missing or not a string")))?;
+            push(MediaKind::Image, media_source(url, base_dir, field)?)
+        }
+        "video" => match item.get("video") {
+            Some(Value::Array(frames)) => {
+                let frames = frames
+                    .iter()
+                    .enumerate()
+                    .map(|(k, f)| {
+                        let url = f.as_str().ok_or_else(|| req(format!("{field}.video[{k}]: not a string")))?;
+                        media_source(url, base_dir, &format!("{field}.video[{k}]"))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                if frames.is_empty() {
+                    return Err(req(format!("{field}.video: empty frame list")));
+                }
+                push(MediaKind::Video, MediaSource::Frames(frames))
+            }
+            Some(Value::String(p)) => Err(req(format!("{field}.video: `{p}`: video files are not decoded yet; pass the frames as a list of images"))),
+            _ => Err(req(format!("{field}.video: expected a list of frame images"))),
+        },
+        other => Err(req(format!("{field}.type: unsupported part type `{other}` (text, image_url, image, video)"))),
+    }
+}
+
+fn read_source(src: &MediaSource) -> Result<(Vec<u8>, String)> {
+    match src {
+        MediaSource::Path(p) => {
+            let data = std::fs::read(p).map_err(|e| EngineError::File { path: p.display().to_string(), message: e.to_string() })?;
+            Ok((data, p.display().to_string()))
+        }
+        MediaSource::Bytes { data, what } => Ok((data.clone(), what.clone())),
+        MediaSource::Frames(_) => Err(req("nested frame lists are not allowed".into())),
+    }
+}
+
+/// Reads and decodes one media reference.
+pub fn load_media(r: &MediaRef, limits: DecodeLimits) -> Result<Media> {
+    match (&r.kind, &r.source) {
+        (MediaKind::Video, MediaSource::Frames(frames)) => {
+            let frames = frames
+                .iter()
+                .map(|f| {
+                    let (bytes, what) = read_source(f)?;
+                    Ok(decode_image(&bytes, &what, limits)?)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Ok(Media::Video { frames })
+        }
+        (_, src) => {
+            let (bytes, what) = read_source(src)?;
+            Ok(Media::Image(decode_image(&bytes, &what, limits)?))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn parts_of_every_form_are_parsed_in_order() {
+        let m = json!([{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "a.png"}},
+            {"type": "image", "image": "file:///abs/b.png"},
+            {"type": "text", "text": "hi"},
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAEC"}}
+        ]}, {"role": "assistant", "content": "ok"}]);
+        let c = parse_messages(&m, Some(Path::new("/base"))).unwrap();
+        assert_eq!(c.media.len(), 3);
+        assert_eq!(c.media[0].source, MediaSource::Path("/base/a.png".into()));
+        assert_eq!(c.media[1].source, MediaSource::Path("/abs/b.png".into()));
+        assert!(matches!(&c.media[2].source, MediaSource::Bytes { data, .. } if data == &vec![0u8, 1, 2]));
+        assert!(c.messages[1].content_is_string);
+    }
+
+    #[test]
+    fn bad_parts_name_the_field() {
+        let e = parse_messages(&json!([{"role": "user", "content": [{"type": "audio"}]}]), None).unwrap_err().to_string();
+        assert!(e.contains("messages[0].content[0].type"), "{e}");
+        let e = parse_messages(&json!([{"role": "robot", "content": "x"}]), None).unwrap_err().to_string();
+        assert!(e.contains("messages[0].role"), "{e}");
+        let e = parse_messages(&json!([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,@@"}}]}]), None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("base64"), "{e}");
+    }
+}

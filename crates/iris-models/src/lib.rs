@@ -1,0 +1,13 @@
+//! Iris model families behind one trait (`api::VisionLanguageModel`), the registry that picks a
+//! family from a checkpoint, and image handling shared by all families.
+
+pub mod api;
+pub mod config_util;
+pub mod error;
+pub mod image;
+pub mod qwen2_vl;
+pub mod registry;
+
+pub use api::*;
+pub use error::{ModelError, Result};
+pub use registry::{detect_family, load_model, synthetic_presets, LoadOptions};

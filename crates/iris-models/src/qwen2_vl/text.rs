@@ -1,0 +1,164 @@
+//! The Qwen2 decoder of Qwen2-VL with multimodal rotary embedding (M-RoPE): q/k/v with bias, GQA,
+//! RMSNorm in the reference order, SwiGLU MLP, tied or untied lm_head.
+//! Mirrors transformers 4.57.6 `modeling_qwen2_vl.py`: `Qwen2VLRotaryEmbedding`,
+//! `apply_multimodal_rotary_pos_emb`, `Qwen2VLAttention`, `Qwen2VLDecoderLayer`,
+//! `Qwen2VLTextModel` (spec §6.2, §6.4).
+
+use super::config::TextConfig;
+use crate::error::{ModelError, Result};
+use candle_core::{DType, Tensor};
+use iris_nn::attention::{attention, DEFAULT_SCORE_BYTES};
+use iris_nn::ops::{silu_mul, Linear, RmsNorm};
+use iris_nn::weights::Weights;
+use iris_nn::{KvCache, LayerKv};
+
+struct DecoderLayer {
+    input_layernorm: RmsNorm,
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    post_attention_layernorm: RmsNorm,
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+}
+
+pub struct TextModel {
+    /// `[V, C]`
+    embed_tokens: Tensor,
+    layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
+    /// `[V, C]`; the embedding itself when tied.
+    lm_head: Tensor,
+    inv_freq: Vec<f32>,
+    cfg: TextConfig,
+    dtype: DType,
+}
+
+impl TextModel {
+    /// `w` is the checkpoint root (names `model.*`, `lm_head.*` after normalisation).
+    pub fn load(w: &Weights, cfg: &TextConfig) -> Result<Self> {
+        let m = w.pp("model");
+        let (c, hd) = (cfg.hidden_size, cfg.head_dim());
+        let (q_dim, kv_dim) = (cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd);
+        // The vocabulary and MLP width are read from the tensors: quantised exports pad them.
+        let vocab = m.shape_of("embed_tokens.weight").map(|s| s[0]).unwrap_or(cfg.vocab_size);
+        let embed_tokens = m.get(&[vocab, c], "embed_tokens.weight")?;
+        let inter = m.shape_of("layers.0.mlp.gate_proj.weight").map(|s| s[0]).unwrap_or(cfg.intermediate_size);
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| {
+                let l = m.pp("layers").pp(i);
+                Ok(DecoderLayer {
+                    input_layernorm: RmsNorm::load(&l.pp("input_layernorm"), c, cfg.rms_norm_eps)?,
+                    q_proj: Linear::load(&l.pp("self_attn.q_proj"), c, q_dim, true)?,
+                    k_proj: Linear::load(&l.pp("self_attn.k_proj"), c, kv_dim, true)?,
+                    v_proj: Linear::load(&l.pp("self_attn.v_proj"), c, kv_dim, true)?,
+                    o_proj: Linear::load(&l.pp("self_attn.o_proj"), q_dim, c, false)?,
+                    post_attention_layernorm: RmsNorm::load(&l.pp("post_attention_layernorm"), c, cfg.rms_norm_eps)?,
+                    gate_proj: Linear::load(&l.pp("mlp.gate_proj"), c, inter, false)?,
+                    up_proj: Linear::load(&l.pp("mlp.up_proj"), c, inter, false)?,
+                    down_proj: Linear::load(&l.pp("mlp.down_proj"), inter, c, false)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let norm = RmsNorm::load(&m.pp("norm"), c, cfg.rms_norm_eps)?;
+        let lm_head = if cfg.tie_word_embeddings {
+            // HF ties even when the file carries a copy; that copy is deliberately unused.
+            if w.contains("lm_head.weight") {
+                w.store().mark_ignored(&w.path("lm_head.weight"));
+            }
+            embed_tokens.clone()
+        } else {
+            w.get(&[vocab, c], "lm_head.weight")?
+        };
+        let half = hd / 2;
+        let base = cfg.rope_theta as f32;
+        let inv_freq = (0..half).map(|j| 1.0 / base.powf((2 * j) as f32 / hd as f32)).collect();
+        Ok(Self { embed_tokens, layers, norm, lm_head, inv_freq, cfg: cfg.clone(), dtype: w.dtype() })
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.embed_tokens.dim(0).unwrap_or(self.cfg.vocab_size)
+    }
+
+    pub fn weight_bytes(&self) -> usize {
+        let t = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
+        let l = |l: &Linear| t(l.weight());
+        let per_layer: usize = self
+            .layers
+            .iter()
+            .map(|x| l(&x.q_proj) + l(&x.k_proj) + l(&x.v_proj) + l(&x.o_proj) + l(&x.gate_proj) + l(&x.up_proj) + l(&x.down_proj))
+            .sum();
+        let head = if self.cfg.tie_word_embeddings { 0 } else { t(&self.lm_head) };
+        t(&self.embed_tokens) + per_layer + head
+    }
+
+    /// `[T] ids -> [T, C]`, validating ids against the embedding size.
+    pub fn embed(&self, ids: &[u32]) -> Result<Tensor> {
+        let v = self.vocab_size();
+        if let Some(bad) = ids.iter().find(|&&i| i as usize >= v) {
+            return Err(ModelError::Prompt(format!("token id {bad} is outside the vocabulary of {v}")));
+        }
+        let idx = Tensor::new(ids, self.embed_tokens.device())?;
+        Ok(self.embed_tokens.index_select(&idx, 0)?)
+    }
+
+    /// M-RoPE cos/sin `[T, D/2]`: frequency j uses the t, h or w position by `mrope_section`;
+    /// computed in f32 then cast to the model dtype, as the reference does.
+    fn rope_tables(&self, positions: &[Vec<i64>], t: usize) -> Result<(Tensor, Tensor)> {
+        let half = self.inv_freq.len();
+        let s = self.cfg.mrope_section;
+        let axis_of = |j: usize| if j < s[0] { 0 } else if j < s[0] + s[1] { 1 } else { 2 };
+        let mut angles = Vec::with_capacity(t * half);
+        for i in 0..t {
+            for (j, f) in self.inv_freq.iter().enumerate() {
+                let row = &positions[axis_of(j).min(positions.len() - 1)];
+                angles.push(row[i] as f32 * f);
+            }
+        }
+        let a = Tensor::from_vec(angles, (t, half), self.embed_tokens.device())?;
+        Ok((a.cos()?.to_dtype(self.dtype)?, a.sin()?.to_dtype(self.dtype)?))
+    }
+
+    /// `embeds [T, C]` at cache index `cache.len()` -> logits (f32) for the last token or all.
+    pub fn forward(&self, embeds: &Tensor, positions: &[Vec<i64>], cache: &mut KvCache, all_logits: bool) -> Result<Tensor> {
+        let (t, _) = embeds.dims2()?;
+        let (cos, sin) = self.rope_tables(positions, t)?;
+        let offset = cache.len();
+        let mut x = embeds.clone();
+        for (layer, kv) in self.layers.iter().zip(cache.layers.iter_mut()) {
+            x = self.layer_forward(layer, &x, &cos, &sin, kv, offset)?;
+        }
+        let x = if all_logits { x } else { x.narrow(0, t - 1, 1)? };
+        let x = self.norm.forward(&x)?;
+        Ok(x.matmul(&self.lm_head.t()?)?.to_dtype(DType::F32)?)
+    }
+
+    fn layer_forward(&self, l: &DecoderLayer, x: &Tensor, cos: &Tensor, sin: &Tensor, kv: &mut LayerKv, offset: usize) -> Result<Tensor> {
+        let (t, c) = x.dims2()?;
+        let hd = self.cfg.head_dim();
+        let (nh, nkv) = (self.cfg.num_attention_heads, self.cfg.num_key_value_heads);
+        let h = l.input_layernorm.forward(x)?;
+        // [T, H*D] -> [T, H, D] -> [1, H, T, D]
+        let split = |y: Tensor, heads: usize| -> Result<Tensor> { Ok(y.reshape((t, heads, hd))?.transpose(0, 1)?.contiguous()?.unsqueeze(0)?) };
+        let q = split(l.q_proj.forward(&h)?, nh)?;
+        let k = split(l.k_proj.forward(&h)?, nkv)?;
+        let v = split(l.v_proj.forward(&h)?, nkv)?.squeeze(0)?;
+        let q = candle_nn::rotary_emb::rope(&q, cos, sin)?.squeeze(0)?;
+        let k = candle_nn::rotary_emb::rope(&k, cos, sin)?.squeeze(0)?;
+        let (k_all, v_all) = kv.append(&k, &v)?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let o = attention(&q, &k_all, &v_all, Some(offset), scale, DEFAULT_SCORE_BYTES)?;
+        // [H, T, D] -> [T, H, D] -> [T, C]
+        let o = o.transpose(0, 1)?.contiguous()?.reshape((t, c))?;
+        let x = (x + l.o_proj.forward(&o)?)?;
+        let h = l.post_attention_layernorm.forward(&x)?;
+        let mlp = l.down_proj.forward(&silu_mul(&l.gate_proj.forward(&h)?, &l.up_proj.forward(&h)?)?)?;
+        Ok((x + mlp)?)
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+}

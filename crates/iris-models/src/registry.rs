@@ -1,0 +1,71 @@
+//! The one place that names model families: picks a family from `config.json` and loads it.
+//! Adding a family adds one entry here.
+
+use crate::api::{SyntheticPreset, VisionLanguageModel};
+use crate::config_util::read_json;
+use crate::error::{ModelError, Result};
+use candle_core::{DType, Device};
+use std::path::Path;
+
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub dtype: DType,
+    pub device: Device,
+}
+
+struct Family {
+    name: &'static str,
+    architectures: &'static [&'static str],
+    model_types: &'static [&'static str],
+    load: fn(&Path, &LoadOptions) -> Result<Box<dyn VisionLanguageModel>>,
+    presets: fn() -> Vec<SyntheticPreset>,
+}
+
+const FAMILIES: &[Family] = &[Family {
+    name: "qwen2-vl",
+    architectures: crate::qwen2_vl::ARCHITECTURES,
+    model_types: crate::qwen2_vl::MODEL_TYPES,
+    load: |dir, opts| Ok(Box::new(crate::qwen2_vl::Qwen2Vl::load(dir, opts)?)),
+    presets: crate::qwen2_vl::synthetic::synthetic_presets,
+}];
+
+/// Real-architecture presets of every family (`qwen2-vl-2b`, ...), for random checkpoints.
+pub fn synthetic_presets() -> Vec<SyntheticPreset> {
+    FAMILIES.iter().flat_map(|f| (f.presets)()).collect()
+}
+
+/// The family name for a checkpoint directory, from `architectures` (or `model_type`).
+pub fn detect_family(dir: &Path) -> Result<&'static str> {
+    Ok(find_family(dir)?.name)
+}
+
+fn find_family(dir: &Path) -> Result<&'static Family> {
+    let path = dir.join("config.json");
+    let cfg = read_json(&path)?;
+    let strings = |v: Option<&serde_json::Value>| -> Vec<String> {
+        match v {
+            Some(serde_json::Value::Array(a)) => a.iter().filter_map(|x| x.as_str().map(String::from)).collect(),
+            Some(serde_json::Value::String(s)) => vec![s.clone()],
+            _ => vec![],
+        }
+    };
+    let mut archs = strings(cfg.get("architectures"));
+    archs.extend(strings(cfg.get("text_config").and_then(|t| t.get("architectures"))));
+    let model_type = cfg.get("model_type").and_then(|m| m.as_str()).unwrap_or("");
+    FAMILIES
+        .iter()
+        .find(|f| archs.iter().any(|a| f.architectures.contains(&a.as_str())))
+        .or_else(|| FAMILIES.iter().find(|f| f.model_types.contains(&model_type)))
+        .ok_or_else(|| ModelError::Config {
+            path: path.display().to_string(),
+            message: format!(
+                "unsupported model: architectures {archs:?}, model_type `{model_type}` (supported: {})",
+                FAMILIES.iter().flat_map(|f| f.architectures.iter().copied()).collect::<Vec<_>>().join(", ")
+            ),
+        })
+}
+
+pub fn load_model(dir: &Path, opts: &LoadOptions) -> Result<Box<dyn VisionLanguageModel>> {
+    let family = find_family(dir)?;
+    (family.load)(dir, opts)
+}

@@ -1,0 +1,113 @@
+//! Per-sequence KV storage: one growing `[KVH, capacity, D]` buffer per layer for K and V.
+//! Policy (admission, eviction, paging) belongs to the engine; this is only storage.
+
+use crate::error::Result;
+use candle_core::{DType, Device, Tensor};
+
+const MIN_CAPACITY: usize = 256;
+
+#[derive(Debug, Clone, Default)]
+pub struct LayerKv {
+    k: Option<Tensor>,
+    v: Option<Tensor>,
+    len: usize,
+}
+
+impl LayerKv {
+    /// Appends `k`/`v` `[KVH, T, D]` and returns views of everything cached `[KVH, len, D]`.
+    pub fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (kvh, t, d) = k.dims3()?;
+        let needed = self.len + t;
+        let capacity = self.k.as_ref().map(|k| k.dim(1)).transpose()?.unwrap_or(0);
+        if needed > capacity {
+            let new_cap = needed.next_power_of_two().max(MIN_CAPACITY);
+            let grow = |old: &Option<Tensor>, dtype: DType, dev: &Device| -> Result<Tensor> {
+                let buf = Tensor::zeros((kvh, new_cap, d), dtype, dev)?;
+                if let Some(old) = old {
+                    if self.len > 0 {
+                        buf.slice_set(&old.narrow(1, 0, self.len)?.contiguous()?, 1, 0)?;
+                    }
+                }
+                Ok(buf)
+            };
+            let nk = grow(&self.k, k.dtype(), k.device())?;
+            let nv = grow(&self.v, v.dtype(), v.device())?;
+            self.k = Some(nk);
+            self.v = Some(nv);
+        }
+        let (kb, vb) = (self.k.as_ref().unwrap(), self.v.as_ref().unwrap());
+        kb.slice_set(&k.contiguous()?, 1, self.len)?;
+        vb.slice_set(&v.contiguous()?, 1, self.len)?;
+        self.len = needed;
+        Ok((kb.narrow(1, 0, self.len)?, vb.narrow(1, 0, self.len)?))
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Forgets tokens past `len` (the storage is kept).
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
+    pub fn allocated_bytes(&self) -> usize {
+        [&self.k, &self.v].iter().filter_map(|t| t.as_ref()).map(|t| t.elem_count() * t.dtype().size_in_bytes()).sum()
+    }
+}
+
+/// All layers of one sequence.
+#[derive(Debug, Clone)]
+pub struct KvCache {
+    pub layers: Vec<LayerKv>,
+}
+
+impl KvCache {
+    pub fn new(num_layers: usize) -> Self {
+        Self { layers: vec![LayerKv::default(); num_layers] }
+    }
+
+    /// Tokens cached (all layers hold the same count).
+    pub fn len(&self) -> usize {
+        self.layers.first().map_or(0, |l| l.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn truncate(&mut self, len: usize) {
+        self.layers.iter_mut().for_each(|l| l.truncate(len));
+    }
+
+    pub fn allocated_bytes(&self) -> usize {
+        self.layers.iter().map(|l| l.allocated_bytes()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn append_grows_and_keeps_order() {
+        let dev = Device::Cpu;
+        let mut kv = LayerKv::default();
+        let mut all = Vec::new();
+        for step in 0..300usize {
+            let t = if step == 0 { 5 } else { 1 };
+            let k = Tensor::randn(0f32, 1.0, (2, t, 4), &dev).unwrap();
+            all.push(k.clone());
+            let (kc, _) = kv.append(&k, &k).unwrap();
+            assert_eq!(kc.dims(), &[2, kv.len(), 4]);
+        }
+        let expect = Tensor::cat(&all, 1).unwrap();
+        let (kc, _) = kv.append(&Tensor::zeros((2, 0, 4), DType::F32, &dev).unwrap(), &Tensor::zeros((2, 0, 4), DType::F32, &dev).unwrap()).unwrap();
+        let d = crate::ops::max_abs_diff(&kc, &expect).unwrap();
+        assert_eq!(d, 0.0);
+    }
+}

@@ -1,0 +1,15 @@
+//! Iris neural-network building blocks on top of candle.
+//!
+//! Nothing here names a model family: weight loading from memory-mapped safetensors, norms in the
+//! reference operation order, chunked multi-head attention, rotary embedding and the KV cache.
+
+pub mod attention;
+pub mod error;
+pub mod kv_cache;
+pub mod ops;
+pub mod weights;
+
+pub use error::{NnError, Result};
+pub use kv_cache::{KvCache, LayerKv};
+pub use ops::Linear;
+pub use weights::WeightStore;

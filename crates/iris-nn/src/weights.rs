@@ -1,0 +1,346 @@
+//! Memory-mapped safetensors checkpoints (single file or sharded with an index), loaded tensor by
+//! tensor with conversion to the compute dtype, so the full-precision file never stays resident.
+//!
+//! Mirrors what `transformers`' `from_pretrained` needs from a checkpoint directory: the
+//! `model.safetensors.index.json` weight map or a single `model.safetensors`. Names are normalised
+//! by a family-provided rename function (e.g. Qwen2-VL's `model.language_model.*` -> `model.*`),
+//! every read is recorded, and `unconsumed()` reports tensors nothing asked for.
+
+use crate::error::{NnError, Result};
+use candle_core::{DType, Device, Tensor};
+use half::{bf16, f16};
+use memmap2::{Mmap, UncheckedAdvice};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+struct MappedFile {
+    path: PathBuf,
+    mmap: Mmap,
+}
+
+/// Where one tensor lives: file, dtype, shape and absolute byte range inside the mapping.
+#[derive(Debug, Clone)]
+pub struct TensorEntry {
+    file: usize,
+    pub original_name: String,
+    pub dtype: safetensors::Dtype,
+    pub shape: Vec<usize>,
+    start: usize,
+    end: usize,
+}
+
+pub struct WeightStore {
+    dir: PathBuf,
+    files: Vec<MappedFile>,
+    index: HashMap<String, TensorEntry>,
+    consumed: Mutex<HashSet<String>>,
+    device: Device,
+    /// Drop the file pages of a tensor from our resident set once it has been copied out.
+    release_pages: bool,
+}
+
+/// The safetensors files of a checkpoint directory, from the index when there is one.
+pub fn checkpoint_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let index_path = dir.join("model.safetensors.index.json");
+    if index_path.exists() {
+        let text = std::fs::read_to_string(&index_path)
+            .map_err(|e| NnError::File { path: index_path.clone(), message: e.to_string() })?;
+        let json: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| NnError::File { path: index_path.clone(), message: format!("invalid JSON: {e}") })?;
+        let map = json.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| NnError::File {
+            path: index_path.clone(),
+            message: "no `weight_map` object".into(),
+        })?;
+        let mut names: Vec<String> = map.values().filter_map(|v| v.as_str().map(String::from)).collect();
+        names.sort();
+        names.dedup();
+        let files: Vec<PathBuf> = names.iter().map(|n| dir.join(n)).collect();
+        for f in &files {
+            if !f.exists() {
+                return Err(NnError::File { path: f.clone(), message: format!("shard listed in {} is missing", index_path.display()) });
+            }
+        }
+        return Ok(files);
+    }
+    let single = dir.join("model.safetensors");
+    if single.exists() {
+        return Ok(vec![single]);
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| NnError::File { path: dir.to_path_buf(), message: e.to_string() })?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    found.sort();
+    if found.is_empty() {
+        return Err(NnError::File {
+            path: dir.to_path_buf(),
+            message: "no model.safetensors, model.safetensors.index.json or *.safetensors file".into(),
+        });
+    }
+    Ok(found)
+}
+
+impl WeightStore {
+    /// Opens every safetensors file of `dir`; `rename` maps checkpoint names to canonical names.
+    pub fn open(dir: &Path, rename: &dyn Fn(&str) -> String, device: &Device) -> Result<Self> {
+        let files = checkpoint_files(dir)?;
+        Self::open_files(dir, &files, rename, device)
+    }
+
+    pub fn open_files(dir: &Path, paths: &[PathBuf], rename: &dyn Fn(&str) -> String, device: &Device) -> Result<Self> {
+        let mut files = Vec::new();
+        let mut index = HashMap::new();
+        for (file_idx, path) in paths.iter().enumerate() {
+            let file = std::fs::File::open(path).map_err(|e| NnError::File { path: path.clone(), message: e.to_string() })?;
+            // SAFETY: the checkpoint is opened read-only and treated as immutable while mapped.
+            let mmap = unsafe { Mmap::map(&file) }.map_err(|e| NnError::File { path: path.clone(), message: e.to_string() })?;
+            let (header_len, metadata) = safetensors::SafeTensors::read_metadata(&mmap)
+                .map_err(|e| NnError::CorruptSafetensors { path: path.clone(), message: e.to_string() })?;
+            let data_start = 8 + header_len;
+            for (name, info) in metadata.tensors() {
+                let (s, e) = info.data_offsets;
+                let entry = TensorEntry {
+                    file: file_idx,
+                    original_name: name.clone(),
+                    dtype: info.dtype,
+                    shape: info.shape.clone(),
+                    start: data_start + s,
+                    end: data_start + e,
+                };
+                if entry.end > mmap.len() {
+                    return Err(NnError::CorruptSafetensors {
+                        path: path.clone(),
+                        message: format!("tensor `{name}` ends at byte {} past the end of the file ({} bytes)", entry.end, mmap.len()),
+                    });
+                }
+                index.insert(rename(&name), entry);
+            }
+            files.push(MappedFile { path: path.clone(), mmap });
+        }
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            files,
+            index,
+            consumed: Mutex::new(HashSet::new()),
+            device: device.clone(),
+            release_pages: true,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.index.contains_key(name)
+    }
+
+    pub fn entry(&self, name: &str) -> Option<&TensorEntry> {
+        self.index.get(name)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.index.keys().map(|s| s.as_str())
+    }
+
+    /// Bytes of all tensors in the checkpoint files (as stored).
+    pub fn stored_bytes(&self) -> usize {
+        self.index.values().map(|e| e.end - e.start).sum()
+    }
+
+    /// Marks a tensor as deliberately not needed (e.g. a tied `lm_head.weight`).
+    pub fn mark_ignored(&self, name: &str) {
+        self.consumed.lock().unwrap().insert(name.to_string());
+    }
+
+    /// Loads `name`, checks its shape, converts it to `dtype`.
+    pub fn get(&self, name: &str, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        let entry = self.entry_checked(name)?;
+        if entry.shape != shape {
+            return Err(NnError::ShapeMismatch {
+                name: entry.original_name.clone(),
+                path: self.files[entry.file].path.clone(),
+                expected: shape.to_vec(),
+                actual: entry.shape.clone(),
+            });
+        }
+        self.load_entry(name, entry, dtype)
+    }
+
+    /// Loads `name` whatever its shape (for tensors whose size is read from the checkpoint).
+    pub fn get_unchecked(&self, name: &str, dtype: DType) -> Result<Tensor> {
+        let entry = self.entry_checked(name)?;
+        self.load_entry(name, entry, dtype)
+    }
+
+    fn entry_checked(&self, name: &str) -> Result<&TensorEntry> {
+        self.index.get(name).ok_or_else(|| NnError::MissingTensor { name: name.to_string(), dir: self.dir.clone() })
+    }
+
+    fn load_entry(&self, name: &str, entry: &TensorEntry, dtype: DType) -> Result<Tensor> {
+        let file = &self.files[entry.file];
+        let bytes = &file.mmap[entry.start..entry.end];
+        let tensor = convert_bytes(bytes, entry.dtype, dtype, &entry.shape, &self.device).map_err(|e| match e {
+            ConvertError::Dtype => NnError::UnsupportedDtype {
+                name: entry.original_name.clone(),
+                path: file.path.clone(),
+                dtype: format!("{:?}", entry.dtype),
+            },
+            ConvertError::Size => NnError::CorruptSafetensors {
+                path: file.path.clone(),
+                message: format!("tensor `{}` has {} bytes, which does not fit shape {:?}", entry.original_name, bytes.len(), entry.shape),
+            },
+            ConvertError::Candle(e) => NnError::Candle(e),
+        })?;
+        if self.release_pages {
+            release_range(&file.mmap, entry.start, entry.end);
+        }
+        self.consumed.lock().unwrap().insert(name.to_string());
+        Ok(tensor)
+    }
+
+    /// Canonical names present in the checkpoint that no `get` consumed, sorted.
+    pub fn unconsumed(&self) -> Vec<String> {
+        let consumed = self.consumed.lock().unwrap();
+        let mut left: Vec<String> = self.index.keys().filter(|k| !consumed.contains(*k)).cloned().collect();
+        left.sort();
+        left
+    }
+
+    /// A builder scoped to `prefix`, like candle's `VarBuilder::pp`.
+    pub fn root(&self, dtype: DType) -> Weights<'_> {
+        Weights { store: self, prefix: String::new(), dtype }
+    }
+
+    /// Summary of stored dtypes, for diagnostics.
+    pub fn dtype_histogram(&self) -> BTreeMap<String, usize> {
+        let mut h = BTreeMap::new();
+        for e in self.index.values() {
+            *h.entry(format!("{:?}", e.dtype)).or_insert(0) += 1;
+        }
+        h
+    }
+}
+
+/// Drops the mapping's pages in [start, end) from this process's resident set. The mapping is
+/// read-only and file-backed, so a later access simply faults the data in again.
+fn release_range(mmap: &Mmap, start: usize, end: usize) {
+    const PAGE: usize = 4096;
+    let aligned_start = start.div_ceil(PAGE) * PAGE;
+    let aligned_end = end / PAGE * PAGE;
+    if aligned_end > aligned_start {
+        // SAFETY: read-only file mapping; DONTNEED only discards clean pages.
+        let _ = unsafe { mmap.unchecked_advise_range(UncheckedAdvice::DontNeed, aligned_start, aligned_end - aligned_start) };
+    }
+}
+
+enum ConvertError {
+    Dtype,
+    Size,
+    Candle(candle_core::Error),
+}
+
+fn read_elems<T: Copy, const N: usize>(bytes: &[u8], f: impl Fn([u8; N]) -> T) -> Vec<T> {
+    bytes.chunks_exact(N).map(|c| f(c.try_into().unwrap())).collect()
+}
+
+/// Converts raw little-endian safetensors bytes straight into a tensor of `dst` dtype, with one
+/// allocation of the destination size.
+fn convert_bytes(bytes: &[u8], src: safetensors::Dtype, dst: DType, shape: &[usize], device: &Device) -> std::result::Result<Tensor, ConvertError> {
+    use safetensors::Dtype as S;
+    let n: usize = shape.iter().product();
+    let elem = match src {
+        S::F32 | S::I32 => 4,
+        S::F16 | S::BF16 => 2,
+        S::I64 | S::F64 => 8,
+        _ => return Err(ConvertError::Dtype),
+    };
+    if bytes.len() != n * elem {
+        return Err(ConvertError::Size);
+    }
+    let as_f32 = |bytes: &[u8]| -> Option<Vec<f32>> {
+        Some(match src {
+            S::F32 => read_elems(bytes, f32::from_le_bytes),
+            S::F16 => read_elems(bytes, |b: [u8; 2]| f16::from_le_bytes(b).to_f32()),
+            S::BF16 => read_elems(bytes, |b: [u8; 2]| bf16::from_le_bytes(b).to_f32()),
+            S::F64 => read_elems(bytes, |b: [u8; 8]| f64::from_le_bytes(b) as f32),
+            _ => return None,
+        })
+    };
+    let t = match (src, dst) {
+        (S::F32, DType::F32) | (S::F16, DType::F16) | (S::BF16, DType::BF16) | (S::I64, DType::I64) => {
+            Tensor::from_raw_buffer(bytes, dst, shape, device)
+        }
+        (S::I64, DType::F32) => Tensor::from_vec(read_elems(bytes, |b: [u8; 8]| i64::from_le_bytes(b) as f32), shape, device),
+        (S::I32, DType::F32) => Tensor::from_vec(read_elems(bytes, |b: [u8; 4]| i32::from_le_bytes(b) as f32), shape, device),
+        (_, DType::F32) => Tensor::from_vec(as_f32(bytes).ok_or(ConvertError::Dtype)?, shape, device),
+        (S::BF16, DType::F16) => {
+            Tensor::from_vec(read_elems(bytes, |b: [u8; 2]| f16::from_f32(bf16::from_le_bytes(b).to_f32())), shape, device)
+        }
+        (S::F16, DType::BF16) => {
+            Tensor::from_vec(read_elems(bytes, |b: [u8; 2]| bf16::from_f32(f16::from_le_bytes(b).to_f32())), shape, device)
+        }
+        (S::F32, DType::F16) => Tensor::from_vec(read_elems(bytes, |b: [u8; 4]| f16::from_f32(f32::from_le_bytes(b))), shape, device),
+        (S::F32, DType::BF16) => Tensor::from_vec(read_elems(bytes, |b: [u8; 4]| bf16::from_f32(f32::from_le_bytes(b))), shape, device),
+        _ => return Err(ConvertError::Dtype),
+    };
+    t.map_err(ConvertError::Candle)
+}
+
+/// A view of the store under a dotted prefix, for walking the module tree.
+#[derive(Clone)]
+pub struct Weights<'a> {
+    store: &'a WeightStore,
+    prefix: String,
+    dtype: DType,
+}
+
+impl<'a> Weights<'a> {
+    pub fn pp(&self, name: impl std::fmt::Display) -> Weights<'a> {
+        let prefix = if self.prefix.is_empty() { name.to_string() } else { format!("{}.{name}", self.prefix) };
+        Weights { store: self.store, prefix, dtype: self.dtype }
+    }
+
+    pub fn with_dtype(&self, dtype: DType) -> Weights<'a> {
+        Weights { store: self.store, prefix: self.prefix.clone(), dtype }
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn device(&self) -> &Device {
+        self.store.device()
+    }
+
+    pub fn store(&self) -> &'a WeightStore {
+        self.store
+    }
+
+    pub fn path(&self, name: &str) -> String {
+        if self.prefix.is_empty() { name.to_string() } else { format!("{}.{name}", self.prefix) }
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.store.contains(&self.path(name))
+    }
+
+    pub fn get(&self, shape: &[usize], name: &str) -> Result<Tensor> {
+        self.store.get(&self.path(name), shape, self.dtype)
+    }
+
+    /// Loads in f32 whatever the compute dtype (norm weights, biases kept exact).
+    pub fn get_f32(&self, shape: &[usize], name: &str) -> Result<Tensor> {
+        self.store.get(&self.path(name), shape, DType::F32)
+    }
+
+    pub fn shape_of(&self, name: &str) -> Option<Vec<usize>> {
+        self.store.entry(&self.path(name)).map(|e| e.shape.clone())
+    }
+}
