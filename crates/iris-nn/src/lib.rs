@@ -5,6 +5,7 @@
 
 pub mod attention;
 pub mod error;
+pub mod gemv;
 pub mod kv_cache;
 pub mod ops;
 pub mod weights;

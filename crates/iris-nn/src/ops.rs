@@ -39,7 +39,10 @@ impl Linear {
         let rows: usize = dims[..dims.len() - 1].iter().product();
         // [.., in] -> [rows, in] -> [rows, out]
         let x2 = x.reshape((rows, in_dim))?;
-        let mut y = x2.matmul(&self.weight.t()?)?;
+        let mut y = match gemv_forward(&x2, &self.weight)? {
+            Some(y) => y,
+            None => x2.matmul(&self.weight.t()?)?,
+        };
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;
         }
@@ -47,6 +50,30 @@ impl Linear {
         *out_dims.last_mut().unwrap() = self.weight.dim(0)?;
         Ok(y.reshape(out_dims)?)
     }
+}
+
+/// `x [m, K] x W^T` through the bandwidth-bound GEMV for decode-sized inputs on CPU; `None` when
+/// the shapes or storage call for the general matmul.
+pub fn gemv_forward(x: &Tensor, weight: &Tensor) -> Result<Option<Tensor>> {
+    use candle_core::{CpuStorage, Storage};
+    let (m, k) = x.dims2()?;
+    let n = weight.dim(0)?;
+    if m == 0 || m > crate::gemv::MAX_ROWS || !x.device().is_cpu() || !weight.is_contiguous() || weight.dim(1)? != k {
+        return Ok(None);
+    }
+    let xf: Vec<f32> = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+    let (storage, layout) = weight.storage_and_layout();
+    let off = layout.start_offset();
+    let len = n * k;
+    let mut out = vec![0f32; m * n];
+    match &*storage {
+        Storage::Cpu(CpuStorage::F32(v)) => crate::gemv::gemv(&xf, m, crate::gemv::WeightRows::F32(&v[off..off + len]), n, k, &mut out),
+        Storage::Cpu(CpuStorage::F16(v)) => crate::gemv::gemv(&xf, m, crate::gemv::WeightRows::F16(&v[off..off + len]), n, k, &mut out),
+        Storage::Cpu(CpuStorage::BF16(v)) => crate::gemv::gemv(&xf, m, crate::gemv::WeightRows::BF16(&v[off..off + len]), n, k, &mut out),
+        _ => return Ok(None),
+    }
+    drop(storage);
+    Ok(Some(Tensor::from_vec(out, (m, n), x.device())?.to_dtype(x.dtype())?))
 }
 
 /// RMSNorm as `Qwen2RMSNorm`: normalise in f32, cast back to the input dtype, then scale by the

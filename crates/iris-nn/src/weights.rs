@@ -246,8 +246,18 @@ enum ConvertError {
     Candle(candle_core::Error),
 }
 
-fn read_elems<T: Copy, const N: usize>(bytes: &[u8], f: impl Fn([u8; N]) -> T) -> Vec<T> {
-    bytes.chunks_exact(N).map(|c| f(c.try_into().unwrap())).collect()
+/// Element-wise conversion of little-endian bytes, split across threads for large tensors.
+fn read_elems<T: Copy + Send + Default, const N: usize>(bytes: &[u8], f: impl Fn([u8; N]) -> T + Sync) -> Vec<T> {
+    use rayon::prelude::*;
+    const CHUNK: usize = 1 << 16;
+    let n = bytes.len() / N;
+    let mut out = vec![T::default(); n];
+    out.par_chunks_mut(CHUNK).zip(bytes.par_chunks(CHUNK * N)).for_each(|(dst, src)| {
+        for (d, c) in dst.iter_mut().zip(src.chunks_exact(N)) {
+            *d = f(c.try_into().unwrap());
+        }
+    });
+    out
 }
 
 /// Converts raw little-endian safetensors bytes straight into a tensor of `dst` dtype, with one

@@ -30,7 +30,7 @@ pub struct TextModel {
     layers: Vec<DecoderLayer>,
     norm: RmsNorm,
     /// `[V, C]`; the embedding itself when tied.
-    lm_head: Tensor,
+    lm_head: Linear,
     inv_freq: Vec<f32>,
     cfg: TextConfig,
     dtype: DType,
@@ -68,9 +68,9 @@ impl TextModel {
             if w.contains("lm_head.weight") {
                 w.store().mark_ignored(&w.path("lm_head.weight"));
             }
-            embed_tokens.clone()
+            Linear::new(embed_tokens.clone(), None)
         } else {
-            w.get(&[vocab, c], "lm_head.weight")?
+            Linear::new(w.get(&[vocab, c], "lm_head.weight")?, None)
         };
         let half = hd / 2;
         let base = cfg.rope_theta as f32;
@@ -90,7 +90,7 @@ impl TextModel {
             .iter()
             .map(|x| l(&x.q_proj) + l(&x.k_proj) + l(&x.v_proj) + l(&x.o_proj) + l(&x.gate_proj) + l(&x.up_proj) + l(&x.down_proj))
             .sum();
-        let head = if self.cfg.tie_word_embeddings { 0 } else { t(&self.lm_head) };
+        let head = if self.cfg.tie_word_embeddings { 0 } else { t(self.lm_head.weight()) };
         t(&self.embed_tokens) + per_layer + head
     }
 
@@ -132,7 +132,7 @@ impl TextModel {
         }
         let x = if all_logits { x } else { x.narrow(0, t - 1, 1)? };
         let x = self.norm.forward(&x)?;
-        Ok(x.matmul(&self.lm_head.t()?)?.to_dtype(DType::F32)?)
+        Ok(self.lm_head.forward(&x)?.to_dtype(DType::F32)?)
     }
 
     fn layer_forward(&self, l: &DecoderLayer, x: &Tensor, cos: &Tensor, sin: &Tensor, kv: &mut LayerKv, offset: usize) -> Result<Tensor> {

@@ -1,0 +1,77 @@
+//! The `iris` binary end to end on the tiny Qwen2-VL fixture: `--json` output equals the golden
+//! greedy tokens, `--messages` files resolve relative paths, and bad input is one readable line on
+//! stderr with a non-zero exit code.
+
+use serde_json::Value;
+use std::path::PathBuf;
+use std::process::Command;
+
+fn fixture() -> PathBuf {
+    let shared = std::env::var("IRIS_SHARED").map(PathBuf::from).unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared"));
+    shared.join("fixtures/qwen2-vl-tiny")
+}
+
+fn iris(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_iris")).args(args).output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn case(id: &str) -> Value {
+    let cases: Value = serde_json::from_str(&std::fs::read_to_string(fixture().join("cases.json")).unwrap()).unwrap();
+    cases["cases"].as_array().unwrap().iter().find(|c| c["id"] == id).unwrap().clone()
+}
+
+#[test]
+fn run_json_with_messages_file_matches_the_fixture() {
+    let dir = fixture();
+    let c = case("c2_two_images");
+    // a messages file in a temp dir whose relative paths point back at the fixture media
+    let tmp = std::env::temp_dir().join(format!("iris-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let mut messages = c["request"]["messages"].clone();
+    for m in messages.as_array_mut().unwrap() {
+        if let Some(parts) = m["content"].as_array_mut() {
+            for p in parts {
+                if let Some(img) = p.get("image").and_then(|i| i.as_str()) {
+                    p["image"] = Value::String(dir.join(img).display().to_string());
+                }
+            }
+        }
+    }
+    let path = tmp.join("conv.json");
+    std::fs::write(&path, serde_json::to_string(&messages).unwrap()).unwrap();
+    let model = dir.join("model");
+    let (code, stdout, stderr) = iris(&["run", "--model", model.to_str().unwrap(), "--messages", path.to_str().unwrap(), "--json", "--max-tokens", "16", "--temperature", "0"]);
+    assert_eq!(code, 0, "{stderr}");
+    let out: Value = serde_json::from_str(stdout.trim()).expect("exactly one JSON object on stdout");
+    assert_eq!(out["token_ids"], c["generation"]["token_ids"]);
+    assert_eq!(out["prompt_token_ids"], c["input_ids"]);
+    assert_eq!(out["text"], c["generation"]["text"]);
+    assert_eq!(out["usage"]["prompt_tokens"], c["num_prompt_tokens"]);
+    for k in ["load_ms", "preprocess_ms", "vision_ms", "prefill_ms", "decode_tokens_per_s"] {
+        assert!(out["timings"][k].is_number(), "timings.{k}");
+    }
+}
+
+#[test]
+fn bad_input_is_one_line_and_non_zero() {
+    let dir = fixture();
+    let model = dir.join("model");
+    let model = model.to_str().unwrap();
+    let not_image = dir.join("cases.json");
+    let missing = dir.join("media/nope.png");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["run", "--model", "/no/such/dir", "hi"], "/no/such/dir"),
+        (vec!["run", "--model", model, "--image", missing.to_str().unwrap(), "hi"], "nope.png"),
+        (vec!["run", "--model", model, "--image", not_image.to_str().unwrap(), "hi"], "cases.json"),
+        (vec!["run", "--model", model, "--top-p", "2", "hi"], "top_p"),
+        (vec!["run", "--model", "Nobody/not-a-model-xyz", "hi"], "Nobody/not-a-model-xyz"),
+    ];
+    for (args, needle) in cases {
+        let (code, _, stderr) = iris(&args);
+        assert_ne!(code, 0, "{args:?} should fail");
+        let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "{args:?}: expected one line, got {stderr:?}");
+        assert!(lines[0].starts_with("error: ") && lines[0].contains(needle), "{args:?}: {stderr:?}");
+    }
+}
