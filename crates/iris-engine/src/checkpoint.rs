@@ -15,6 +15,15 @@ const CHECKPOINT_FILES: &[(&str, bool)] = &[
     ("preprocessor_config.json", false),
 ];
 
+/// Parses a JSON file of the checkpoint if it exists; a present but broken file is an error.
+pub fn read_optional_json(path: &Path) -> Result<Option<serde_json::Value>> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| EngineError::File { path: path.display().to_string(), message: e.to_string() })?;
+    serde_json::from_str(&text).map(Some).map_err(|e| EngineError::File { path: path.display().to_string(), message: format!("invalid JSON: {e}") })
+}
+
 pub fn hf_cache_dir() -> PathBuf {
     if let Ok(p) = std::env::var("HF_HUB_CACHE") {
         return PathBuf::from(p);
@@ -92,8 +101,7 @@ fn download(repo_id: &str) -> Result<PathBuf> {
 }
 
 fn shard_names(index: &Path) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(index).map_err(|e| EngineError::File { path: index.display().to_string(), message: e.to_string() })?;
-    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| EngineError::File { path: index.display().to_string(), message: e.to_string() })?;
+    let json = read_optional_json(index)?.unwrap_or_default();
     let mut names: Vec<String> = json
         .get("weight_map")
         .and_then(|m| m.as_object())

@@ -1,6 +1,6 @@
 //! `generation_config.json`: sampling defaults and EOS ids (transformers `GenerationConfig`).
 
-use crate::error::{EngineError, Result};
+use crate::error::Result;
 use crate::sampler::SamplingParams;
 use serde_json::Value;
 use std::path::Path;
@@ -27,14 +27,7 @@ fn ids(v: Option<&Value>) -> Vec<u32> {
 impl GenerationDefaults {
     /// Reads `generation_config.json`, falling back to `config.json`'s `eos_token_id`.
     pub fn load(dir: &Path) -> Result<Self> {
-        let read = |name: &str| -> Result<Option<Value>> {
-            let p = dir.join(name);
-            if !p.exists() {
-                return Ok(None);
-            }
-            let text = std::fs::read_to_string(&p).map_err(|e| EngineError::File { path: p.display().to_string(), message: e.to_string() })?;
-            serde_json::from_str(&text).map(Some).map_err(|e| EngineError::File { path: p.display().to_string(), message: format!("invalid JSON: {e}") })
-        };
+        let read = |name: &str| crate::checkpoint::read_optional_json(&dir.join(name));
         let cfg = read("config.json")?.unwrap_or(Value::Null);
         let gen = read("generation_config.json")?.unwrap_or(Value::Null);
         let mut eos = ids(gen.get("eos_token_id"));

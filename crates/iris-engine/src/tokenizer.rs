@@ -31,14 +31,7 @@ impl TextTokenizer {
         }
         let tokenizer = tokenizers::Tokenizer::from_file(&path)
             .map_err(|e| EngineError::File { path: path.display().to_string(), message: format!("cannot load tokenizer: {e}") })?;
-        let read = |name: &str| -> Result<Option<Value>> {
-            let p = dir.join(name);
-            if !p.exists() {
-                return Ok(None);
-            }
-            let text = std::fs::read_to_string(&p).map_err(|e| EngineError::File { path: p.display().to_string(), message: e.to_string() })?;
-            serde_json::from_str(&text).map(Some).map_err(|e| EngineError::File { path: p.display().to_string(), message: format!("invalid JSON: {e}") })
-        };
+        let read = |name: &str| crate::checkpoint::read_optional_json(&dir.join(name));
         let tok_cfg = read("tokenizer_config.json")?;
         let template_of = |v: &Value| -> Option<String> {
             match v.get("chat_template")? {

@@ -113,3 +113,69 @@ pub fn fused_normalize_chw(img: &RgbImage, mean: [f32; 3], std: [f32; 3]) -> Vec
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::{DynamicImage, ImageFormat};
+
+    fn encode(img: &DynamicImage, fmt: ImageFormat) -> Vec<u8> {
+        let mut buf = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut buf, fmt).unwrap();
+        buf.into_inner()
+    }
+
+    #[test]
+    fn every_supported_format_decodes_to_rgb() {
+        let rgb = image::RgbImage::from_fn(5, 3, |x, y| image::Rgb([(x * 40) as u8, (y * 80) as u8, 7]));
+        let img = DynamicImage::ImageRgb8(rgb.clone());
+        for fmt in [ImageFormat::Png, ImageFormat::Bmp, ImageFormat::WebP] {
+            let got = decode_image(&encode(&img, fmt), "x", DecodeLimits::default()).unwrap();
+            assert_eq!((got.width, got.height), (5, 3), "{fmt:?}");
+            assert_eq!(got.data, rgb.as_raw().clone(), "{fmt:?} is lossless");
+        }
+        for fmt in [ImageFormat::Jpeg, ImageFormat::Gif] {
+            let got = decode_image(&encode(&img, fmt), "x", DecodeLimits::default()).unwrap();
+            assert_eq!((got.width, got.height), (5, 3), "{fmt:?}");
+        }
+    }
+
+    #[test]
+    fn alpha_and_grey_convert_like_pil_convert_rgb() {
+        // RGBA: alpha dropped, never composited
+        let rgba = image::RgbaImage::from_fn(2, 1, |x, _| image::Rgba([200, 100, 50, if x == 0 { 0 } else { 128 }]));
+        let got = decode_image(&encode(&DynamicImage::ImageRgba8(rgba), ImageFormat::Png), "rgba", DecodeLimits::default()).unwrap();
+        assert_eq!(got.data, vec![200, 100, 50, 200, 100, 50]);
+        // L and LA: grey replicated, alpha dropped
+        let la = image::GrayAlphaImage::from_fn(2, 1, |x, _| image::LumaA([if x == 0 { 10 } else { 250 }, 3]));
+        let got = decode_image(&encode(&DynamicImage::ImageLumaA8(la), ImageFormat::Png), "la", DecodeLimits::default()).unwrap();
+        assert_eq!(got.data, vec![10, 10, 10, 250, 250, 250]);
+        let l = image::GrayImage::from_fn(1, 1, |_, _| image::Luma([77]));
+        let got = decode_image(&encode(&DynamicImage::ImageLuma8(l), ImageFormat::Png), "l", DecodeLimits::default()).unwrap();
+        assert_eq!(got.data, vec![77, 77, 77]);
+    }
+
+    #[test]
+    fn garbage_and_oversized_images_are_named_errors() {
+        let e = decode_image(b"definitely not an image", "upload.png", DecodeLimits::default()).unwrap_err().to_string();
+        assert!(e.contains("upload.png"), "{e}");
+        let big = DynamicImage::ImageRgb8(image::RgbImage::new(100, 100));
+        let e = decode_image(&encode(&big, ImageFormat::Png), "big.png", DecodeLimits { max_pixels: 5000 }).unwrap_err().to_string();
+        assert!(e.contains("big.png") && e.contains("10000") && e.contains("5000"), "{e}");
+        let png = encode(&big, ImageFormat::Png);
+        let e = decode_image(&png[..png.len() / 2], "cut.png", DecodeLimits::default()).unwrap_err().to_string();
+        assert!(e.contains("cut.png"), "{e}");
+    }
+
+    #[test]
+    fn slow_and_fused_normalisation_follow_their_formulas() {
+        let img = RgbImage::new(1, 1, vec![0, 128, 255]);
+        let slow = rescale_normalize_chw(&img, CLIP_MEAN, CLIP_STD);
+        let fused = fused_normalize_chw(&img, CLIP_MEAN, CLIP_STD);
+        for c in 0..3 {
+            let v = img.data[c] as f64;
+            let want = ((v / 255.0) - CLIP_MEAN[c] as f64) / CLIP_STD[c] as f64;
+            assert!((slow[c] as f64 - want).abs() < 1e-5 && (fused[c] as f64 - want).abs() < 1e-5);
+        }
+    }
+}
