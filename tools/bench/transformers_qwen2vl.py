@@ -16,7 +16,7 @@ import time
 import torch
 from PIL import Image
 from transformers import (Qwen2TokenizerFast, Qwen2VLForConditionalGeneration,
-                          Qwen2VLImageProcessor, Qwen2VLProcessor)
+                          Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor)
 
 
 def main():
@@ -34,6 +34,7 @@ def main():
     t0 = time.perf_counter()
     model = Qwen2VLForConditionalGeneration.from_pretrained(a.model, torch_dtype=dtype, attn_implementation="sdpa").eval()
     processor = Qwen2VLProcessor(Qwen2VLImageProcessor.from_pretrained(a.model), Qwen2TokenizerFast.from_pretrained(a.model),
+                                 Qwen2VLVideoProcessor.from_pretrained(a.model),
                                  chat_template=json.load(open(f"{a.model}/chat_template.json"))["chat_template"])
     load_s = time.perf_counter() - t0
 

@@ -1,0 +1,48 @@
+//! Decode-kernel benchmark: the bandwidth a plain 2-thread streaming sum reaches on this machine,
+//! next to `Linear::forward` on one token (the GEMV path) for f32/f16/bf16 weights at Qwen2-VL-2B
+//! sizes (an MLP projection and the 151936-row lm_head).
+//! `cargo run --release -p iris-nn --example gemv_bench`
+
+use candle_core::{DType, Device, Tensor};
+use rayon::prelude::*;
+use std::time::Instant;
+
+fn main() {
+    let buf: Vec<f32> = vec![1.0; 1 << 28];
+    let mut best = 0f64;
+    for _ in 0..3 {
+        let t = Instant::now();
+        let s: f32 = buf
+            .par_chunks(1 << 16)
+            .map(|c| {
+                let mut a = [0f32; 16];
+                for ch in c.chunks_exact(16) {
+                    for i in 0..16 {
+                        a[i] += ch[i];
+                    }
+                }
+                a.iter().sum::<f32>()
+            })
+            .sum();
+        assert!(s > 0.0);
+        best = best.max((buf.len() * 4) as f64 / t.elapsed().as_secs_f64() / 1e9);
+    }
+    println!("streaming sum (1 GiB, rayon): {best:.1} GB/s");
+    drop(buf);
+    let dev = Device::Cpu;
+    for dt in [DType::F32, DType::F16, DType::BF16] {
+        for (n, k) in [(8960usize, 1536usize), (151936, 1536)] {
+            let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap().to_dtype(dt).unwrap();
+            let lin = iris_nn::Linear::new(w, None);
+            let x = Tensor::randn(0f32, 1.0, (1, k), &dev).unwrap().to_dtype(dt).unwrap();
+            lin.forward(&x).unwrap();
+            let iters = 20;
+            let t = Instant::now();
+            for _ in 0..iters {
+                lin.forward(&x).unwrap();
+            }
+            let s = t.elapsed().as_secs_f64() / iters as f64;
+            println!("{dt:?} [1, {k}] x [{n}, {k}]^T: {:.2} ms, {:.1} GB/s", s * 1e3, (n * k * dt.size_in_bytes()) as f64 / s / 1e9);
+        }
+    }
+}
