@@ -129,6 +129,7 @@ impl Engine {
         let mut text = String::new();
         let mut stream = StreamDecoder::new();
         let mut finish = FinishReason::Length;
+        let mut stopped_by_text = false;
         let mut logits = logits;
         let stop_hold = req.stop.iter().map(|s| s.len()).max().unwrap_or(0);
         let mut emitted = 0;
@@ -146,6 +147,7 @@ impl Engine {
             if let Some(cut) = find_stop(&text, &req.stop) {
                 text.truncate(cut);
                 finish = FinishReason::Stop;
+                stopped_by_text = true;
                 break;
             }
             // hold back what could still become the start of a stop string
@@ -163,7 +165,8 @@ impl Engine {
             let step = StepInput { token_ids: &[token], positions: &positions, token_types: &types, media_embeds: vec![], all_logits: false };
             logits = self.model.forward(&step, &mut cache)?;
         }
-        if finish == FinishReason::Length {
+        // a trailing incomplete character decodes to U+FFFD, as the reference's decode does
+        if !stopped_by_text {
             if let Some(rest) = stream.flush(&self.tokenizer)? {
                 text.push_str(&rest);
             }
