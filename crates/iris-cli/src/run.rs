@@ -24,7 +24,7 @@ pub struct RunArgs {
     /// An OpenAI-style messages JSON file (instead of a question).
     #[arg(long, conflicts_with_all = ["image", "prompt"])]
     pub messages: Option<PathBuf>,
-    /// Print one JSON object (ids, text, usage, timings) instead of streaming text.
+    /// Print one JSON object (ids, text, boxes, usage, timings) instead of streaming text.
     #[arg(long)]
     pub json: bool,
     /// The question.
@@ -79,6 +79,7 @@ pub fn output_json(engine: &Engine, out: &GenerateOutput) -> serde_json::Value {
         "token_ids": out.token_ids,
         "text": out.text,
         "finish_reason": out.finish_reason.as_str(),
+        "boxes": out.boxes,
         "usage": {"prompt_tokens": out.prompt_token_ids.len(), "completion_tokens": out.token_ids.len()},
         "timings": {
             "load_ms": engine.load_ms,

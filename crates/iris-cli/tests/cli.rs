@@ -48,6 +48,7 @@ fn run_json_with_messages_file_matches_the_fixture() {
     assert_eq!(out["prompt_token_ids"], c["input_ids"]);
     assert_eq!(out["text"], c["generation"]["text"]);
     assert_eq!(out["usage"]["prompt_tokens"], c["num_prompt_tokens"]);
+    assert!(out["boxes"].is_array(), "boxes is always present");
     for k in ["load_ms", "preprocess_ms", "vision_ms", "prefill_ms", "decode_tokens_per_s"] {
         assert!(out["timings"][k].is_number(), "timings.{k}");
     }

@@ -68,6 +68,8 @@ pub struct GenerateOutput {
     pub timings: Timings,
     /// Sizes the media were resized to and from (`[H, W]` each), in request order.
     pub media_sizes: Vec<([usize; 2], [usize; 2])>,
+    /// Grounding boxes in the answer, in pixels of the conversation's last media item.
+    pub boxes: Vec<iris_models::GroundingBox>,
 }
 
 impl Engine {
@@ -177,7 +179,9 @@ impl Engine {
         timings.decode_ms = ms(t3);
         let decode_steps = out_ids.len().saturating_sub(1).max(1) as f64;
         timings.decode_tokens_per_s = if out_ids.len() > 1 { decode_steps / (timings.decode_ms / 1e3) } else { 0.0 };
+        let boxes = prepared.last().map(|m| self.model.parse_boxes(&text, m.orig_hw)).unwrap_or_default();
         Ok(GenerateOutput {
+            boxes,
             prompt_token_ids: prompt.token_ids,
             token_ids: out_ids,
             text,

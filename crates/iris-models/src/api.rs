@@ -187,6 +187,22 @@ pub trait VisionLanguageModel: Send + Sync {
 
     /// Checkpoint tensors that loading did not consume.
     fn unconsumed_tensors(&self) -> &[String];
+
+    /// Boxes in generated text, in pixels of an image of `[H, W]` `image_hw` (families without a
+    /// grounding format return none).
+    fn parse_boxes(&self, _text: &str, _image_hw: [usize; 2]) -> Vec<GroundingBox> {
+        Vec::new()
+    }
+}
+
+/// A box the model drew around something, in pixels of the original image.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct GroundingBox {
+    pub label: String,
+    pub x1: f64,
+    pub y1: f64,
+    pub x2: f64,
+    pub y2: f64,
 }
 
 /// How a synthetic (random-weight) tensor is initialised.

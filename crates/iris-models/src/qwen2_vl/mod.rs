@@ -4,6 +4,7 @@
 //! `iris run --model Qwen2-VL-2B-Instruct --image cat.png "What is this?"`
 
 pub mod config;
+pub mod grounding;
 pub mod processor;
 pub mod synthetic;
 pub mod text;
@@ -125,6 +126,10 @@ impl VisionLanguageModel for Qwen2Vl {
 
     fn unconsumed_tensors(&self) -> &[String] {
         &self.unconsumed
+    }
+
+    fn parse_boxes(&self, text: &str, image_hw: [usize; 2]) -> Vec<GroundingBox> {
+        grounding::parse_boxes(text, image_hw[1], image_hw[0])
     }
 }
 
