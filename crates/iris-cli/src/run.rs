@@ -7,7 +7,7 @@ use clap::Args;
 use iris_engine::checkpoint::resolve_model;
 use iris_engine::messages::{media_source, parse_messages, Conversation, MediaRef};
 use iris_engine::{Engine, GenerateOutput, GenerateRequest};
-use iris_models::{ChatMessage, ContentPart, MediaKind, PromptOptions};
+use iris_models::{ChatMessage, ContentPart, MediaKind};
 use serde_json::json;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -63,13 +63,10 @@ fn messages_conversation(path: &Path) -> Result<Conversation> {
 
 pub fn build_request(engine: &Engine, sampling: &SamplingArgs, conversation: Conversation) -> Result<GenerateRequest> {
     Ok(GenerateRequest {
-        conversation,
         sampling: sampling.sampling(&engine.defaults)?,
-        max_new_tokens: sampling.max_tokens,
         stop: sampling.stop.clone(),
         media_options: sampling.media_options(),
-        prompt_options: PromptOptions::default(),
-        decode_limits: Default::default(),
+        ..GenerateRequest::greedy(conversation, sampling.max_tokens)
     })
 }
 

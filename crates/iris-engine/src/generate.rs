@@ -35,6 +35,21 @@ pub struct GenerateRequest {
     pub decode_limits: DecodeLimits,
 }
 
+impl GenerateRequest {
+    /// Greedy decoding with the checkpoint's preprocessing and no stop strings.
+    pub fn greedy(conversation: Conversation, max_new_tokens: usize) -> Self {
+        Self {
+            conversation,
+            sampling: SamplingParams::default(),
+            max_new_tokens,
+            stop: vec![],
+            media_options: MediaOptions::default(),
+            prompt_options: PromptOptions::default(),
+            decode_limits: DecodeLimits::default(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FinishReason {
     Stop,

@@ -3,17 +3,13 @@
 //! `lm_head.weight`, a flat (original Qwen) config.json — must give the fixture's greedy tokens.
 
 use candle_core::{Device, Tensor};
-use iris_engine::messages::parse_messages;
-use iris_engine::{Engine, GenerateRequest, SamplingParams};
+use iris_engine::Engine;
 use iris_models::LoadOptions;
 use serde_json::Value;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-fn fixture() -> PathBuf {
-    let shared = std::env::var("IRIS_SHARED").map(PathBuf::from).unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared"));
-    shared.join("fixtures/qwen2-vl-tiny")
-}
+mod common;
 
 /// Writes the fixture model to `out` in the new naming, sharded in two, with an explicit head.
 fn resave(src: &Path, out: &Path) {
@@ -55,22 +51,14 @@ fn resave(src: &Path, out: &Path) {
 
 #[test]
 fn sharded_renamed_untied_flat_checkpoint_gives_the_same_tokens() {
-    let dir = fixture();
+    let dir = common::fixture_dir();
     let out = std::env::temp_dir().join(format!("iris-layout-{}", std::process::id()));
     resave(&dir.join("model"), &out);
     let engine = Engine::load(&out, &LoadOptions { dtype: candle_core::DType::F32, device: Device::Cpu }).unwrap();
     assert!(engine.model.unconsumed_tensors().is_empty(), "{:?}", engine.model.unconsumed_tensors());
-    let cases: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).unwrap()).unwrap();
+    let cases = common::cases();
     for case in cases["cases"].as_array().unwrap().iter().take(2) {
-        let req = GenerateRequest {
-            conversation: parse_messages(&case["request"]["messages"], Some(&dir)).unwrap(),
-            sampling: SamplingParams::default(),
-            max_new_tokens: 16,
-            stop: vec![],
-            media_options: Default::default(),
-            prompt_options: Default::default(),
-            decode_limits: Default::default(),
-        };
+        let req = common::greedy(&case["request"]["messages"], 16);
         let got = engine.generate(&req, &mut |_| {}).unwrap();
         let want: Vec<u32> = case["generation"]["token_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
         assert_eq!(got.token_ids, want, "{}", case["id"]);

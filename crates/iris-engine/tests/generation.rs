@@ -3,34 +3,21 @@
 //! sampling is reproducible, and over-long prompts are refused with a named limit.
 
 use candle_core::{DType, Device};
-use iris_engine::messages::parse_messages;
 use iris_engine::{Engine, FinishReason, GenerateRequest, SamplingParams};
 use iris_models::LoadOptions;
 use serde_json::{json, Value};
-use std::path::PathBuf;
 
-fn fixture() -> PathBuf {
-    let shared = std::env::var("IRIS_SHARED").map(PathBuf::from).unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared"));
-    shared.join("fixtures/qwen2-vl-tiny")
-}
+mod common;
 
 fn request(messages: Value, max_new_tokens: usize, sampling: SamplingParams, stop: Vec<String>) -> GenerateRequest {
-    GenerateRequest {
-        conversation: parse_messages(&messages, Some(&fixture())).unwrap(),
-        sampling,
-        max_new_tokens,
-        stop,
-        media_options: Default::default(),
-        prompt_options: Default::default(),
-        decode_limits: Default::default(),
-    }
+    GenerateRequest { sampling, stop, ..common::greedy(&messages, max_new_tokens) }
 }
 
 #[test]
 fn streaming_stop_strings_limits_and_seeds() {
-    let dir = fixture();
+    let dir = common::fixture_dir();
     let engine = Engine::load(&dir.join("model"), &LoadOptions { dtype: DType::F32, device: Device::Cpu }).unwrap();
-    let cases: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).unwrap()).unwrap();
+    let cases = common::cases();
     let c1 = &cases["cases"][0];
     let messages = c1["request"]["messages"].clone();
     let full_text = c1["generation"]["text"].as_str().unwrap().to_string();

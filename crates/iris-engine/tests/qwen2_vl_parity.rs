@@ -5,18 +5,13 @@
 
 use candle_core::{DType, Device, Tensor};
 use iris_engine::generate::prefill;
-use iris_engine::messages::parse_messages;
 use iris_engine::sampler::{argmax, top_k_logits};
-use iris_engine::{Engine, GenerateRequest, SamplingParams};
+use iris_engine::Engine;
 use iris_models::{LoadOptions, MediaKind, StepInput, TokenType};
 use serde_json::Value;
 use std::collections::HashMap;
-use std::path::PathBuf;
 
-fn fixture_dir() -> PathBuf {
-    let shared = std::env::var("IRIS_SHARED").map(PathBuf::from).unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared"));
-    shared.join("fixtures/qwen2-vl-tiny")
-}
+mod common;
 
 fn rel_err(ours: &Tensor, reference: &Tensor) -> (f32, f32) {
     let a = ours.to_dtype(DType::F32).unwrap().flatten_all().unwrap();
@@ -33,8 +28,8 @@ fn u32s(v: &Value) -> Vec<u32> {
 
 #[test]
 fn qwen2_vl_tiny_matches_transformers_on_every_case() {
-    let dir = fixture_dir();
-    let cases: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).unwrap()).unwrap();
+    let dir = common::fixture_dir();
+    let cases = common::cases();
     let expected: HashMap<String, Tensor> = candle_core::safetensors::load(dir.join("expected.safetensors"), &Device::Cpu).unwrap();
     let engine = Engine::load(&dir.join("model"), &LoadOptions { dtype: DType::F32, device: Device::Cpu }).unwrap();
     assert!(engine.model.unconsumed_tensors().is_empty(), "unconsumed: {:?}", engine.model.unconsumed_tensors());
@@ -42,16 +37,7 @@ fn qwen2_vl_tiny_matches_transformers_on_every_case() {
 
     for case in cases["cases"].as_array().unwrap() {
         let id = case["id"].as_str().unwrap();
-        let conversation = parse_messages(&case["request"]["messages"], Some(&dir)).unwrap();
-        let req = GenerateRequest {
-            conversation,
-            sampling: SamplingParams::default(),
-            max_new_tokens: 16,
-            stop: vec![],
-            media_options: Default::default(),
-            prompt_options: Default::default(),
-            decode_limits: Default::default(),
-        };
+        let req = common::greedy(&case["request"]["messages"], 16);
         let (prompt, media) = engine.prepare(&req).unwrap();
 
         // ids, grids, positions, delta: exact
