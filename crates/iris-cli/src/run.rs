@@ -58,7 +58,7 @@ fn messages_conversation(path: &Path) -> Result<Conversation> {
     let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
     let json: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: invalid JSON", path.display()))?;
     let base = path.parent().map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p });
-    Ok(parse_messages(&json, base).with_context(|| format!("{}", path.display()))?)
+    parse_messages(&json, base).with_context(|| format!("{}", path.display()))
 }
 
 pub fn build_request(engine: &Engine, sampling: &SamplingArgs, conversation: Conversation) -> Result<GenerateRequest> {

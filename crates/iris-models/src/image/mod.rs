@@ -6,8 +6,11 @@ pub mod pillow_resize;
 
 use crate::error::{ModelError, Result};
 
-/// CLIP normalisation constants (OpenAI CLIP, used by Qwen2-VL and EVA2-CLIP).
+/// CLIP normalisation constants (OpenAI CLIP, used by Qwen2-VL and EVA2-CLIP), written with the
+/// digits of the HF config files.
+#[allow(clippy::excessive_precision)]
 pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
+#[allow(clippy::excessive_precision)]
 pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
 
 /// An 8-bit RGB image, interleaved `[H, W, 3]`.

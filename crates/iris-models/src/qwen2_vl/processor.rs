@@ -103,7 +103,7 @@ impl Processor {
         let first = frames.first().ok_or_else(|| ModelError::Media { what: "video".into(), message: "no frames".into() })?;
         let (h, w) = smart_resize(first.height, first.width, self.factor(), min_pixels, max_pixels)?;
         let mut planar: Vec<Vec<f32>> = frames.iter().map(|f| self.normalize(&f.resize_bicubic(w, h), Normalize::FusedVideo)).collect();
-        while planar.len() % self.pre.temporal_patch_size != 0 {
+        while !planar.len().is_multiple_of(self.pre.temporal_patch_size) {
             planar.push(planar.last().unwrap().clone());
         }
         self.finish(MediaKind::Video, &planar, h, w, [first.height, first.width])
