@@ -43,6 +43,13 @@ pub fn gemv(x: &[f32], m: usize, w: WeightRows, n: usize, k: usize, out: &mut [f
 fn dot_rows(x: &[f32], m: usize, w: WeightRows, o: usize, k: usize, cell: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
+        if let WeightRows::BF16(ws) = w {
+            if std::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the feature was just detected.
+                unsafe { avx512::dot_rows_bf16(x, m, ws, o, k, cell) };
+                return;
+            }
+        }
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") && std::is_x86_feature_detected!("f16c") {
             // SAFETY: the features were just detected.
             unsafe { avx2::dot_rows(x, m, w, o, k, cell) };
@@ -126,6 +133,40 @@ mod avx2 {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::MAX_ROWS;
+    use half::bf16;
+    use std::arch::x86_64::*;
+
+    /// bf16 rows widened 16 at a time (a bf16 is the top half of an f32), two chains per row.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn dot_rows_bf16(x: &[f32], m: usize, w: &[bf16], o: usize, k: usize, cell: &mut [f32]) {
+        let base = o * k;
+        let wp = w.as_ptr().add(base) as *const __m256i;
+        let mut acc = [[_mm512_setzero_ps(); 2]; MAX_ROWS];
+        let mut i = 0;
+        while i + 32 <= k {
+            for u in 0..2 {
+                let raw = _mm256_loadu_si256(wp.byte_add((i + 16 * u) * 2));
+                let wv = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(raw)));
+                for r in 0..m {
+                    let xv = _mm512_loadu_ps(x.as_ptr().add(r * k + i + 16 * u));
+                    acc[r][u] = _mm512_fmadd_ps(xv, wv, acc[r][u]);
+                }
+            }
+            i += 32;
+        }
+        for r in 0..m {
+            let mut s = _mm512_reduce_add_ps(_mm512_add_ps(acc[r][0], acc[r][1]));
+            for j in i..k {
+                s += x[r * k + j] * w[base + j].to_f32();
+            }
+            cell[r] = s;
+        }
+    }
+}
+
 /// Plain triple loop in f64, for tests.
 pub fn gemv_reference(x: &[f32], m: usize, w: WeightRows, n: usize, k: usize) -> Vec<f32> {
     let mut out = vec![0f32; m * n];
@@ -160,6 +201,23 @@ mod tests {
                 let d = out.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
                 println!("gemv m={m} n={n} k={k}: max|diff| = {d:e}");
                 assert!(d < 1e-4, "{d}");
+                // every SIMD variant this CPU has, not only the one dispatch picks
+                #[cfg(target_arch = "x86_64")]
+                for o in 0..n {
+                    let mut cell = vec![0f32; m];
+                    let want_o: Vec<f32> = (0..m).map(|r| want[r * n + o]).collect();
+                    let close = |cell: &[f32]| cell.iter().zip(&want_o).all(|(a, b)| (a - b).abs() < 1e-4);
+                    if has_avx2() {
+                        unsafe { avx2::dot_rows(&x, m, w, o, k, &mut cell) };
+                        assert!(close(&cell), "avx2 row {o}");
+                    }
+                    if let WeightRows::BF16(ws) = w {
+                        if std::is_x86_feature_detected!("avx512f") {
+                            unsafe { avx512::dot_rows_bf16(&x, m, ws, o, k, &mut cell) };
+                            assert!(close(&cell), "avx512 bf16 row {o}");
+                        }
+                    }
+                }
             }
         }
     }
