@@ -40,6 +40,11 @@ pub fn gemv(x: &[f32], m: usize, w: WeightRows, n: usize, k: usize, out: &mut [f
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+fn has_avx2() -> bool {
+    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") && std::is_x86_feature_detected!("f16c")
+}
+
 fn dot_rows(x: &[f32], m: usize, w: WeightRows, o: usize, k: usize, cell: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
@@ -50,7 +55,7 @@ fn dot_rows(x: &[f32], m: usize, w: WeightRows, o: usize, k: usize, cell: &mut [
                 return;
             }
         }
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") && std::is_x86_feature_detected!("f16c") {
+        if has_avx2() {
             // SAFETY: the features were just detected.
             unsafe { avx2::dot_rows(x, m, w, o, k, cell) };
             return;
@@ -140,6 +145,7 @@ mod avx512 {
     use std::arch::x86_64::*;
 
     /// bf16 rows widened 16 at a time (a bf16 is the top half of an f32), two chains per row.
+    #[allow(clippy::needless_range_loop)]
     #[target_feature(enable = "avx512f")]
     pub unsafe fn dot_rows_bf16(x: &[f32], m: usize, w: &[bf16], o: usize, k: usize, cell: &mut [f32]) {
         let base = o * k;
