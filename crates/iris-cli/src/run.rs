@@ -5,9 +5,11 @@ use crate::args::{ModelArgs, SamplingArgs};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use iris_engine::checkpoint::resolve_model;
-use iris_engine::messages::{media_source, parse_messages, Conversation, MediaRef};
+use iris_engine::messages::{load_media, media_source, parse_messages, Conversation, MediaRef};
 use iris_engine::{Engine, GenerateOutput, GenerateRequest};
-use iris_models::{ChatMessage, ContentPart, MediaKind};
+use iris_models::image::draw::draw_boxes;
+use iris_models::image::{save_image, DecodeLimits};
+use iris_models::{ChatMessage, ContentPart, Media, MediaKind};
 use serde_json::json;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -27,6 +29,9 @@ pub struct RunArgs {
     /// Print one JSON object (ids, text, boxes, usage, timings) instead of streaming text.
     #[arg(long)]
     pub json: bool,
+    /// Write the conversation's last image with the answer's grounding boxes drawn on it.
+    #[arg(long, value_name = "OUT_IMAGE")]
+    pub draw_boxes: Option<PathBuf>,
     /// The question.
     pub prompt: Option<String>,
 }
@@ -94,18 +99,29 @@ pub fn run(args: RunArgs) -> Result<()> {
         (None, Some(prompt)) => question_conversation(&args.image, prompt)?,
         (None, None) => bail!("give a question, or --messages FILE"),
     };
+    let box_image = match &args.draw_boxes {
+        Some(_) => Some(conversation.media.iter().rev().find(|m| m.kind == MediaKind::Image).cloned().context("--draw-boxes needs an image in the conversation")?),
+        None => None,
+    };
     let engine = load_engine(&args.model)?;
     let req = build_request(&engine, &args.sampling, conversation)?;
-    if args.json {
+    let out = if args.json {
         let out = engine.generate(&req, &mut |_| {})?;
         println!("{}", serde_json::to_string(&output_json(&engine, &out))?);
+        out
     } else {
         let mut stdout = std::io::stdout().lock();
-        engine.generate(&req, &mut |piece| {
+        let out = engine.generate(&req, &mut |piece| {
             let _ = stdout.write_all(piece.as_bytes());
             let _ = stdout.flush();
         })?;
         writeln!(stdout)?;
+        out
+    };
+    if let (Some(path), Some(media)) = (&args.draw_boxes, box_image) {
+        let Media::Image(img) = load_media(&media, DecodeLimits::default())? else { unreachable!("an image reference decodes to an image") };
+        save_image(&draw_boxes(&img, &out.boxes), path)?;
+        eprintln!("wrote {} ({} box{})", path.display(), out.boxes.len(), if out.boxes.len() == 1 { "" } else { "es" });
     }
     Ok(())
 }

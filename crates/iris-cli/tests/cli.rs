@@ -67,6 +67,7 @@ fn bad_input_is_one_line_and_non_zero() {
         (vec!["run", "--model", model, "--image", not_image.to_str().unwrap(), "hi"], "cases.json"),
         (vec!["run", "--model", model, "--top-p", "2", "hi"], "top_p"),
         (vec!["run", "--model", "Nobody/not-a-model-xyz", "hi"], "Nobody/not-a-model-xyz"),
+        (vec!["run", "--model", model, "--draw-boxes", "/tmp/never-written.png", "hi"], "--draw-boxes"),
     ];
     for (args, needle) in cases {
         let (code, _, stderr) = iris(&args);
@@ -97,4 +98,16 @@ fn chat_repl_answers_like_run_and_survives_bad_commands() {
     assert!(out.status.success(), "{stderr}");
     assert!(stdout.contains(c["generation"]["text"].as_str().unwrap()), "stdout: {stdout:?}");
     assert!(stderr.contains("/no/such.png") && stderr.contains("unknown command /bogus") && stderr.contains("history cleared"), "{stderr}");
+}
+
+#[test]
+fn draw_boxes_writes_the_last_image() {
+    let dir = fixture();
+    let out = std::env::temp_dir().join(format!("iris-boxes-{}.png", std::process::id()));
+    let image = dir.join("media/scene_200x150.png");
+    let (code, _, stderr) = iris(&["run", "--model", dir.join("model").to_str().unwrap(), "--image", image.to_str().unwrap(), "--max-tokens", "2", "--draw-boxes", out.to_str().unwrap(), "Where?"]);
+    assert_eq!(code, 0, "{stderr}");
+    let written = image::open(&out).unwrap();
+    assert_eq!((written.width(), written.height()), (200, 150));
+    std::fs::remove_file(&out).unwrap();
 }

@@ -83,7 +83,7 @@ pub struct GenerateOutput {
     pub timings: Timings,
     /// Sizes the media were resized to and from (`[H, W]` each), in request order.
     pub media_sizes: Vec<([usize; 2], [usize; 2])>,
-    /// Grounding boxes in the answer, in pixels of the conversation's last media item.
+    /// Grounding boxes in the answer, in pixels of the conversation's last image (`box_reference`).
     pub boxes: Vec<iris_models::GroundingBox>,
 }
 
@@ -194,7 +194,7 @@ impl Engine {
         timings.decode_ms = ms(t3);
         let decode_steps = out_ids.len().saturating_sub(1).max(1) as f64;
         timings.decode_tokens_per_s = if out_ids.len() > 1 { decode_steps / (timings.decode_ms / 1e3) } else { 0.0 };
-        let boxes = prepared.last().map(|m| self.model.parse_boxes(&text, m.orig_hw)).unwrap_or_default();
+        let boxes = box_reference(&prepared).map(|m| self.model.parse_boxes(&text, m.orig_hw)).unwrap_or_default();
         Ok(GenerateOutput {
             boxes,
             prompt_token_ids: prompt.token_ids,
@@ -240,6 +240,11 @@ pub fn prefill(
         start = end;
     }
     logits.ok_or_else(|| EngineError::Request("empty prompt".into()))
+}
+
+/// The media item grounding boxes refer to: the conversation's last image, else its last item.
+pub fn box_reference(media: &[iris_models::PreparedMedia]) -> Option<&iris_models::PreparedMedia> {
+    media.iter().rev().find(|m| m.kind == iris_models::MediaKind::Image).or(media.last())
 }
 
 fn ms(t: Instant) -> f64 {

@@ -2,6 +2,7 @@
 //! Pillow-exact bicubic resize and the rescale/normalise step of HF's slow image processors
 //! (`transformers.image_transforms.rescale` / `normalize`).
 
+pub mod draw;
 pub mod pillow_resize;
 
 use crate::error::{ModelError, Result};
@@ -78,6 +79,12 @@ pub fn decode_image(bytes: &[u8], what: &str, limits: DecodeLimits) -> Result<Rg
     reader.limits(lim);
     let img = reader.decode().map_err(|e| bad(format!("cannot decode image: {e}")))?;
     Ok(to_rgb(img))
+}
+
+/// Writes the image; the format follows the file extension (png, jpg, bmp, webp...).
+pub fn save_image(img: &RgbImage, path: &std::path::Path) -> Result<()> {
+    image::save_buffer(path, &img.data, img.width as u32, img.height as u32, image::ExtendedColorType::Rgb8)
+        .map_err(|e| ModelError::Media { what: path.display().to_string(), message: format!("cannot write image: {e}") })
 }
 
 /// PIL `convert("RGB")`: alpha is dropped (not composited), grey is replicated, 16-bit samples
