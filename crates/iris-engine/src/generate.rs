@@ -81,8 +81,6 @@ pub struct GenerateOutput {
     pub text: String,
     pub finish_reason: FinishReason,
     pub timings: Timings,
-    /// Sizes the media were resized to and from (`[H, W]` each), in request order.
-    pub media_sizes: Vec<([usize; 2], [usize; 2])>,
     /// Grounding boxes in the answer, in pixels of the conversation's last image (`box_reference`).
     pub boxes: Vec<iris_models::GroundingBox>,
 }
@@ -202,7 +200,6 @@ impl Engine {
             text,
             finish_reason: finish,
             timings,
-            media_sizes: prepared.iter().map(|p| (p.orig_hw, p.resized_hw)).collect(),
         })
     }
 }

@@ -51,17 +51,10 @@ impl TextTokenizer {
         Ok(Self { tokenizer, chat_template, bos_token, eos_token })
     }
 
-    pub fn has_chat_template(&self) -> bool {
-        self.chat_template.is_some()
-    }
-
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.tokenizer.decode(ids, false).map_err(|e| EngineError::Tokenizer(e.to_string()))
     }
 
-    pub fn inner(&self) -> &tokenizers::Tokenizer {
-        &self.tokenizer
-    }
 }
 
 impl PromptCodec for TextTokenizer {

@@ -15,15 +15,6 @@ pub enum Media {
     Video { frames: Vec<RgbImage> },
 }
 
-impl Media {
-    pub fn kind(&self) -> MediaKind {
-        match self {
-            Media::Image(_) => MediaKind::Image,
-            Media::Video { .. } => MediaKind::Video,
-        }
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MediaKind {
     Image,

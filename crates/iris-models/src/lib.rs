@@ -10,4 +10,4 @@ pub mod registry;
 
 pub use api::*;
 pub use error::{ModelError, Result};
-pub use registry::{detect_family, load_model, synthetic_presets, LoadOptions};
+pub use registry::{load_model, synthetic_presets, LoadOptions};

@@ -14,7 +14,6 @@ pub struct LoadOptions {
 }
 
 struct Family {
-    name: &'static str,
     architectures: &'static [&'static str],
     model_types: &'static [&'static str],
     load: fn(&Path, &LoadOptions) -> Result<Box<dyn VisionLanguageModel>>,
@@ -22,7 +21,6 @@ struct Family {
 }
 
 const FAMILIES: &[Family] = &[Family {
-    name: "qwen2-vl",
     architectures: crate::qwen2_vl::ARCHITECTURES,
     model_types: crate::qwen2_vl::MODEL_TYPES,
     load: |dir, opts| Ok(Box::new(crate::qwen2_vl::Qwen2Vl::load(dir, opts)?)),
@@ -32,11 +30,6 @@ const FAMILIES: &[Family] = &[Family {
 /// Real-architecture presets of every family (`qwen2-vl-2b`, ...), for random checkpoints.
 pub fn synthetic_presets() -> Vec<SyntheticPreset> {
     FAMILIES.iter().flat_map(|f| (f.presets)()).collect()
-}
-
-/// The family name for a checkpoint directory, from `architectures` (or `model_type`).
-pub fn detect_family(dir: &Path) -> Result<&'static str> {
-    Ok(find_family(dir)?.name)
 }
 
 fn find_family(dir: &Path) -> Result<&'static Family> {

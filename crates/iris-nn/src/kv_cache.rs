@@ -50,14 +50,6 @@ impl LayerKv {
         self.len == 0
     }
 
-    /// Forgets tokens past `len` (the storage is kept).
-    pub fn truncate(&mut self, len: usize) {
-        self.len = self.len.min(len);
-    }
-
-    pub fn allocated_bytes(&self) -> usize {
-        [&self.k, &self.v].iter().filter_map(|t| t.as_ref()).map(|t| t.elem_count() * t.dtype().size_in_bytes()).sum()
-    }
 }
 
 /// All layers of one sequence.
@@ -78,14 +70,6 @@ impl KvCache {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-
-    pub fn truncate(&mut self, len: usize) {
-        self.layers.iter_mut().for_each(|l| l.truncate(len));
-    }
-
-    pub fn allocated_bytes(&self) -> usize {
-        self.layers.iter().map(|l| l.allocated_bytes()).sum()
     }
 }
 

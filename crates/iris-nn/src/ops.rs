@@ -28,10 +28,6 @@ impl Linear {
         &self.weight
     }
 
-    pub fn out_dim(&self) -> usize {
-        self.weight.dim(0).unwrap_or(0)
-    }
-
     /// `[.., in] -> [.., out]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims().to_vec();

@@ -10,7 +10,7 @@ use crate::error::{NnError, Result};
 use candle_core::{DType, Device, Tensor};
 use half::{bf16, f16};
 use memmap2::{Mmap, UncheckedAdvice};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -129,10 +129,6 @@ impl WeightStore {
         })
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     pub fn device(&self) -> &Device {
         &self.device
     }
@@ -143,15 +139,6 @@ impl WeightStore {
 
     pub fn entry(&self, name: &str) -> Option<&TensorEntry> {
         self.index.get(name)
-    }
-
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.index.keys().map(|s| s.as_str())
-    }
-
-    /// Bytes of all tensors in the checkpoint files (as stored).
-    pub fn stored_bytes(&self) -> usize {
-        self.index.values().map(|e| e.end - e.start).sum()
     }
 
     /// Marks a tensor as deliberately not needed (e.g. a tied `lm_head.weight`).
@@ -170,12 +157,6 @@ impl WeightStore {
                 actual: entry.shape.clone(),
             });
         }
-        self.load_entry(name, entry, dtype)
-    }
-
-    /// Loads `name` whatever its shape (for tensors whose size is read from the checkpoint).
-    pub fn get_unchecked(&self, name: &str, dtype: DType) -> Result<Tensor> {
-        let entry = self.entry_checked(name)?;
         self.load_entry(name, entry, dtype)
     }
 
@@ -218,14 +199,6 @@ impl WeightStore {
         Weights { store: self, prefix: String::new(), dtype }
     }
 
-    /// Summary of stored dtypes, for diagnostics.
-    pub fn dtype_histogram(&self) -> BTreeMap<String, usize> {
-        let mut h = BTreeMap::new();
-        for e in self.index.values() {
-            *h.entry(format!("{:?}", e.dtype)).or_insert(0) += 1;
-        }
-        h
-    }
 }
 
 /// Drops the mapping's pages in [start, end) from this process's resident set. The mapping is
@@ -317,10 +290,6 @@ impl<'a> Weights<'a> {
         Weights { store: self.store, prefix, dtype: self.dtype }
     }
 
-    pub fn with_dtype(&self, dtype: DType) -> Weights<'a> {
-        Weights { store: self.store, prefix: self.prefix.clone(), dtype }
-    }
-
     pub fn dtype(&self) -> DType {
         self.dtype
     }
@@ -343,11 +312,6 @@ impl<'a> Weights<'a> {
 
     pub fn get(&self, shape: &[usize], name: &str) -> Result<Tensor> {
         self.store.get(&self.path(name), shape, self.dtype)
-    }
-
-    /// Loads in f32 whatever the compute dtype (norm weights, biases kept exact).
-    pub fn get_f32(&self, shape: &[usize], name: &str) -> Result<Tensor> {
-        self.store.get(&self.path(name), shape, DType::F32)
     }
 
     pub fn shape_of(&self, name: &str) -> Option<Vec<usize>> {

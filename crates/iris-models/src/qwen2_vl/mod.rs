@@ -81,9 +81,6 @@ impl Qwen2Vl {
         Ok(Self { processor: Processor { pre, cfg }, vision, text, info, device: opts.device.clone(), unconsumed })
     }
 
-    pub fn config(&self) -> &Qwen2VlConfig {
-        &self.processor.cfg
-    }
 }
 
 impl VisionLanguageModel for Qwen2Vl {
