@@ -5,7 +5,7 @@ use candle_core::{DType, Device};
 use clap::{Args, ValueEnum};
 use iris_engine::generation_config::GenerationDefaults;
 use iris_engine::SamplingParams;
-use iris_models::{LoadOptions, MediaOptions};
+use iris_models::{LoadOptions, MediaOptions, PromptOptions};
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum DtypeArg {
@@ -64,6 +64,9 @@ pub struct SamplingArgs {
     /// Override the preprocessor's maximum pixels per image.
     #[arg(long)]
     pub max_pixels: Option<usize>,
+    /// CogVLM2 prompt template (default: the checkpoint's `template_version`).
+    #[arg(long, value_parser = ["chat", "base", "vqa"])]
+    pub template: Option<String>,
 }
 
 impl SamplingArgs {
@@ -96,5 +99,9 @@ impl SamplingArgs {
 
     pub fn media_options(&self) -> MediaOptions {
         MediaOptions { min_pixels: self.min_pixels, max_pixels: self.max_pixels }
+    }
+
+    pub fn prompt_options(&self) -> PromptOptions {
+        PromptOptions { template: self.template.clone() }
     }
 }

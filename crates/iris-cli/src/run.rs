@@ -71,6 +71,7 @@ pub fn build_request(engine: &Engine, sampling: &SamplingArgs, conversation: Con
         sampling: sampling.sampling(&engine.defaults)?,
         stop: sampling.stop.clone(),
         media_options: sampling.media_options(),
+        prompt_options: sampling.prompt_options(),
         ..GenerateRequest::greedy(conversation, sampling.max_tokens)
     })
 }

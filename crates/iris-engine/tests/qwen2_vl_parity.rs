@@ -8,23 +8,10 @@ use iris_engine::generate::prefill;
 use iris_engine::sampler::{argmax, top_k_logits};
 use iris_engine::Engine;
 use iris_models::{LoadOptions, MediaKind, StepInput, TokenType};
-use serde_json::Value;
 use std::collections::HashMap;
 
 mod common;
-
-fn rel_err(ours: &Tensor, reference: &Tensor) -> (f32, f32) {
-    let a = ours.to_dtype(DType::F32).unwrap().flatten_all().unwrap();
-    let b = reference.flatten_all().unwrap();
-    assert_eq!(a.dims(), b.dims(), "shape mismatch");
-    let max_abs = (&a - &b).unwrap().abs().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
-    let scale = b.abs().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
-    (max_abs, max_abs / scale.max(1e-12))
-}
-
-fn u32s(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
-}
+use common::{rel_err, u32s};
 
 #[test]
 fn qwen2_vl_tiny_matches_transformers_on_every_case() {

@@ -1,7 +1,9 @@
-//! Iris model families behind one trait (`api::VisionLanguageModel`), the registry that picks a
+//! Iris model families (Qwen2-VL, CogVLM2) behind one trait (`api::VisionLanguageModel`), the registry that picks a
 //! family from a checkpoint, and image handling shared by all families.
 
 pub mod api;
+pub mod cogvlm2;
+pub mod common;
 pub mod config_util;
 pub mod error;
 pub mod image;

@@ -20,12 +20,20 @@ struct Family {
     presets: fn() -> Vec<SyntheticPreset>,
 }
 
-const FAMILIES: &[Family] = &[Family {
-    architectures: crate::qwen2_vl::ARCHITECTURES,
-    model_types: crate::qwen2_vl::MODEL_TYPES,
-    load: |dir, opts| Ok(Box::new(crate::qwen2_vl::Qwen2Vl::load(dir, opts)?)),
-    presets: crate::qwen2_vl::synthetic::synthetic_presets,
-}];
+const FAMILIES: &[Family] = &[
+    Family {
+        architectures: crate::qwen2_vl::ARCHITECTURES,
+        model_types: crate::qwen2_vl::MODEL_TYPES,
+        load: |dir, opts| Ok(Box::new(crate::qwen2_vl::Qwen2Vl::load(dir, opts)?)),
+        presets: crate::qwen2_vl::synthetic::synthetic_presets,
+    },
+    Family {
+        architectures: crate::cogvlm2::ARCHITECTURES,
+        model_types: crate::cogvlm2::MODEL_TYPES,
+        load: |dir, opts| Ok(Box::new(crate::cogvlm2::CogVlm2::load(dir, opts)?)),
+        presets: crate::cogvlm2::synthetic::synthetic_presets,
+    },
+];
 
 /// Real-architecture presets of every family (`qwen2-vl-2b`, ...), for random checkpoints.
 pub fn synthetic_presets() -> Vec<SyntheticPreset> {

@@ -72,27 +72,41 @@ pub fn gemv_forward(x: &Tensor, weight: &Tensor) -> Result<Option<Tensor>> {
     Ok(Some(Tensor::from_vec(out, (m, n), x.device())?.to_dtype(x.dtype())?))
 }
 
-/// RMSNorm as `Qwen2RMSNorm`: normalise in f32, cast back to the input dtype, then scale by the
-/// weight in that dtype (the cast-then-multiply order matters in 16-bit).
+/// RMSNorm: normalise in f32, then either (`Qwen2RMSNorm`, `LlamaRMSNorm`) cast back to the input
+/// dtype and scale by the weight in that dtype, or (CogVLM2's `RMSNorm`) scale in f32 and cast
+/// last. The two orders differ only in 16-bit.
 #[derive(Debug, Clone)]
 pub struct RmsNorm {
     weight: Tensor,
-    ones_f32: Tensor,
+    /// The weight in f32 when scaling happens in f32, else ones (normalise only).
+    f32_scale: Tensor,
+    scale_in_f32: bool,
     eps: f32,
 }
 
 impl RmsNorm {
+    /// Cast-then-scale order (Qwen2, Llama).
     pub fn load(w: &Weights, dim: usize, eps: f64) -> Result<Self> {
         let weight = w.get(&[dim], "weight")?;
-        let ones_f32 = Tensor::ones(dim, DType::F32, w.device())?;
-        Ok(Self { weight, ones_f32, eps: eps as f32 })
+        let f32_scale = Tensor::ones(dim, DType::F32, w.device())?;
+        Ok(Self { weight, f32_scale, scale_in_f32: false, eps: eps as f32 })
+    }
+
+    /// Scale-in-f32-then-cast order (CogVLM2).
+    pub fn load_scale_in_f32(w: &Weights, dim: usize, eps: f64) -> Result<Self> {
+        let weight = w.get(&[dim], "weight")?;
+        let f32_scale = weight.to_dtype(DType::F32)?;
+        Ok(Self { weight, f32_scale, scale_in_f32: true, eps: eps as f32 })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if x.dtype() == DType::F32 && self.weight.dtype() == DType::F32 {
             return Ok(candle_nn::ops::rms_norm(x, &self.weight, self.eps)?);
         }
-        let normed = candle_nn::ops::rms_norm(&x.to_dtype(DType::F32)?, &self.ones_f32, self.eps)?;
+        let normed = candle_nn::ops::rms_norm(&x.to_dtype(DType::F32)?, &self.f32_scale, self.eps)?;
+        if self.scale_in_f32 {
+            return Ok(normed.to_dtype(x.dtype())?);
+        }
         Ok(normed.to_dtype(x.dtype())?.broadcast_mul(&self.weight)?)
     }
 
@@ -101,6 +115,9 @@ impl RmsNorm {
         let xf = x.to_dtype(DType::F32)?;
         let var = xf.sqr()?.mean_keepdim(D::Minus1)?;
         let normed = xf.broadcast_div(&(var + self.eps as f64)?.sqrt()?)?;
+        if self.scale_in_f32 {
+            return Ok(normed.broadcast_mul(&self.weight.to_dtype(DType::F32)?)?.to_dtype(x.dtype())?);
+        }
         Ok(normed.to_dtype(x.dtype())?.broadcast_mul(&self.weight)?)
     }
 }
@@ -155,12 +172,16 @@ mod tests {
         let x = Tensor::randn(0f32, 3.0, (5, 64), &dev).unwrap();
         let w = (Tensor::randn(0f32, 0.1, 64, &dev).unwrap() + 1.0).unwrap();
         for dtype in [DType::F32, DType::BF16, DType::F16] {
-            let norm = RmsNorm { weight: w.to_dtype(dtype).unwrap(), ones_f32: Tensor::ones(64, DType::F32, &dev).unwrap(), eps: 1e-6 };
-            let xd = x.to_dtype(dtype).unwrap();
-            let d = max_abs_diff(&norm.forward(&xd).unwrap(), &norm.forward_slow(&xd).unwrap()).unwrap();
-            let tol = if dtype == DType::F32 { 1e-5 } else { 2e-2 };
-            println!("rms_norm {dtype:?} max|diff| = {d:e}");
-            assert!(d <= tol, "{dtype:?}: {d}");
+            for scale_in_f32 in [false, true] {
+                let weight = w.to_dtype(dtype).unwrap();
+                let f32_scale = if scale_in_f32 { weight.to_dtype(DType::F32).unwrap() } else { Tensor::ones(64, DType::F32, &dev).unwrap() };
+                let norm = RmsNorm { weight, f32_scale, scale_in_f32, eps: 1e-6 };
+                let xd = x.to_dtype(dtype).unwrap();
+                let d = max_abs_diff(&norm.forward(&xd).unwrap(), &norm.forward_slow(&xd).unwrap()).unwrap();
+                let tol = if dtype == DType::F32 { 1e-5 } else { 2e-2 };
+                println!("rms_norm {dtype:?} scale_in_f32={scale_in_f32} max|diff| = {d:e}");
+                assert!(d <= tol, "{dtype:?}: {d}");
+            }
         }
     }
 }

@@ -8,10 +8,15 @@ use iris_engine::GenerateRequest;
 use serde_json::Value;
 use std::path::PathBuf;
 
-/// `../shared/fixtures/qwen2-vl-tiny` (or `$IRIS_SHARED/fixtures/qwen2-vl-tiny`).
-pub fn fixture_dir() -> PathBuf {
+/// `../shared/fixtures/NAME` (or `$IRIS_SHARED/fixtures/NAME`).
+pub fn fixture(name: &str) -> PathBuf {
     let shared = std::env::var("IRIS_SHARED").map(PathBuf::from).unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared"));
-    shared.join("fixtures/qwen2-vl-tiny")
+    shared.join("fixtures").join(name)
+}
+
+/// The Qwen2-VL fixture.
+pub fn fixture_dir() -> PathBuf {
+    fixture("qwen2-vl-tiny")
 }
 
 pub fn cases() -> Value {
@@ -20,5 +25,25 @@ pub fn cases() -> Value {
 
 /// Greedy request for OpenAI-style `messages` whose media paths are relative to the fixture.
 pub fn greedy(messages: &Value, max_new_tokens: usize) -> GenerateRequest {
-    GenerateRequest::greedy(parse_messages(messages, Some(&fixture_dir())).unwrap(), max_new_tokens)
+    greedy_in(&fixture_dir(), messages, max_new_tokens)
+}
+
+/// Greedy request for `messages` whose media paths are relative to `dir`.
+pub fn greedy_in(dir: &std::path::Path, messages: &Value, max_new_tokens: usize) -> GenerateRequest {
+    GenerateRequest::greedy(parse_messages(messages, Some(dir)).unwrap(), max_new_tokens)
+}
+
+/// `(max |ours - reference|, that divided by max |reference|)`, in f32.
+pub fn rel_err(ours: &candle_core::Tensor, reference: &candle_core::Tensor) -> (f32, f32) {
+    use candle_core::DType;
+    let a = ours.to_dtype(DType::F32).unwrap().flatten_all().unwrap();
+    let b = reference.flatten_all().unwrap();
+    assert_eq!(a.dims(), b.dims(), "shape mismatch");
+    let max_abs = (&a - &b).unwrap().abs().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+    let scale = b.abs().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+    (max_abs, max_abs / scale.max(1e-12))
+}
+
+pub fn u32s(v: &Value) -> Vec<u32> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
 }

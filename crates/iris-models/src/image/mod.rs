@@ -110,6 +110,19 @@ pub fn rescale_normalize_chw(img: &RgbImage, mean: [f32; 3], std: [f32; 3]) -> V
     out
 }
 
+/// torchvision `ToTensor()` then `Normalize(mean, std)` to planar `[3, H, W]` f32:
+/// `x = f32(v) / 255`, then `(x - mean) / std`, every step in f32 (CogVLM2's transform).
+pub fn to_tensor_normalize_chw(img: &RgbImage, mean: [f32; 3], std: [f32; 3]) -> Vec<f32> {
+    let hw = img.width * img.height;
+    let mut out = vec![0f32; 3 * hw];
+    for (i, px) in img.data.chunks_exact(3).enumerate() {
+        for c in 0..3 {
+            out[c * hw + i] = (px[c] as f32 / 255.0 - mean[c]) / std[c];
+        }
+    }
+    out
+}
+
 /// The fused form of HF's fast/video processors: `(f32(v) - mean*255) / (std*255)` in f32.
 pub fn fused_normalize_chw(img: &RgbImage, mean: [f32; 3], std: [f32; 3]) -> Vec<f32> {
     let hw = img.width * img.height;
@@ -182,10 +195,13 @@ mod tests {
         let img = RgbImage::new(1, 1, vec![0, 128, 255]);
         let slow = rescale_normalize_chw(&img, CLIP_MEAN, CLIP_STD);
         let fused = fused_normalize_chw(&img, CLIP_MEAN, CLIP_STD);
+        let torchvision = to_tensor_normalize_chw(&img, CLIP_MEAN, CLIP_STD);
         for c in 0..3 {
             let v = img.data[c] as f64;
             let want = ((v / 255.0) - CLIP_MEAN[c] as f64) / CLIP_STD[c] as f64;
-            assert!((slow[c] as f64 - want).abs() < 1e-5 && (fused[c] as f64 - want).abs() < 1e-5);
+            for got in [slow[c], fused[c], torchvision[c]] {
+                assert!((got as f64 - want).abs() < 1e-5, "{got} vs {want}");
+            }
         }
     }
 }

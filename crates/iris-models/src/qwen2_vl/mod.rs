@@ -11,9 +11,10 @@ pub mod text;
 pub mod vision;
 
 use crate::api::*;
+use crate::common::splice_rows;
 use crate::error::{ModelError, Result};
 use crate::registry::LoadOptions;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use config::{PreprocessorConfig, Qwen2VlConfig};
 use iris_nn::{KvCache, WeightStore};
 use processor::Processor;
@@ -101,7 +102,10 @@ impl VisionLanguageModel for Qwen2Vl {
         }
     }
 
-    fn build_prompt(&self, messages: &[ChatMessage], media: &[PreparedMedia], codec: &dyn PromptCodec, _opts: &PromptOptions) -> Result<PromptInputs> {
+    fn build_prompt(&self, messages: &[ChatMessage], media: &[PreparedMedia], codec: &dyn PromptCodec, opts: &PromptOptions) -> Result<PromptInputs> {
+        if let Some(t) = &opts.template {
+            return Err(ModelError::Unsupported(format!("Qwen2-VL prompts come from the checkpoint's chat template; template `{t}` does not apply")));
+        }
         self.processor.build_prompt(messages, media, codec)
     }
 
@@ -128,30 +132,6 @@ impl VisionLanguageModel for Qwen2Vl {
     fn parse_boxes(&self, text: &str, image_hw: [usize; 2]) -> Vec<GroundingBox> {
         grounding::parse_boxes(text, image_hw[1], image_hw[0])
     }
-}
-
-/// Replaces rows `[offset, offset + len)` of `base [T, C]` with each embedding `[len, C]`.
-pub fn splice_rows(base: &Tensor, pieces: &[(usize, Tensor)], dtype: DType) -> Result<Tensor> {
-    let (t, _) = base.dims2()?;
-    let mut sorted: Vec<&(usize, Tensor)> = pieces.iter().collect();
-    sorted.sort_by_key(|(o, _)| *o);
-    let mut parts = Vec::with_capacity(2 * sorted.len() + 1);
-    let mut cursor = 0;
-    for (offset, emb) in sorted {
-        let len = emb.dim(0)?;
-        if *offset < cursor || offset + len > t {
-            return Err(ModelError::Prompt(format!("media embedding rows {offset}..{} do not fit the {t}-token step", offset + len)));
-        }
-        if *offset > cursor {
-            parts.push(base.narrow(0, cursor, offset - cursor)?);
-        }
-        parts.push(emb.to_dtype(dtype)?);
-        cursor = offset + len;
-    }
-    if cursor < t {
-        parts.push(base.narrow(0, cursor, t - cursor)?);
-    }
-    Ok(Tensor::cat(&parts, 0)?)
 }
 
 #[cfg(test)]

@@ -1,0 +1,110 @@
+//! CogVLM2 (cogvlm2-llama3-chat-19B, cogvlm2-llama3-chinese-chat-19B): glue between the
+//! processor, the EVA2-CLIP vision side and the visual-expert decoder, exposed to the engine
+//! through `VisionLanguageModel`. Reference: the checkpoints' remote code `modeling_cogvlm.py`,
+//! `visual.py`, `util.py` (spec: shared/specs/cogvlm2.md).
+//! `iris run --model cogvlm2-llama3-chat-19B --image cat.png "What is this?"`
+
+pub mod config;
+pub mod processor;
+pub mod synthetic;
+pub mod text;
+pub mod vision;
+
+use crate::api::*;
+use crate::common::splice_rows;
+use crate::error::{ModelError, Result};
+use crate::registry::LoadOptions;
+use candle_core::Tensor;
+use config::{CogVlmConfig, Template};
+use iris_nn::{KvCache, WeightStore};
+use std::path::Path;
+use text::TextModel;
+use vision::VisionTower;
+
+pub const ARCHITECTURES: &[&str] = &["CogVLMForCausalLM"];
+pub const MODEL_TYPES: &[&str] = &[];
+
+pub struct CogVlm2 {
+    cfg: CogVlmConfig,
+    vision: VisionTower,
+    text: TextModel,
+    info: ModelInfo,
+    unconsumed: Vec<String>,
+}
+
+impl CogVlm2 {
+    pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Self> {
+        let cfg = CogVlmConfig::from_file(&dir.join("config.json"))?;
+        let store = WeightStore::open(dir, &|n: &str| n.to_string(), &opts.device)?;
+        Self::from_store(cfg, &store, opts)
+    }
+
+    pub fn from_store(cfg: CogVlmConfig, store: &WeightStore, opts: &LoadOptions) -> Result<Self> {
+        let root = store.root(opts.dtype);
+        let t = &cfg.text;
+        // tensors are converted one at a time from the mmap: no full-precision copy stays resident
+        let text = TextModel::load(&root, t)?;
+        let vision = VisionTower::load(&root.pp("model.vision"), &cfg.vision, t.hidden_size, t.intermediate_size)?;
+        let unconsumed = store.unconsumed();
+        let info = ModelInfo {
+            family: "cogvlm2",
+            vocab_size: text.vocab_size(),
+            hidden_size: t.hidden_size,
+            num_layers: t.num_hidden_layers,
+            max_context: t.max_position_embeddings,
+            dtype: opts.dtype,
+            // the reference asserts len(images) <= 1
+            max_media_per_conversation: Some(1),
+            supports_video: false,
+            kv_bytes_per_token: 2 * t.num_hidden_layers * t.num_kv_heads * t.head_dim() * opts.dtype.size_in_bytes(),
+            weight_bytes: text.weight_bytes(),
+        };
+        Ok(Self { cfg, vision, text, info, unconsumed })
+    }
+}
+
+impl VisionLanguageModel for CogVlm2 {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn prepare_media(&self, media: &Media, opts: &MediaOptions) -> Result<PreparedMedia> {
+        if opts.min_pixels.is_some() || opts.max_pixels.is_some() {
+            let s = self.cfg.vision.image_size;
+            return Err(ModelError::Unsupported(format!("CogVLM2 always resizes images to {s}x{s}; min_pixels/max_pixels do not apply")));
+        }
+        match media {
+            Media::Image(img) => processor::prepare_image(img, self.cfg.vision.image_size, self.cfg.vision.image_tokens()),
+            Media::Video { .. } => Err(ModelError::Unsupported("CogVLM2 takes images, not videos".into())),
+        }
+    }
+
+    fn build_prompt(&self, messages: &[ChatMessage], media: &[PreparedMedia], codec: &dyn PromptCodec, opts: &PromptOptions) -> Result<PromptInputs> {
+        let template = match &opts.template {
+            Some(name) => Template::parse(name)?,
+            None => self.cfg.template,
+        };
+        processor::build_prompt(&self.cfg, messages, media, codec, template)
+    }
+
+    fn encode_media(&self, media: &PreparedMedia) -> Result<Tensor> {
+        self.vision.forward(&media.pixel_values)
+    }
+
+    fn new_cache(&self) -> KvCache {
+        KvCache::new(self.text.num_layers())
+    }
+
+    fn forward(&self, step: &StepInput, cache: &mut KvCache) -> Result<Tensor> {
+        let mut embeds = self.text.embed(step.token_ids)?;
+        if !step.media_embeds.is_empty() {
+            embeds = splice_rows(&embeds, &step.media_embeds, self.info.dtype)?;
+        }
+        let positions = step.positions.first().ok_or_else(|| ModelError::Prompt("step has no position row".into()))?;
+        self.text.forward(&embeds, positions, step.token_types, cache, step.all_logits)
+    }
+
+    fn unconsumed_tensors(&self) -> &[String] {
+        &self.unconsumed
+    }
+}
