@@ -141,6 +141,8 @@ impl Engine {
         let mut sampler = Sampler::new(req.sampling.clone());
         let mut seen = prompt.token_ids.clone();
         let mut out_ids = Vec::new();
+        // `raw` is the tokenizer's decode; `text` what the reference's decode shows of it
+        let mut raw = String::new();
         let mut text = String::new();
         let mut stream = StreamDecoder::new();
         let mut finish = FinishReason::Length;
@@ -157,7 +159,8 @@ impl Engine {
             out_ids.push(token);
             seen.push(token);
             if let Some(piece) = stream.push(&self.tokenizer, token)? {
-                text.push_str(&piece);
+                raw.push_str(&piece);
+                text = self.tokenizer.visible_text(&raw, false);
             }
             if let Some(cut) = find_stop(&text, &req.stop) {
                 text.truncate(cut);
@@ -183,7 +186,13 @@ impl Engine {
         // a trailing incomplete character decodes to U+FFFD, as the reference's decode does
         if !stopped_by_text {
             if let Some(rest) = stream.flush(&self.tokenizer)? {
-                text.push_str(&rest);
+                raw.push_str(&rest);
+            }
+            text = self.tokenizer.visible_text(&raw, true);
+            // the clean-up's held-back tail may have completed a stop string
+            if let Some(cut) = find_stop(&text, &req.stop) {
+                text.truncate(cut);
+                finish = FinishReason::Stop;
             }
         }
         if text.len() > emitted {

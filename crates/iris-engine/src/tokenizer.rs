@@ -13,6 +13,8 @@ pub struct TextTokenizer {
     chat_template: Option<String>,
     bos_token: Option<String>,
     eos_token: Option<String>,
+    /// `clean_up_tokenization_spaces` of tokenizer_config.json (decode-time space clean-up).
+    clean_up_spaces: bool,
 }
 
 fn special_token_string(v: Option<&Value>) -> Option<String> {
@@ -48,11 +50,22 @@ impl TextTokenizer {
         let chat_template = read("chat_template.json")?.as_ref().and_then(template_of).or_else(|| tok_cfg.as_ref().and_then(template_of));
         let bos_token = tok_cfg.as_ref().and_then(|c| special_token_string(c.get("bos_token")));
         let eos_token = tok_cfg.as_ref().and_then(|c| special_token_string(c.get("eos_token")));
-        Ok(Self { tokenizer, chat_template, bos_token, eos_token })
+        let clean_up_spaces = tok_cfg.as_ref().and_then(|c| c.get("clean_up_tokenization_spaces")).and_then(|v| v.as_bool()).unwrap_or(false);
+        Ok(Self { tokenizer, chat_template, bos_token, eos_token, clean_up_spaces })
     }
 
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.tokenizer.decode(ids, false).map_err(|e| EngineError::Tokenizer(e.to_string()))
+    }
+
+    /// What transformers' `decode` shows for `raw` decoded text, so far as more text cannot change
+    /// it (`finished`: all of it).
+    pub fn visible_text(&self, raw: &str, finished: bool) -> String {
+        if !self.clean_up_spaces {
+            return raw.to_string();
+        }
+        let end = if finished { raw.len() } else { crate::detokenizer::stable_cleanup_cut(raw) };
+        crate::detokenizer::clean_up_tokenization(&raw[..end])
     }
 
 }

@@ -96,7 +96,7 @@ fn cogvlm2_tiny_matches_the_reference_on_every_case() {
         // the whole engine path: same tokens and text
         let out = engine.generate(&req, &mut |_| {}).unwrap();
         assert_eq!(out.token_ids, want_tokens, "{id}: generated ids");
-        assert_eq!(out.text, gen["output_text_no_cleanup"].as_str().unwrap(), "{id}: generated text");
+        assert_eq!(out.text, gen["output_text"].as_str().unwrap(), "{id}: generated text");
     }
 }
 

@@ -1,0 +1,84 @@
+//! The `iris` binary end to end on the tiny CogVLM2 fixture: the family comes from `config.json`,
+//! `--template` picks the prompt, `--json` equals the golden greedy tokens, `iris chat` answers
+//! like the reference's first turn, and what CogVLM2 cannot do is one readable error line.
+
+use serde_json::Value;
+use std::path::PathBuf;
+use std::process::Command;
+
+fn fixture() -> PathBuf {
+    let shared = std::env::var("IRIS_SHARED").map(PathBuf::from).unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared"));
+    shared.join("fixtures/cogvlm2-tiny")
+}
+
+fn iris(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_iris")).args(args).output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn case(id: &str) -> Value {
+    let cases: Value = serde_json::from_str(&std::fs::read_to_string(fixture().join("cases.json")).unwrap()).unwrap();
+    cases.as_array().unwrap().iter().find(|c| c["id"] == id).unwrap().clone()
+}
+
+#[test]
+fn run_json_with_vqa_template_matches_the_fixture() {
+    let dir = fixture();
+    let c = case("c5_image_vqa");
+    let image = dir.join("media/a5_quadrants_small.png");
+    let model = dir.join("model");
+    let (code, stdout, stderr) = iris(&[
+        "run", "--model", model.to_str().unwrap(), "--image", image.to_str().unwrap(), "--template", "vqa",
+        "--json", "--max-tokens", "16", "--temperature", "0", "How many coloured regions are there?",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let out: Value = serde_json::from_str(stdout.trim()).expect("exactly one JSON object on stdout");
+    assert_eq!(out["prompt_token_ids"], c["input_ids"]);
+    assert_eq!(out["token_ids"], c["generation"]["output_ids"]);
+    assert_eq!(out["text"], c["generation"]["output_text"]);
+    assert_eq!(out["usage"]["prompt_tokens"], c["input_ids"].as_array().unwrap().len());
+    assert_eq!(out["boxes"], serde_json::json!([]));
+}
+
+#[test]
+fn chat_first_turn_matches_and_a_second_image_is_refused_without_ending_the_session() {
+    use std::io::Write;
+    let dir = fixture();
+    let c = case("c1_image_chat");
+    let first = dir.join("media/a1_gradient_shapes.png");
+    let second = dir.join("media/a2_stripes_triangle.png");
+    let script = format!("/image {}\nWhat is in this picture?\n/image {}\nAnd this one?\n/quit\n", first.display(), second.display());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_iris"))
+        .args(["chat", "--model", dir.join("model").to_str().unwrap(), "--max-tokens", "16", "--temperature", "0"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains(c["generation"]["output_text"].as_str().unwrap()), "stdout: {stdout:?}");
+    assert!(stderr.contains("cogvlm2") && stderr.contains("at most 1 image"), "{stderr}");
+}
+
+#[test]
+fn unsupported_requests_are_one_line_errors() {
+    let dir = fixture();
+    let model = dir.join("model");
+    let model = model.to_str().unwrap();
+    let a = dir.join("media/a1_gradient_shapes.png");
+    let b = dir.join("media/a4_checker_rings.png");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["run", "--model", model, "--image", a.to_str().unwrap(), "--image", b.to_str().unwrap(), "Compare."], "at most 1 image"),
+        (vec!["run", "--model", model, "--image", a.to_str().unwrap(), "--max-pixels", "1000", "hi"], "max_pixels"),
+    ];
+    for (args, needle) in cases {
+        let (code, _, stderr) = iris(&args);
+        assert_ne!(code, 0, "{args:?} should fail");
+        let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "{args:?}: expected one line, got {stderr:?}");
+        assert!(lines[0].starts_with("error: ") && lines[0].contains(needle), "{args:?}: {stderr:?}");
+    }
+}
