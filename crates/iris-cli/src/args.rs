@@ -64,6 +64,15 @@ pub struct SamplingArgs {
     /// Override the preprocessor's maximum pixels per image.
     #[arg(long)]
     pub max_pixels: Option<usize>,
+    /// Video frames sampled per second (default 2, as qwen-vl-utils).
+    #[arg(long)]
+    pub fps: Option<f64>,
+    /// Most frames sampled from a video (default 768).
+    #[arg(long)]
+    pub max_frames: Option<usize>,
+    /// Pixel budget of all frames of a video together (default 24576*28*28).
+    #[arg(long)]
+    pub total_pixels: Option<usize>,
     /// CogVLM2 prompt template (default: the checkpoint's `template_version`).
     #[arg(long, value_parser = ["chat", "base", "vqa"])]
     pub template: Option<String>,
@@ -98,7 +107,7 @@ impl SamplingArgs {
     }
 
     pub fn media_options(&self) -> MediaOptions {
-        MediaOptions { min_pixels: self.min_pixels, max_pixels: self.max_pixels }
+        MediaOptions { min_pixels: self.min_pixels, max_pixels: self.max_pixels, fps: self.fps, max_frames: self.max_frames, total_pixels: self.total_pixels }
     }
 
     pub fn prompt_options(&self) -> PromptOptions {

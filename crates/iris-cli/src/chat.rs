@@ -1,5 +1,5 @@
-//! `iris chat`: an interactive multi-turn REPL. `/image PATH` attaches an image to the next
-//! message, `/reset` clears the history, `/quit` (or end of input) leaves.
+//! `iris chat`: an interactive multi-turn REPL. `/image PATH` or `/video PATH` attaches media to
+//! the next message, `/reset` clears the history, `/quit` (or end of input) leaves.
 
 use crate::args::{ModelArgs, SamplingArgs};
 use crate::run::{build_request, load_engine};
@@ -30,7 +30,7 @@ pub fn chat(args: ChatArgs) -> Result<()> {
     let mut pending: Vec<MediaRef> = Vec::new();
     let stdin = std::io::stdin();
     let mut out = std::io::stdout();
-    eprintln!("iris chat ({}): /image PATH attaches an image, /reset clears, /quit leaves", engine.model.info().family);
+    eprintln!("iris chat ({}): /image PATH or /video PATH attaches media, /reset clears, /quit leaves", engine.model.info().family);
     loop {
         write!(out, "> ")?;
         out.flush()?;
@@ -42,11 +42,12 @@ pub fn chat(args: ChatArgs) -> Result<()> {
         if line.trim().is_empty() {
             continue;
         }
-        if let Some(path) = line.strip_prefix("/image ") {
-            match media_source(path.trim(), None, "/image") {
+        let attach = [("/image ", MediaKind::Image), ("/video ", MediaKind::Video)].into_iter().find_map(|(cmd, kind)| line.strip_prefix(cmd).map(|p| (p, kind)));
+        if let Some((path, kind)) = attach {
+            match media_source(path.trim(), None, if kind == MediaKind::Video { "/video" } else { "/image" }) {
                 Ok(source) if matches!(&source, iris_engine::messages::MediaSource::Path(p) if p.exists()) => {
-                    pending.push(MediaRef { kind: MediaKind::Image, source });
-                    eprintln!("(image attached to the next message)");
+                    pending.push(MediaRef { kind, source, options: Default::default() });
+                    eprintln!("({} attached to the next message)", if kind == MediaKind::Video { "video" } else { "image" });
                 }
                 Ok(_) => eprintln!("error: {}: no such file", path.trim()),
                 Err(e) => eprintln!("error: {e}"),
@@ -63,7 +64,7 @@ pub fn chat(args: ChatArgs) -> Result<()> {
                 continue;
             }
             cmd if cmd.starts_with('/') => {
-                eprintln!("unknown command {cmd} (use /image PATH, /reset, /quit)");
+                eprintln!("unknown command {cmd} (use /image PATH, /video PATH, /reset, /quit)");
                 continue;
             }
             _ => {}

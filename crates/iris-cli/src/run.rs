@@ -20,11 +20,14 @@ pub struct RunArgs {
     pub model: ModelArgs,
     #[command(flatten)]
     pub sampling: SamplingArgs,
-    /// An image to ask about (repeatable; order is kept).
+    /// An image to ask about (repeatable; order among --image and --video is kept).
     #[arg(long)]
     pub image: Vec<PathBuf>,
+    /// A video file (mp4, webm, mkv, mov, gif, ...) to ask about (repeatable).
+    #[arg(long)]
+    pub video: Vec<PathBuf>,
     /// An OpenAI-style messages JSON file (instead of a question).
-    #[arg(long, conflicts_with_all = ["image", "prompt"])]
+    #[arg(long, conflicts_with_all = ["image", "video", "prompt"])]
     pub messages: Option<PathBuf>,
     /// Print one JSON object (ids, text, boxes, usage, timings) instead of streaming text.
     #[arg(long)]
@@ -47,12 +50,31 @@ pub fn load_engine(model: &ModelArgs) -> Result<Engine> {
     Ok(engine)
 }
 
-fn question_conversation(images: &[PathBuf], prompt: &str) -> Result<Conversation> {
+/// `--image` and `--video` values in command-line order (clap keeps each list's order only).
+fn media_in_order(images: &[PathBuf], videos: &[PathBuf]) -> Vec<(MediaKind, PathBuf)> {
+    let (mut i, mut v) = (images.iter(), videos.iter());
+    let mut out = Vec::new();
+    for arg in std::env::args_os() {
+        let arg = arg.to_string_lossy();
+        if arg == "--image" || arg.starts_with("--image=") {
+            out.extend(i.next().map(|p| (MediaKind::Image, p.clone())));
+        } else if arg == "--video" || arg.starts_with("--video=") {
+            out.extend(v.next().map(|p| (MediaKind::Video, p.clone())));
+        }
+    }
+    // anything not matched above (e.g. arguments given some other way) keeps its list order
+    out.extend(i.map(|p| (MediaKind::Image, p.clone())));
+    out.extend(v.map(|p| (MediaKind::Video, p.clone())));
+    out
+}
+
+fn question_conversation(items: &[(MediaKind, PathBuf)], prompt: &str) -> Result<Conversation> {
     let mut media = Vec::new();
     let mut parts = Vec::new();
-    for img in images {
-        let source = media_source(&img.to_string_lossy(), None, "--image")?;
-        media.push(MediaRef { kind: MediaKind::Image, source });
+    for (kind, path) in items {
+        let flag = if *kind == MediaKind::Video { "--video" } else { "--image" };
+        let source = media_source(&path.to_string_lossy(), None, flag)?;
+        media.push(MediaRef { kind: *kind, source, options: Default::default() });
         parts.push(ContentPart::Media(media.len() - 1));
     }
     parts.push(ContentPart::Text(prompt.to_string()));
@@ -97,7 +119,7 @@ pub fn output_json(engine: &Engine, out: &GenerateOutput) -> serde_json::Value {
 pub fn run(args: RunArgs) -> Result<()> {
     let conversation = match (&args.messages, &args.prompt) {
         (Some(path), _) => messages_conversation(path)?,
-        (None, Some(prompt)) => question_conversation(&args.image, prompt)?,
+        (None, Some(prompt)) => question_conversation(&media_in_order(&args.image, &args.video), prompt)?,
         (None, None) => bail!("give a question, or --messages FILE"),
     };
     let box_image = match &args.draw_boxes {
@@ -120,7 +142,9 @@ pub fn run(args: RunArgs) -> Result<()> {
         out
     };
     if let (Some(path), Some(media)) = (&args.draw_boxes, box_image) {
-        let Media::Image(img) = load_media(&media, DecodeLimits::default())? else { unreachable!("an image reference decodes to an image") };
+        let Media::Image(img) = load_media(&media, DecodeLimits::default(), engine.model.as_ref(), &req.media_options)? else {
+            unreachable!("an image reference decodes to an image")
+        };
         save_image(&draw_boxes(&img, &out.boxes), path)?;
         eprintln!("wrote {} ({} box{})", path.display(), out.boxes.len(), if out.boxes.len() == 1 { "" } else { "es" });
     }

@@ -10,6 +10,7 @@ pub mod generation_config;
 pub mod messages;
 pub mod sampler;
 pub mod tokenizer;
+pub mod video;
 
 pub use error::{EngineError, Result};
 pub use generate::{Engine, FinishReason, GenerateOutput, GenerateRequest, Timings};

@@ -1,12 +1,14 @@
 //! OpenAI-style chat messages -> family-neutral `ChatMessage`s plus the media they reference.
 //! Accepted parts: `{"type":"text","text"}`, `{"type":"image_url","image_url":{"url"}}` (file
-//! paths, `file://` and `data:` URLs), `{"type":"image","image":PATH}`, and
-//! `{"type":"video","video":[frame paths]}`. Relative paths resolve against `base_dir`.
+//! paths, `file://` and `data:` URLs), `{"type":"image","image":PATH}`,
+//! `{"type":"video","video":PATH or [frame paths]}` and `{"type":"video_url","video_url":{"url"}}`.
+//! A media part may carry its own `fps`, `max_frames`, `min_pixels`, `max_pixels`, `total_pixels`
+//! (qwen-vl-utils style). Relative paths resolve against `base_dir`.
 
 use crate::error::{EngineError, Result};
 use base64::Engine as _;
 use iris_models::image::{decode_image, DecodeLimits};
-use iris_models::{ChatMessage, ContentPart, Media, MediaKind};
+use iris_models::{ChatMessage, ContentPart, Media, MediaKind, MediaOptions, VisionLanguageModel};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
@@ -22,6 +24,8 @@ pub enum MediaSource {
 pub struct MediaRef {
     pub kind: MediaKind,
     pub source: MediaSource,
+    /// This item's own preprocessing options (over the request's).
+    pub options: MediaOptions,
 }
 
 #[derive(Debug, Clone)]
@@ -97,11 +101,12 @@ pub fn parse_messages(json: &Value, base_dir: Option<&Path>) -> Result<Conversat
 
 fn parse_part(item: &Value, field: &str, base_dir: Option<&Path>, media: &mut Vec<MediaRef>) -> Result<ContentPart> {
     let kind = item.get("type").and_then(|t| t.as_str()).unwrap_or_else(|| {
-        ["text", "image_url", "image", "video"].into_iter().find(|k| item.get(k).is_some()).unwrap_or("")
+        ["text", "image_url", "image", "video", "video_url"].into_iter().find(|k| item.get(k).is_some()).unwrap_or("")
     });
     let str_field = |key: &str| item.get(key).and_then(|v| v.as_str());
+    let options = part_options(item, field)?;
     let mut push = |kind, source| {
-        media.push(MediaRef { kind, source });
+        media.push(MediaRef { kind, source, options });
         Ok(ContentPart::Media(media.len() - 1))
     };
     match kind {
@@ -133,10 +138,18 @@ fn parse_part(item: &Value, field: &str, base_dir: Option<&Path>, media: &mut Ve
                 }
                 push(MediaKind::Video, MediaSource::Frames(frames))
             }
-            Some(Value::String(p)) => Err(req(format!("{field}.video: `{p}`: video files are not decoded yet; pass the frames as a list of images"))),
-            _ => Err(req(format!("{field}.video: expected a list of frame images"))),
+            Some(Value::String(p)) => push(MediaKind::Video, media_source(p, base_dir, field)?),
+            _ => Err(req(format!("{field}.video: expected a video file path or a list of frame images"))),
         },
-        other => Err(req(format!("{field}.type: unsupported part type `{other}` (text, image_url, image, video)"))),
+        "video_url" => {
+            let url = match item.get("video_url") {
+                Some(Value::String(s)) => s.as_str(),
+                Some(v) => v.get("url").and_then(|u| u.as_str()).ok_or_else(|| req(format!("{field}.video_url.url: missing")))?,
+                None => return Err(req(format!("{field}.video_url: missing"))),
+            };
+            push(MediaKind::Video, media_source(url, base_dir, field)?)
+        }
+        other => Err(req(format!("{field}.type: unsupported part type `{other}` (text, image_url, image, video, video_url)"))),
     }
 }
 
@@ -151,9 +164,52 @@ fn read_source(src: &MediaSource) -> Result<(Vec<u8>, String)> {
     }
 }
 
-/// Reads and decodes one media reference.
-pub fn load_media(r: &MediaRef, limits: DecodeLimits) -> Result<Media> {
+/// qwen-vl-utils-style per-item options of a media part.
+fn part_options(item: &Value, field: &str) -> Result<MediaOptions> {
+    let count = |key: &str| -> Result<Option<usize>> {
+        match item.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v.as_u64().map(|x| Some(x as usize)).ok_or_else(|| req(format!("{field}.{key}: expected a non-negative integer, got {v}"))),
+        }
+    };
+    let fps = match item.get("fps") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(v.as_f64().filter(|f| *f > 0.0).ok_or_else(|| req(format!("{field}.fps: expected a positive number, got {v}")))?),
+    };
+    Ok(MediaOptions { min_pixels: count("min_pixels")?, max_pixels: count("max_pixels")?, fps, max_frames: count("max_frames")?, total_pixels: count("total_pixels")? })
+}
+
+/// A video given as bytes (a `data:` URL) goes through a temporary file for FFmpeg.
+struct TempFile(PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn decode_video_file(path: &Path, limits: DecodeLimits, model: &dyn VisionLanguageModel, opts: &MediaOptions) -> Result<Media> {
+    let info = crate::video::probe(path, limits)?;
+    let plan = model.plan_video(&info, opts).map_err(|e| match e {
+        iris_models::ModelError::Media { message, .. } => EngineError::Model(iris_models::ModelError::Media { what: path.display().to_string(), message }),
+        other => EngineError::Model(other),
+    })?;
+    Ok(Media::Video { frames: crate::video::decode_frames(path, &plan)?, from_file: true })
+}
+
+/// Reads and decodes one media reference; video files are sampled by the model's `plan_video`
+/// with `opts` (the request's options under the item's own).
+pub fn load_media(r: &MediaRef, limits: DecodeLimits, model: &dyn VisionLanguageModel, opts: &MediaOptions) -> Result<Media> {
+    let opts = r.options.or(*opts);
     match (&r.kind, &r.source) {
+        (MediaKind::Video, MediaSource::Path(p)) => decode_video_file(p, limits, model, &opts),
+        (MediaKind::Video, MediaSource::Bytes { data, .. }) => {
+            static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let tmp = TempFile(std::env::temp_dir().join(format!("iris-video-{}-{n}", std::process::id())));
+            std::fs::write(&tmp.0, data).map_err(|e| EngineError::File { path: tmp.0.display().to_string(), message: e.to_string() })?;
+            decode_video_file(&tmp.0, limits, model, &opts)
+        }
         (MediaKind::Video, MediaSource::Frames(frames)) => {
             let frames = frames
                 .iter()
@@ -162,7 +218,7 @@ pub fn load_media(r: &MediaRef, limits: DecodeLimits) -> Result<Media> {
                     Ok(decode_image(&bytes, &what, limits)?)
                 })
                 .collect::<Result<Vec<_>>>()?;
-            Ok(Media::Video { frames })
+            Ok(Media::Video { frames, from_file: false })
         }
         (_, src) => {
             let (bytes, what) = read_source(src)?;

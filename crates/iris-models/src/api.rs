@@ -11,8 +11,27 @@ use iris_nn::KvCache;
 #[derive(Debug, Clone)]
 pub enum Media {
     Image(RgbImage),
-    /// Frames already sampled, in order.
-    Video { frames: Vec<RgbImage> },
+    /// Frames in order. `from_file`: sampled from a video file by the family's `plan_video` (and
+    /// already at its planned size); otherwise given as a list of images.
+    Video { frames: Vec<RgbImage>, from_file: bool },
+}
+
+/// What probing a video file tells before any frame is decoded.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct VideoInfo {
+    pub total_frames: usize,
+    pub fps: f64,
+    pub width: usize,
+    pub height: usize,
+}
+
+/// Which frames of a video file to decode, and the size each is resized to as it is decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VideoPlan {
+    /// Frame indices in `[0, total_frames)`, ascending.
+    pub indices: Vec<usize>,
+    /// `[H, W]`
+    pub frame_hw: [usize; 2],
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,11 +40,30 @@ pub enum MediaKind {
     Video,
 }
 
-/// Per-request preprocessing overrides (None: the checkpoint's preprocessor config).
-#[derive(Debug, Clone, Copy, Default)]
+/// Per-request (or per-item) preprocessing overrides (None: the family's defaults).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct MediaOptions {
     pub min_pixels: Option<usize>,
     pub max_pixels: Option<usize>,
+    /// Video: frames sampled per second of video.
+    pub fps: Option<f64>,
+    /// Video: most frames sampled.
+    pub max_frames: Option<usize>,
+    /// Video: pixel budget of all sampled frames together.
+    pub total_pixels: Option<usize>,
+}
+
+impl MediaOptions {
+    /// `self`'s values where set, else `base`'s.
+    pub fn or(self, base: MediaOptions) -> MediaOptions {
+        MediaOptions {
+            min_pixels: self.min_pixels.or(base.min_pixels),
+            max_pixels: self.max_pixels.or(base.max_pixels),
+            fps: self.fps.or(base.fps),
+            max_frames: self.max_frames.or(base.max_frames),
+            total_pixels: self.total_pixels.or(base.total_pixels),
+        }
+    }
 }
 
 /// One media item after the family's preprocessing: the exact model input and its token count.
@@ -164,6 +202,12 @@ pub trait VisionLanguageModel: Send + Sync {
 
     /// Pixels, grid and token count of one item: the single source of the token count.
     fn prepare_media(&self, media: &Media, opts: &MediaOptions) -> Result<PreparedMedia>;
+
+    /// Which frames of a probed video file to decode and at what size (families without video
+    /// refuse).
+    fn plan_video(&self, _info: &VideoInfo, _opts: &MediaOptions) -> Result<VideoPlan> {
+        Err(crate::error::ModelError::Unsupported(format!("{} does not take videos", self.info().family)))
+    }
 
     /// Token ids with media placeholders expanded, positions, token types, media spans.
     fn build_prompt(&self, messages: &[ChatMessage], media: &[PreparedMedia], codec: &dyn PromptCodec, opts: &PromptOptions) -> Result<PromptInputs>;

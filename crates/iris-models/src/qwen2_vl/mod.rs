@@ -8,6 +8,7 @@ pub mod grounding;
 pub mod processor;
 pub mod synthetic;
 pub mod text;
+pub mod video;
 pub mod vision;
 
 use crate::api::*;
@@ -98,8 +99,16 @@ impl VisionLanguageModel for Qwen2Vl {
         }
         match media {
             Media::Image(img) => self.processor.prepare_image(img, min, max),
-            Media::Video { frames } => self.processor.prepare_video(frames, min, max),
+            Media::Video { frames, from_file: false } => self.processor.prepare_video(frames, None, min, max),
+            Media::Video { frames, from_file: true } => {
+                let hw = frames.first().map(|f| [f.height, f.width]);
+                self.processor.prepare_video(frames, hw, min, max)
+            }
         }
+    }
+
+    fn plan_video(&self, info: &VideoInfo, opts: &MediaOptions) -> Result<VideoPlan> {
+        video::plan(info, opts, self.processor.pre.patch_size * self.processor.pre.merge_size)
     }
 
     fn build_prompt(&self, messages: &[ChatMessage], media: &[PreparedMedia], codec: &dyn PromptCodec, opts: &PromptOptions) -> Result<PromptInputs> {

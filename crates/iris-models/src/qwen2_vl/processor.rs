@@ -16,6 +16,11 @@ pub const MAX_ASPECT_RATIO: f64 = 200.0;
 /// HF `smart_resize` (4.57): sides become multiples of `factor`, area within [min, max] pixels.
 /// Python's `round` rounds halves to even, hence `round_ties_even`.
 pub fn smart_resize(height: usize, width: usize, factor: usize, min_pixels: usize, max_pixels: usize) -> Result<(usize, usize)> {
+    smart_resize_f64(height, width, factor, min_pixels as f64, max_pixels as f64)
+}
+
+/// `smart_resize` with the fractional budgets qwen-vl-utils computes for video frames.
+pub fn smart_resize_f64(height: usize, width: usize, factor: usize, min_pixels: f64, max_pixels: f64) -> Result<(usize, usize)> {
     let (h, w, f) = (height as f64, width as f64, factor as f64);
     if height == 0 || width == 0 {
         return Err(ModelError::Prompt(format!("image has zero size ({width}x{height})")));
@@ -28,12 +33,12 @@ pub fn smart_resize(height: usize, width: usize, factor: usize, min_pixels: usiz
     }
     let mut h_bar = (h / f).round_ties_even() * f;
     let mut w_bar = (w / f).round_ties_even() * f;
-    if h_bar * w_bar > max_pixels as f64 {
-        let beta = (h * w / max_pixels as f64).sqrt();
+    if h_bar * w_bar > max_pixels {
+        let beta = (h * w / max_pixels).sqrt();
         h_bar = f.max((h / beta / f).floor() * f);
         w_bar = f.max((w / beta / f).floor() * f);
-    } else if h_bar * w_bar < min_pixels as f64 {
-        let beta = (min_pixels as f64 / (h * w)).sqrt();
+    } else if h_bar * w_bar < min_pixels {
+        let beta = (min_pixels / (h * w)).sqrt();
         h_bar = (h * beta / f).ceil() * f;
         w_bar = (w * beta / f).ceil() * f;
     }
@@ -98,10 +103,14 @@ impl Processor {
     }
 
     /// Frames of a video (already sampled); every frame is resized to the first frame's budget
-    /// size, odd counts are padded with the last frame.
-    pub fn prepare_video(&self, frames: &[RgbImage], min_pixels: usize, max_pixels: usize) -> Result<PreparedMedia> {
+    /// size (or to `planned_hw`, the size a video file's frames were decoded at), odd counts are
+    /// padded with the last frame.
+    pub fn prepare_video(&self, frames: &[RgbImage], planned_hw: Option<[usize; 2]>, min_pixels: usize, max_pixels: usize) -> Result<PreparedMedia> {
         let first = frames.first().ok_or_else(|| ModelError::Media { what: "video".into(), message: "no frames".into() })?;
-        let (h, w) = smart_resize(first.height, first.width, self.factor(), min_pixels, max_pixels)?;
+        let (h, w) = match planned_hw {
+            Some([h, w]) => (h, w),
+            None => smart_resize(first.height, first.width, self.factor(), min_pixels, max_pixels)?,
+        };
         let mut planar: Vec<Vec<f32>> = frames.iter().map(|f| self.normalize(&f.resize_bicubic(w, h), Normalize::FusedVideo)).collect();
         while !planar.len().is_multiple_of(self.pre.temporal_patch_size) {
             planar.push(planar.last().unwrap().clone());
