@@ -111,3 +111,24 @@ fn draw_boxes_writes_the_last_image() {
     assert_eq!((written.width(), written.height()), (200, 150));
     std::fs::remove_file(&out).unwrap();
 }
+
+#[test]
+fn video_and_image_flags_keep_command_line_order() {
+    let dir = fixture();
+    let model = dir.join("model");
+    let video = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../iris-engine/tests/data/counter_30f_10fps.mp4");
+    let image = dir.join("media/grad_150x100.png");
+    let (image_pad, video_pad) = (151655u64, 151656u64);
+    for (flags, video_first) in [(["--video", "--image"], true), (["--image", "--video"], false)] {
+        let path_of = |flag: &str| if flag == "--video" { video.to_str().unwrap() } else { image.to_str().unwrap() };
+        let args = ["run", "--model", model.to_str().unwrap(), flags[0], path_of(flags[0]), flags[1], path_of(flags[1]), "--json", "--max-tokens", "2", "--temperature", "0", "Compare them."];
+        let (code, stdout, stderr) = iris(&args);
+        assert_eq!(code, 0, "{stderr}");
+        let out: Value = serde_json::from_str(stdout.trim()).unwrap();
+        let ids: Vec<u64> = out["prompt_token_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect();
+        let first = |id: u64| ids.iter().position(|&x| x == id).unwrap_or_else(|| panic!("token {id} missing"));
+        assert_eq!(first(video_pad) < first(image_pad), video_first, "{flags:?}");
+        // 6 frames of 280x392 -> 420 video tokens
+        assert_eq!(ids.iter().filter(|&&x| x == video_pad).count(), 420);
+    }
+}
