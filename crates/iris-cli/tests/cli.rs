@@ -6,14 +6,11 @@ use serde_json::Value;
 use std::path::PathBuf;
 use std::process::Command;
 
-fn fixture() -> PathBuf {
-    let shared = std::env::var("IRIS_SHARED").map(PathBuf::from).unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared"));
-    shared.join("fixtures/qwen2-vl-tiny")
-}
+mod common;
+use common::iris;
 
-fn iris(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_iris")).args(args).output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+fn fixture() -> PathBuf {
+    common::fixture("qwen2-vl-tiny")
 }
 
 fn case(id: &str) -> Value {
@@ -69,13 +66,7 @@ fn bad_input_is_one_line_and_non_zero() {
         (vec!["run", "--model", "Nobody/not-a-model-xyz", "hi"], "Nobody/not-a-model-xyz"),
         (vec!["run", "--model", model, "--draw-boxes", "/tmp/never-written.png", "hi"], "--draw-boxes"),
     ];
-    for (args, needle) in cases {
-        let (code, _, stderr) = iris(&args);
-        assert_ne!(code, 0, "{args:?} should fail");
-        let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-        assert_eq!(lines.len(), 1, "{args:?}: expected one line, got {stderr:?}");
-        assert!(lines[0].starts_with("error: ") && lines[0].contains(needle), "{args:?}: {stderr:?}");
-    }
+    common::assert_one_line_errors(&cases);
 }
 
 #[test]

@@ -5,6 +5,9 @@ use candle_core::{DType, Tensor};
 
 /// Replaces rows `[offset, offset + len)` of `base [T, C]` with each embedding `[len, C]`.
 pub fn splice_rows(base: &Tensor, pieces: &[(usize, Tensor)], dtype: DType) -> Result<Tensor> {
+    if pieces.is_empty() {
+        return Ok(base.clone());
+    }
     let (t, _) = base.dims2()?;
     let mut sorted: Vec<&(usize, Tensor)> = pieces.iter().collect();
     sorted.sort_by_key(|(o, _)| *o);

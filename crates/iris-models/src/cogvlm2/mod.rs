@@ -96,10 +96,7 @@ impl VisionLanguageModel for CogVlm2 {
     }
 
     fn forward(&self, step: &StepInput, cache: &mut KvCache) -> Result<Tensor> {
-        let mut embeds = self.text.embed(step.token_ids)?;
-        if !step.media_embeds.is_empty() {
-            embeds = splice_rows(&embeds, &step.media_embeds, self.info.dtype)?;
-        }
+        let embeds = splice_rows(&self.text.embed(step.token_ids)?, &step.media_embeds, self.info.dtype)?;
         let positions = step.positions.first().ok_or_else(|| ModelError::Prompt("step has no position row".into()))?;
         self.text.forward(&embeds, positions, step.token_types, cache, step.all_logits)
     }

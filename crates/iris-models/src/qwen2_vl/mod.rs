@@ -127,10 +127,7 @@ impl VisionLanguageModel for Qwen2Vl {
     }
 
     fn forward(&self, step: &StepInput, cache: &mut KvCache) -> Result<Tensor> {
-        let mut embeds = self.text.embed(step.token_ids)?;
-        if !step.media_embeds.is_empty() {
-            embeds = splice_rows(&embeds, &step.media_embeds, self.info.dtype)?;
-        }
+        let embeds = splice_rows(&self.text.embed(step.token_ids)?, &step.media_embeds, self.info.dtype)?;
         self.text.forward(&embeds, step.positions, cache, step.all_logits)
     }
 
