@@ -4,7 +4,6 @@
 
 use serde_json::Value;
 use std::path::PathBuf;
-use std::process::Command;
 
 mod common;
 use common::iris;
@@ -71,22 +70,11 @@ fn bad_input_is_one_line_and_non_zero() {
 
 #[test]
 fn chat_repl_answers_like_run_and_survives_bad_commands() {
-    use std::io::Write;
     let dir = fixture();
     let c = case("c1_image_question");
     let image = dir.join("media/grad_150x100.png");
     let script = format!("/image /no/such.png\n/image {}\nWhat is in this image?\n/bogus\n/reset\n/quit\n", image.display());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_iris"))
-        .args(["chat", "--model", dir.join("model").to_str().unwrap(), "--max-tokens", "16", "--temperature", "0"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "{stderr}");
+    let (stdout, stderr) = common::greedy_chat(&dir.join("model"), &script, 16);
     assert!(stdout.contains(c["generation"]["text"].as_str().unwrap()), "stdout: {stdout:?}");
     assert!(stderr.contains("/no/such.png") && stderr.contains("unknown command /bogus") && stderr.contains("history cleared"), "{stderr}");
 }

@@ -4,7 +4,6 @@
 
 use serde_json::Value;
 use std::path::PathBuf;
-use std::process::Command;
 
 mod common;
 use common::iris;
@@ -39,23 +38,12 @@ fn run_json_with_vqa_template_matches_the_fixture() {
 
 #[test]
 fn chat_first_turn_matches_and_a_second_image_is_refused_without_ending_the_session() {
-    use std::io::Write;
     let dir = fixture();
     let c = case("c1_image_chat");
     let first = dir.join("media/a1_gradient_shapes.png");
     let second = dir.join("media/a2_stripes_triangle.png");
     let script = format!("/image {}\nWhat is in this picture?\n/image {}\nAnd this one?\n/quit\n", first.display(), second.display());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_iris"))
-        .args(["chat", "--model", dir.join("model").to_str().unwrap(), "--max-tokens", "16", "--temperature", "0"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "{stderr}");
+    let (stdout, stderr) = common::greedy_chat(&dir.join("model"), &script, 16);
     assert!(stdout.contains(c["generation"]["output_text"].as_str().unwrap()), "stdout: {stdout:?}");
     assert!(stderr.contains("cogvlm2") && stderr.contains("at most 1 image"), "{stderr}");
 }

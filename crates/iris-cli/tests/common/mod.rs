@@ -27,3 +27,22 @@ pub fn assert_one_line_errors(cases: &[(Vec<&str>, &str)]) {
         assert!(lines[0].starts_with("error: ") && lines[0].contains(needle), "{args:?}: {stderr:?}");
     }
 }
+
+/// Feeds `script` to `iris chat --model MODEL` (greedy, `max_tokens`); asserts a clean exit and
+/// returns (stdout, stderr).
+pub fn greedy_chat(model: &std::path::Path, script: &str, max_tokens: usize) -> (String, String) {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_iris"))
+        .args(["chat", "--model", model.to_str().unwrap(), "--max-tokens", &max_tokens.to_string(), "--temperature", "0"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
+    assert!(out.status.success(), "{stderr}");
+    (stdout, stderr)
+}
