@@ -137,8 +137,7 @@ pub fn build_position_ids(types: &[TokenType]) -> Vec<i64> {
     let mut out = Vec::with_capacity(n);
     let mut pos = -1i64;
     for i in 0..n {
-        let advance = !relabelled[i] || i == 0 || !relabelled[i - 1];
-        if advance || i == 0 {
+        if i == 0 || !relabelled[i] || !relabelled[i - 1] {
             pos += 1;
         }
         out.push(pos);
