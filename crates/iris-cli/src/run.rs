@@ -142,7 +142,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         out
     };
     if let (Some(path), Some(media)) = (&args.draw_boxes, box_image) {
-        let Media::Image(img) = load_media(&media, DecodeLimits::default(), engine.model.as_ref(), &req.media_options)? else {
+        let Media::Image(img) = load_media(&media, DecodeLimits::default(), engine.model.as_ref(), &media.options.or(req.media_options))? else {
             unreachable!("an image reference decodes to an image")
         };
         save_image(&draw_boxes(&img, &out.boxes), path)?;

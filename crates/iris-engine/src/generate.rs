@@ -106,7 +106,10 @@ impl Engine {
         let prepared = conv
             .media
             .iter()
-            .map(|m| Ok(self.model.prepare_media(&load_media(m, req.decode_limits, self.model.as_ref(), &req.media_options)?, &m.options.or(req.media_options))?))
+            .map(|m| {
+                let opts = m.options.or(req.media_options);
+                Ok(self.model.prepare_media(&load_media(m, req.decode_limits, self.model.as_ref(), &opts)?, &opts)?)
+            })
             .collect::<Result<Vec<_>>>()?;
         let prompt = self.model.build_prompt(&conv.messages, &prepared, &self.tokenizer, &req.prompt_options)?;
         if prompt.token_ids.len() >= info.max_context {

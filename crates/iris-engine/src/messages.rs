@@ -111,13 +111,14 @@ fn parse_part(item: &Value, field: &str, base_dir: Option<&Path>, media: &mut Ve
     };
     match kind {
         "text" => Ok(ContentPart::Text(str_field("text").ok_or_else(|| req(format!("{field}.text: missing or not a string")))?.to_string())),
-        "image_url" => {
-            let url = match item.get("image_url") {
+        key @ ("image_url" | "video_url") => {
+            let url = match item.get(key) {
                 Some(Value::String(s)) => s.as_str(),
-                Some(v) => v.get("url").and_then(|u| u.as_str()).ok_or_else(|| req(format!("{field}.image_url.url: missing")))?,
-                None => return Err(req(format!("{field}.image_url: missing"))),
+                Some(v) => v.get("url").and_then(|u| u.as_str()).ok_or_else(|| req(format!("{field}.{key}.url: missing")))?,
+                None => return Err(req(format!("{field}.{key}: missing"))),
             };
-            push(MediaKind::Image, media_source(url, base_dir, field)?)
+            let kind = if key == "video_url" { MediaKind::Video } else { MediaKind::Image };
+            push(kind, media_source(url, base_dir, field)?)
         }
         "image" => {
             let url = str_field("image").ok_or_else(|| req(format!("{field}.image: missing or not a string")))?;
@@ -141,14 +142,6 @@ fn parse_part(item: &Value, field: &str, base_dir: Option<&Path>, media: &mut Ve
             Some(Value::String(p)) => push(MediaKind::Video, media_source(p, base_dir, field)?),
             _ => Err(req(format!("{field}.video: expected a video file path or a list of frame images"))),
         },
-        "video_url" => {
-            let url = match item.get("video_url") {
-                Some(Value::String(s)) => s.as_str(),
-                Some(v) => v.get("url").and_then(|u| u.as_str()).ok_or_else(|| req(format!("{field}.video_url.url: missing")))?,
-                None => return Err(req(format!("{field}.video_url: missing"))),
-            };
-            push(MediaKind::Video, media_source(url, base_dir, field)?)
-        }
         other => Err(req(format!("{field}.type: unsupported part type `{other}` (text, image_url, image, video, video_url)"))),
     }
 }
@@ -198,17 +191,16 @@ fn decode_video_file(path: &Path, limits: DecodeLimits, model: &dyn VisionLangua
 }
 
 /// Reads and decodes one media reference; video files are sampled by the model's `plan_video`
-/// with `opts` (the request's options under the item's own).
+/// with `opts`, the item's effective options (its own over the request's).
 pub fn load_media(r: &MediaRef, limits: DecodeLimits, model: &dyn VisionLanguageModel, opts: &MediaOptions) -> Result<Media> {
-    let opts = r.options.or(*opts);
     match (&r.kind, &r.source) {
-        (MediaKind::Video, MediaSource::Path(p)) => decode_video_file(p, limits, model, &opts),
+        (MediaKind::Video, MediaSource::Path(p)) => decode_video_file(p, limits, model, opts),
         (MediaKind::Video, MediaSource::Bytes { data, .. }) => {
             static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
             let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let tmp = TempFile(std::env::temp_dir().join(format!("iris-video-{}-{n}", std::process::id())));
             std::fs::write(&tmp.0, data).map_err(|e| EngineError::File { path: tmp.0.display().to_string(), message: e.to_string() })?;
-            decode_video_file(&tmp.0, limits, model, &opts)
+            decode_video_file(&tmp.0, limits, model, opts)
         }
         (MediaKind::Video, MediaSource::Frames(frames)) => {
             let frames = frames

@@ -67,13 +67,15 @@ pub fn decode_frames(path: &Path, plan: &VideoPlan) -> Result<Vec<RgbImage>> {
     let mut ctx = ffmpeg::codec::context::Context::from_parameters(stream.parameters()).map_err(|e| bad(&what, format!("video stream: {e}")))?;
     ctx.set_threading(ffmpeg::codec::threading::Config { kind: ffmpeg::codec::threading::Type::Frame, count: 0, ..Default::default() });
     let mut decoder = ctx.decoder().video().map_err(|e| bad(&what, format!("no decoder for the video stream: {e}")))?;
-    let mut wanted = plan.indices.iter().copied().peekable();
+    // frame i of the result is source frame plan.indices[i], so the next wanted index is derived
+    // from how many frames are kept
     let mut frames: Vec<RgbImage> = Vec::with_capacity(plan.indices.len());
+    let wanted = |frames: &Vec<RgbImage>| plan.indices.get(frames.len()).copied();
     let mut next_index = 0usize;
     let mut scaler: Option<(ffmpeg::software::scaling::Context, (ffmpeg::format::Pixel, u32, u32))> = None;
     let mut decoded = ffmpeg::frame::Video::empty();
-    let mut take = |decoded: &ffmpeg::frame::Video, frames: &mut Vec<RgbImage>, wanted: &mut std::iter::Peekable<std::iter::Copied<std::slice::Iter<usize>>>, k: usize| -> Result<()> {
-        if wanted.peek() != Some(&k) {
+    let mut take = |decoded: &ffmpeg::frame::Video, frames: &mut Vec<RgbImage>, k: usize| -> Result<()> {
+        if wanted(frames) != Some(k) {
             return Ok(());
         }
         let key = (decoded.format(), decoded.width(), decoded.height());
@@ -90,14 +92,13 @@ pub fn decode_frames(path: &Path, plan: &VideoPlan) -> Result<Vec<RgbImage>> {
             data.extend_from_slice(&row[..w * 3]);
         }
         let img = RgbImage::new(w, h, data).resize_bicubic(plan.frame_hw[1], plan.frame_hw[0]);
-        while wanted.peek() == Some(&k) {
-            wanted.next();
+        while wanted(frames) == Some(k) {
             frames.push(img.clone());
         }
         Ok(())
     };
     for (s, packet) in input.packets() {
-        if wanted.peek().is_none() {
+        if wanted(&frames).is_none() {
             break;
         }
         if s.index() != index {
@@ -108,14 +109,14 @@ pub fn decode_frames(path: &Path, plan: &VideoPlan) -> Result<Vec<RgbImage>> {
             continue;
         }
         while decoder.receive_frame(&mut decoded).is_ok() {
-            take(&decoded, &mut frames, &mut wanted, next_index)?;
+            take(&decoded, &mut frames, next_index)?;
             next_index += 1;
         }
     }
-    if wanted.peek().is_some() {
+    if wanted(&frames).is_some() {
         let _ = decoder.send_eof();
         while decoder.receive_frame(&mut decoded).is_ok() {
-            take(&decoded, &mut frames, &mut wanted, next_index)?;
+            take(&decoded, &mut frames, next_index)?;
             next_index += 1;
         }
     }
