@@ -4,7 +4,10 @@ use anyhow::{bail, Result};
 use candle_core::{DType, Device};
 use clap::{Args, ValueEnum};
 use iris_engine::generation_config::GenerationDefaults;
+use iris_engine::weight_plan::{plan_for_checkpoint, FormatChoice, WeightPlan};
 use iris_engine::SamplingParams;
+use iris_nn::WeightFormat;
+use std::path::Path;
 use iris_models::{LoadOptions, MediaOptions, PromptOptions};
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -21,21 +24,47 @@ pub struct ModelArgs {
     /// Checkpoint directory, or a Hugging Face repo id (from the local HF cache, else downloaded).
     #[arg(long)]
     pub model: String,
-    /// Compute precision of the weights and activations.
+    /// Compute precision of the activations (and of weights left dense).
     #[arg(long, value_enum, default_value = "auto")]
     pub dtype: DtypeArg,
+    /// Storage of the language model's linear weights, converted while loading: f32, f16, bf16,
+    /// q8_0, q4k, or auto (dense in --dtype if it fits in 80% of available memory, else q8_0,
+    /// else q4k). Embedding and lm_head use q8_0 when this is q8_0 or q4k.
+    #[arg(long, default_value = "auto", value_parser = parse_format_choice)]
+    pub quant: FormatChoice,
+    /// Storage of the vision tower's linear weights (default: as --quant, q8_0 under q4k).
+    #[arg(long, value_parser = parse_format)]
+    pub quant_vision: Option<WeightFormat>,
+}
+
+fn parse_format_choice(s: &str) -> std::result::Result<FormatChoice, String> {
+    s.parse()
+}
+
+fn parse_format(s: &str) -> std::result::Result<WeightFormat, String> {
+    s.parse()
 }
 
 impl ModelArgs {
-    pub fn load_options(&self) -> LoadOptions {
-        let dtype = match self.dtype {
+    pub fn dtype(&self) -> DType {
+        match self.dtype {
             // candle's bf16 matmul is ~30x slower than f32 on CPU, and f16 overflows Qwen2's
-            // activations; f32 is the fastest faithful choice until quantised kernels land.
+            // activations; f32 is the fastest faithful choice for activations.
             DtypeArg::Auto | DtypeArg::F32 => DType::F32,
             DtypeArg::F16 => DType::F16,
             DtypeArg::Bf16 => DType::BF16,
-        };
-        LoadOptions { dtype, device: Device::Cpu }
+        }
+    }
+
+    /// Load options for the checkpoint in `dir` (resolving `--quant auto` against its size).
+    pub fn load_options(&self, dir: &Path) -> Result<LoadOptions> {
+        let plan = plan_for_checkpoint(dir, self.dtype(), self.quant, self.quant_vision)?;
+        Ok(self.options_from(plan))
+    }
+
+    pub fn options_from(&self, plan: WeightPlan) -> LoadOptions {
+        tracing::info!("{}", plan.summary);
+        LoadOptions { language_format: plan.language, vision_format: plan.vision, ..LoadOptions::new(self.dtype(), Device::Cpu) }
     }
 }
 

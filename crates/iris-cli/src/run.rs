@@ -41,7 +41,7 @@ pub struct RunArgs {
 
 pub fn load_engine(model: &ModelArgs) -> Result<Engine> {
     let dir = resolve_model(&model.model)?;
-    let engine = Engine::load(&dir, &model.load_options()).with_context(|| format!("loading {}", dir.display()))?;
+    let engine = Engine::load(&dir, &model.load_options(&dir)?).with_context(|| format!("loading {}", dir.display()))?;
     let unused = engine.model.unconsumed_tensors();
     if !unused.is_empty() {
         let shown: Vec<&str> = unused.iter().take(5).map(|s| s.as_str()).collect();

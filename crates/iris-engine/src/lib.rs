@@ -11,6 +11,7 @@ pub mod messages;
 pub mod sampler;
 pub mod tokenizer;
 pub mod video;
+pub mod weight_plan;
 
 pub use error::{EngineError, Result};
 pub use generate::{Engine, FinishReason, GenerateOutput, GenerateRequest, Timings};

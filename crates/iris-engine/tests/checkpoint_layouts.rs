@@ -54,7 +54,7 @@ fn sharded_renamed_untied_flat_checkpoint_gives_the_same_tokens() {
     let dir = common::fixture_dir();
     let out = std::env::temp_dir().join(format!("iris-layout-{}", std::process::id()));
     resave(&dir.join("model"), &out);
-    let engine = Engine::load(&out, &LoadOptions { dtype: candle_core::DType::F32, device: Device::Cpu }).unwrap();
+    let engine = Engine::load(&out, &LoadOptions::new(candle_core::DType::F32, Device::Cpu)).unwrap();
     assert!(engine.model.unconsumed_tensors().is_empty(), "{:?}", engine.model.unconsumed_tensors());
     let cases = common::cases();
     for case in cases["cases"].as_array().unwrap().iter().take(2) {

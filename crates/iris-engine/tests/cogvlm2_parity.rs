@@ -20,7 +20,7 @@ fn cogvlm2_tiny_matches_the_reference_on_every_case() {
     let dir = common::fixture("cogvlm2-tiny");
     let cases: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).unwrap()).unwrap();
     let expected: HashMap<String, Tensor> = candle_core::safetensors::load(dir.join("expected.safetensors"), &Device::Cpu).unwrap();
-    let engine = Engine::load(&dir.join("model"), &LoadOptions { dtype: DType::F32, device: Device::Cpu }).unwrap();
+    let engine = Engine::load(&dir.join("model"), &LoadOptions::new(DType::F32, Device::Cpu)).unwrap();
     assert!(engine.model.unconsumed_tensors().is_empty(), "unconsumed: {:?}", engine.model.unconsumed_tensors());
     assert_eq!(engine.model.info().family, "cogvlm2");
     let get = |key: &str| expected.get(key).unwrap_or_else(|| panic!("missing expected tensor {key}"));
@@ -103,7 +103,7 @@ fn cogvlm2_tiny_matches_the_reference_on_every_case() {
 #[test]
 fn cogvlm2_rejects_what_the_reference_cannot_do() {
     let dir = common::fixture("cogvlm2-tiny");
-    let engine = Engine::load(&dir.join("model"), &LoadOptions { dtype: DType::F32, device: Device::Cpu }).unwrap();
+    let engine = Engine::load(&dir.join("model"), &LoadOptions::new(DType::F32, Device::Cpu)).unwrap();
     let img = |f: &str| serde_json::json!({"type": "image", "image": format!("media/{f}")});
     let text = |t: &str| serde_json::json!({"type": "text", "text": t});
     let err = |messages: serde_json::Value, template: Option<&str>| -> String {

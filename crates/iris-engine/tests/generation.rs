@@ -16,7 +16,7 @@ fn request(messages: Value, max_new_tokens: usize, sampling: SamplingParams, sto
 #[test]
 fn streaming_stop_strings_limits_and_seeds() {
     let dir = common::fixture_dir();
-    let engine = Engine::load(&dir.join("model"), &LoadOptions { dtype: DType::F32, device: Device::Cpu }).unwrap();
+    let engine = Engine::load(&dir.join("model"), &LoadOptions::new(DType::F32, Device::Cpu)).unwrap();
     let cases = common::cases();
     let c1 = &cases["cases"][0];
     let messages = c1["request"]["messages"].clone();

@@ -18,7 +18,7 @@ fn qwen2_vl_tiny_matches_transformers_on_every_case() {
     let dir = common::fixture_dir();
     let cases = common::cases();
     let expected: HashMap<String, Tensor> = candle_core::safetensors::load(dir.join("expected.safetensors"), &Device::Cpu).unwrap();
-    let engine = Engine::load(&dir.join("model"), &LoadOptions { dtype: DType::F32, device: Device::Cpu }).unwrap();
+    let engine = Engine::load(&dir.join("model"), &LoadOptions::new(DType::F32, Device::Cpu)).unwrap();
     assert!(engine.model.unconsumed_tensors().is_empty(), "unconsumed: {:?}", engine.model.unconsumed_tensors());
     let get = |key: &str| expected.get(key).unwrap_or_else(|| panic!("missing expected tensor {key}"));
 

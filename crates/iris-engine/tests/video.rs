@@ -19,7 +19,7 @@ fn data(name: &str) -> PathBuf {
 }
 
 fn engine() -> Engine {
-    Engine::load(&common::fixture_dir().join("model"), &LoadOptions { dtype: DType::F32, device: Device::Cpu }).unwrap()
+    Engine::load(&common::fixture_dir().join("model"), &LoadOptions::new(DType::F32, Device::Cpu)).unwrap()
 }
 
 /// The files were drawn as full-range grey `16 + 7k`, which survives YUV and back.
@@ -103,7 +103,7 @@ fn bad_videos_are_named_errors() {
 #[test]
 fn families_without_video_refuse_it() {
     let dir = common::fixture("cogvlm2-tiny");
-    let engine = Engine::load(&dir.join("model"), &LoadOptions { dtype: DType::F32, device: Device::Cpu }).unwrap();
+    let engine = Engine::load(&dir.join("model"), &LoadOptions::new(DType::F32, Device::Cpu)).unwrap();
     let messages = json!([{"role": "user", "content": [{"type": "video", "video": data("counter_30f_10fps.mp4").display().to_string()}, {"type": "text", "text": "?"}]}]);
     let e = format!("{:#}", engine.generate(&GenerateRequest::greedy(parse_messages(&messages, None).unwrap(), 2), &mut |_| {}).unwrap_err());
     assert!(e.contains("cogvlm2 does not take videos"), "{e}");

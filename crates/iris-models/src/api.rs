@@ -192,8 +192,10 @@ pub struct ModelInfo {
     pub supports_video: bool,
     /// Bytes of KV cache per token (all layers, K and V), for memory admission.
     pub kv_bytes_per_token: usize,
-    /// Resident bytes of the loaded weights.
+    /// Resident bytes of the loaded weights (vision and language).
     pub weight_bytes: usize,
+    /// Weight bytes read to decode one text token (the decode roofline's denominator).
+    pub decode_bytes_per_token: usize,
 }
 
 /// A loaded vision-language model. Weights are immutable; per-sequence state lives in `KvCache`.

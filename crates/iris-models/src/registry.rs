@@ -5,12 +5,25 @@ use crate::api::{SyntheticPreset, VisionLanguageModel};
 use crate::config_util::read_json;
 use crate::error::{ModelError, Result};
 use candle_core::{DType, Device};
+use iris_nn::WeightFormat;
 use std::path::Path;
 
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
+    /// Compute precision of activations (and of weights left dense).
     pub dtype: DType,
     pub device: Device,
+    /// Storage of the language model's linear weights (None: dense in `dtype`).
+    pub language_format: Option<WeightFormat>,
+    /// Storage of the vision tower's linear weights (None: dense in `dtype`).
+    pub vision_format: Option<WeightFormat>,
+}
+
+impl LoadOptions {
+    /// Dense weights in `dtype` on `device`.
+    pub fn new(dtype: DType, device: Device) -> Self {
+        Self { dtype, device, language_format: None, vision_format: None }
+    }
 }
 
 struct Family {

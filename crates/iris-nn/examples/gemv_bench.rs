@@ -1,9 +1,10 @@
 //! Decode-kernel benchmark: the bandwidth a plain 2-thread streaming sum reaches on this machine,
 //! next to `Linear::forward` on one token (the GEMV path) for f32/f16/bf16 weights at Qwen2-VL-2B
-//! sizes (an MLP projection and the 151936-row lm_head).
+//! sizes (an MLP projection and the 151936-row lm_head), and q8_0/q4k `QuantizedMatrix` products.
 //! `cargo run --release -p iris-nn --example gemv_bench`
 
 use candle_core::{DType, Device, Tensor};
+use iris_nn::{QuantizedMatrix, WeightFormat};
 use rayon::prelude::*;
 use std::time::Instant;
 
@@ -43,6 +44,25 @@ fn main() {
             }
             let s = t.elapsed().as_secs_f64() / iters as f64;
             println!("{dt:?} [1, {k}] x [{n}, {k}]^T: {:.2} ms, {:.1} GB/s", s * 1e3, (n * k * dt.size_in_bytes()) as f64 / s / 1e9);
+        }
+    }
+    println!("quantized kernel: {:?}", iris_nn::quant::kernels::Kernel::best());
+    for format in [WeightFormat::Q8_0, WeightFormat::Q4K] {
+        for (n, k) in [(8960usize, 1536usize), (1536, 8960), (151936, 1536)] {
+            let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
+            let q = QuantizedMatrix::quantize_tensor(&w, format).unwrap();
+            drop(w);
+            for m in [1usize, 4] {
+                let x = Tensor::randn(0f32, 1.0, (m, k), &dev).unwrap();
+                q.matmul_t(&x).unwrap();
+                let iters = 20;
+                let t = Instant::now();
+                for _ in 0..iters {
+                    q.matmul_t(&x).unwrap();
+                }
+                let s = t.elapsed().as_secs_f64() / iters as f64;
+                println!("{format} [{m}, {k}] x [{n}, {k}]^T: {:.2} ms, {:.1} GB/s", s * 1e3, q.size_in_bytes() as f64 / s / 1e9);
+            }
         }
     }
 }

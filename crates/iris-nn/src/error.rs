@@ -14,6 +14,8 @@ pub enum NnError {
     ShapeMismatch { name: String, path: PathBuf, expected: Vec<usize>, actual: Vec<usize> },
     #[error("tensor `{name}` in {path} has unsupported dtype {dtype}")]
     UnsupportedDtype { name: String, path: PathBuf, dtype: String },
+    #[error("quantization: {0}")]
+    Quantization(String),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }

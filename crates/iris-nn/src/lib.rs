@@ -8,9 +8,11 @@ pub mod error;
 pub mod gemv;
 pub mod kv_cache;
 pub mod ops;
+pub mod quant;
 pub mod weights;
 
 pub use error::{NnError, Result};
 pub use kv_cache::{KvCache, LayerKv};
-pub use ops::Linear;
+pub use ops::{Embedding, Linear};
+pub use quant::{QuantizedMatrix, WeightFormat};
 pub use weights::WeightStore;

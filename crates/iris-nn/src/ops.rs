@@ -2,30 +2,78 @@
 //! activations. Mirrors `torch.nn.Linear`, `Qwen2RMSNorm`/`LlamaRMSNorm` and `torch.nn.LayerNorm`.
 
 use crate::error::Result;
+use crate::quant::{QuantizedMatrix, WeightFormat};
 use crate::weights::Weights;
+use std::sync::Arc;
 use candle_core::{DType, Tensor, D};
+
+/// A linear layer's weight `[out, in]`: dense (any float dtype) or block-quantized.
+#[derive(Debug, Clone)]
+enum LinearWeight {
+    Dense(Tensor),
+    Quantized(Arc<QuantizedMatrix>),
+}
 
 /// `y = x W^T + b` with W stored `[out, in]` as in PyTorch.
 #[derive(Debug, Clone)]
 pub struct Linear {
-    weight: Tensor,
+    weight: LinearWeight,
     bias: Option<Tensor>,
 }
 
 impl Linear {
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
-        Self { weight, bias }
+        Self { weight: LinearWeight::Dense(weight), bias }
     }
 
-    /// Loads `{prefix}.weight` `[out, in]` and, when `bias`, `{prefix}.bias` `[out]`.
+    pub fn from_quantized(weight: Arc<QuantizedMatrix>, bias: Option<Tensor>) -> Self {
+        Self { weight: LinearWeight::Quantized(weight), bias }
+    }
+
+    /// Loads `{prefix}.weight` `[out, in]` in the view's linear format (falling back to a finer
+    /// one when `in` is not a multiple of its block) and, when `bias`, `{prefix}.bias` `[out]` in
+    /// the compute dtype.
     pub fn load(w: &Weights, in_dim: usize, out_dim: usize, bias: bool) -> Result<Self> {
-        let weight = w.get(&[out_dim, in_dim], "weight")?;
+        Self::load_as(w, in_dim, out_dim, bias, w.linear_format())
+    }
+
+    /// An output head (`lm_head`): quantized formats become q8_0, as the logits are the most
+    /// precision-sensitive product of the model (llama.cpp keeps its output tensor at >= 6 bits).
+    pub fn load_head(w: &Weights, in_dim: usize, out_dim: usize) -> Result<Self> {
+        Self::load_as(w, in_dim, out_dim, false, head_format(w.linear_format()))
+    }
+
+    fn load_as(w: &Weights, in_dim: usize, out_dim: usize, bias: bool, format: Option<WeightFormat>) -> Result<Self> {
+        let weight = load_matrix(w, "weight", out_dim, in_dim, format)?;
         let bias = if bias { Some(w.get(&[out_dim], "bias")?) } else { None };
         Ok(Self { weight, bias })
     }
 
-    pub fn weight(&self) -> &Tensor {
-        &self.weight
+    /// How the weight is stored (`None` for a dense weight in the compute dtype).
+    pub fn format(&self) -> WeightFormat {
+        match &self.weight {
+            LinearWeight::Dense(t) => match t.dtype() {
+                DType::F16 => WeightFormat::F16,
+                DType::BF16 => WeightFormat::BF16,
+                _ => WeightFormat::F32,
+            },
+            LinearWeight::Quantized(q) => q.format(),
+        }
+    }
+
+    /// Resident bytes of the weight (the bytes one forward of a single row reads).
+    pub fn weight_bytes(&self) -> usize {
+        match &self.weight {
+            LinearWeight::Dense(t) => t.elem_count() * t.dtype().size_in_bytes(),
+            LinearWeight::Quantized(q) => q.size_in_bytes(),
+        }
+    }
+
+    pub fn out_dim(&self) -> usize {
+        match &self.weight {
+            LinearWeight::Dense(t) => t.dim(0).unwrap_or(0),
+            LinearWeight::Quantized(q) => q.dims().0,
+        }
     }
 
     /// `[.., in] -> [.., out]`.
@@ -35,16 +83,80 @@ impl Linear {
         let rows: usize = dims[..dims.len() - 1].iter().product();
         // [.., in] -> [rows, in] -> [rows, out]
         let x2 = x.reshape((rows, in_dim))?;
-        let mut y = match gemv_forward(&x2, &self.weight)? {
-            Some(y) => y,
-            None => x2.matmul(&self.weight.t()?)?,
+        let mut y = match &self.weight {
+            LinearWeight::Dense(w) => match gemv_forward(&x2, w)? {
+                Some(y) => y,
+                None if w.dtype() == x2.dtype() => x2.matmul(&w.t()?)?,
+                // a weight stored in another precision than the activations: widen it for the
+                // (compute-bound) large product
+                None => x2.matmul(&w.to_dtype(x2.dtype())?.t()?)?,
+            },
+            LinearWeight::Quantized(q) => q.matmul_t(&x2)?.to_dtype(x.dtype())?,
         };
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;
         }
         let mut out_dims = dims;
-        *out_dims.last_mut().unwrap() = self.weight.dim(0)?;
+        *out_dims.last_mut().unwrap() = self.out_dim();
         Ok(y.reshape(out_dims)?)
+    }
+}
+
+/// Quantized formats of the linears map to q8_0 for heads and embeddings.
+fn head_format(linears: Option<WeightFormat>) -> Option<WeightFormat> {
+    linears.map(|f| if f.is_quantized() { WeightFormat::Q8_0 } else { f })
+}
+
+/// `{name}` `[rows, cols]` in `format` (None: dense in the compute dtype).
+fn load_matrix(w: &Weights, name: &str, rows: usize, cols: usize, format: Option<WeightFormat>) -> Result<LinearWeight> {
+    match format.map(|f| f.for_inputs(cols, w.dtype())) {
+        None => Ok(LinearWeight::Dense(w.get(&[rows, cols], name)?)),
+        Some(f) => match f.dense_dtype() {
+            Some(dtype) => Ok(LinearWeight::Dense(w.store().get(&w.path(name), &[rows, cols], dtype)?)),
+            None => {
+                let values = w.get_f32_values(&[rows, cols], name)?;
+                Ok(LinearWeight::Quantized(Arc::new(QuantizedMatrix::quantize(&values, rows, cols, f)?)))
+            }
+        },
+    }
+}
+
+/// A token embedding table `[vocab, dim]`; quantized (q8_0, rows decoded on lookup) when the
+/// view's linears are quantized, so a tied output head shares the one copy.
+#[derive(Debug, Clone)]
+pub struct Embedding {
+    table: LinearWeight,
+    dtype: DType,
+}
+
+impl Embedding {
+    pub fn load(w: &Weights, vocab: usize, dim: usize) -> Result<Self> {
+        let format = head_format(w.linear_format()).filter(|f| f.is_quantized());
+        Ok(Self { table: load_matrix(w, "weight", vocab, dim, format)?, dtype: w.dtype() })
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        match &self.table {
+            LinearWeight::Dense(t) => t.dim(0).unwrap_or(0),
+            LinearWeight::Quantized(q) => q.dims().0,
+        }
+    }
+
+    /// `[T] ids -> [T, C]` in the compute dtype.
+    pub fn forward(&self, ids: &[u32], device: &candle_core::Device) -> Result<Tensor> {
+        match &self.table {
+            LinearWeight::Dense(t) => Ok(t.index_select(&Tensor::new(ids, device)?, 0)?),
+            LinearWeight::Quantized(q) => Ok(q.gather_rows(ids, device)?.to_dtype(self.dtype)?),
+        }
+    }
+
+    /// The tied output head reading the same storage.
+    pub fn as_head(&self) -> Linear {
+        Linear { weight: self.table.clone(), bias: None }
+    }
+
+    pub fn weight_bytes(&self) -> usize {
+        self.as_head().weight_bytes()
     }
 }
 

@@ -7,6 +7,7 @@
 //! every read is recorded, and `unconsumed()` reports tensors nothing asked for.
 
 use crate::error::{NnError, Result};
+use crate::quant::WeightFormat;
 use candle_core::{DType, Device, Tensor};
 use half::{bf16, f16};
 use memmap2::{Mmap, UncheckedAdvice};
@@ -137,6 +138,11 @@ impl WeightStore {
         self.index.contains_key(name)
     }
 
+    /// Number of values in all tensors of the checkpoint.
+    pub fn total_elements(&self) -> usize {
+        self.index.values().map(|e| e.shape.iter().product::<usize>()).sum()
+    }
+
     pub fn entry(&self, name: &str) -> Option<&TensorEntry> {
         self.index.get(name)
     }
@@ -148,6 +154,11 @@ impl WeightStore {
 
     /// Loads `name`, checks its shape, converts it to `dtype`.
     pub fn get(&self, name: &str, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        let entry = self.checked_shape(name, shape)?;
+        self.load_entry(name, entry, dtype)
+    }
+
+    fn checked_shape(&self, name: &str, shape: &[usize]) -> Result<&TensorEntry> {
         let entry = self.entry_checked(name)?;
         if entry.shape != shape {
             return Err(NnError::ShapeMismatch {
@@ -157,7 +168,7 @@ impl WeightStore {
                 actual: entry.shape.clone(),
             });
         }
-        self.load_entry(name, entry, dtype)
+        Ok(entry)
     }
 
     fn entry_checked(&self, name: &str) -> Result<&TensorEntry> {
@@ -167,23 +178,29 @@ impl WeightStore {
     fn load_entry(&self, name: &str, entry: &TensorEntry, dtype: DType) -> Result<Tensor> {
         let file = &self.files[entry.file];
         let bytes = &file.mmap[entry.start..entry.end];
-        let tensor = convert_bytes(bytes, entry.dtype, dtype, &entry.shape, &self.device).map_err(|e| match e {
-            ConvertError::Dtype => NnError::UnsupportedDtype {
-                name: entry.original_name.clone(),
-                path: file.path.clone(),
-                dtype: format!("{:?}", entry.dtype),
-            },
+        let tensor = convert_bytes(bytes, entry.dtype, dtype, &entry.shape, &self.device).map_err(|e| self.convert_error(entry, e))?;
+        self.finish_read(name, entry);
+        Ok(tensor)
+    }
+
+    fn convert_error(&self, entry: &TensorEntry, e: ConvertError) -> NnError {
+        let path = self.files[entry.file].path.clone();
+        match e {
+            ConvertError::Dtype => NnError::UnsupportedDtype { name: entry.original_name.clone(), path, dtype: format!("{:?}", entry.dtype) },
             ConvertError::Size => NnError::CorruptSafetensors {
-                path: file.path.clone(),
-                message: format!("tensor `{}` has {} bytes, which does not fit shape {:?}", entry.original_name, bytes.len(), entry.shape),
+                path,
+                message: format!("tensor `{}` has {} bytes, which does not fit shape {:?}", entry.original_name, entry.end - entry.start, entry.shape),
             },
             ConvertError::Candle(e) => NnError::Candle(e),
-        })?;
+        }
+    }
+
+    /// Records the read and drops the tensor's file pages from the resident set.
+    fn finish_read(&self, name: &str, entry: &TensorEntry) {
         if self.release_pages {
-            release_range(&file.mmap, entry.start, entry.end);
+            release_range(&self.files[entry.file].mmap, entry.start, entry.end);
         }
         self.consumed.lock().unwrap().insert(name.to_string());
-        Ok(tensor)
     }
 
     /// Canonical names present in the checkpoint that no `get` consumed, sorted.
@@ -196,9 +213,21 @@ impl WeightStore {
 
     /// A builder scoped to `prefix`, like candle's `VarBuilder::pp`.
     pub fn root(&self, dtype: DType) -> Weights<'_> {
-        Weights { store: self, prefix: String::new(), dtype }
+        Weights { store: self, prefix: String::new(), dtype, linear_format: None }
     }
 
+    /// `name` decoded to f32 values (for quantizing), with the same checks as `get`.
+    pub fn get_f32_values(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let entry = self.checked_shape(name, shape)?;
+        let file = &self.files[entry.file];
+        let bytes = &file.mmap[entry.start..entry.end];
+        if bytes.len() != shape.iter().product::<usize>() * element_size(entry.dtype).unwrap_or(0) {
+            return Err(self.convert_error(entry, ConvertError::Size));
+        }
+        let values = bytes_to_f32(bytes, entry.dtype).ok_or_else(|| self.convert_error(entry, ConvertError::Dtype))?;
+        self.finish_read(name, entry);
+        Ok(values)
+    }
 }
 
 /// Drops the mapping's pages in [start, end) from this process's resident set. The mapping is
@@ -233,36 +262,44 @@ fn read_elems<T: Copy + Send + Default, const N: usize>(bytes: &[u8], f: impl Fn
     out
 }
 
+fn element_size(dtype: safetensors::Dtype) -> Option<usize> {
+    use safetensors::Dtype as S;
+    match dtype {
+        S::F32 | S::I32 => Some(4),
+        S::F16 | S::BF16 => Some(2),
+        S::I64 | S::F64 => Some(8),
+        _ => None,
+    }
+}
+
+/// Float safetensors bytes as f32 values (None for integer or unknown dtypes).
+fn bytes_to_f32(bytes: &[u8], src: safetensors::Dtype) -> Option<Vec<f32>> {
+    use safetensors::Dtype as S;
+    Some(match src {
+        S::F32 => read_elems(bytes, f32::from_le_bytes),
+        S::F16 => read_elems(bytes, |b: [u8; 2]| f16::from_le_bytes(b).to_f32()),
+        S::BF16 => read_elems(bytes, |b: [u8; 2]| bf16::from_le_bytes(b).to_f32()),
+        S::F64 => read_elems(bytes, |b: [u8; 8]| f64::from_le_bytes(b) as f32),
+        _ => return None,
+    })
+}
+
 /// Converts raw little-endian safetensors bytes straight into a tensor of `dst` dtype, with one
 /// allocation of the destination size.
 fn convert_bytes(bytes: &[u8], src: safetensors::Dtype, dst: DType, shape: &[usize], device: &Device) -> std::result::Result<Tensor, ConvertError> {
     use safetensors::Dtype as S;
     let n: usize = shape.iter().product();
-    let elem = match src {
-        S::F32 | S::I32 => 4,
-        S::F16 | S::BF16 => 2,
-        S::I64 | S::F64 => 8,
-        _ => return Err(ConvertError::Dtype),
-    };
+    let elem = element_size(src).ok_or(ConvertError::Dtype)?;
     if bytes.len() != n * elem {
         return Err(ConvertError::Size);
     }
-    let as_f32 = |bytes: &[u8]| -> Option<Vec<f32>> {
-        Some(match src {
-            S::F32 => read_elems(bytes, f32::from_le_bytes),
-            S::F16 => read_elems(bytes, |b: [u8; 2]| f16::from_le_bytes(b).to_f32()),
-            S::BF16 => read_elems(bytes, |b: [u8; 2]| bf16::from_le_bytes(b).to_f32()),
-            S::F64 => read_elems(bytes, |b: [u8; 8]| f64::from_le_bytes(b) as f32),
-            _ => return None,
-        })
-    };
     let t = match (src, dst) {
         (S::F32, DType::F32) | (S::F16, DType::F16) | (S::BF16, DType::BF16) | (S::I64, DType::I64) => {
             Tensor::from_raw_buffer(bytes, dst, shape, device)
         }
         (S::I64, DType::F32) => Tensor::from_vec(read_elems(bytes, |b: [u8; 8]| i64::from_le_bytes(b) as f32), shape, device),
         (S::I32, DType::F32) => Tensor::from_vec(read_elems(bytes, |b: [u8; 4]| i32::from_le_bytes(b) as f32), shape, device),
-        (_, DType::F32) => Tensor::from_vec(as_f32(bytes).ok_or(ConvertError::Dtype)?, shape, device),
+        (_, DType::F32) => Tensor::from_vec(bytes_to_f32(bytes, src).ok_or(ConvertError::Dtype)?, shape, device),
         (S::BF16, DType::F16) => {
             Tensor::from_vec(read_elems(bytes, |b: [u8; 2]| f16::from_f32(bf16::from_le_bytes(b).to_f32())), shape, device)
         }
@@ -282,12 +319,24 @@ pub struct Weights<'a> {
     store: &'a WeightStore,
     prefix: String,
     dtype: DType,
+    /// Storage format of linear weights under this prefix (None: dense in `dtype`).
+    linear_format: Option<WeightFormat>,
 }
 
 impl<'a> Weights<'a> {
     pub fn pp(&self, name: impl std::fmt::Display) -> Weights<'a> {
         let prefix = if self.prefix.is_empty() { name.to_string() } else { format!("{}.{name}", self.prefix) };
-        Weights { store: self.store, prefix, dtype: self.dtype }
+        Weights { store: self.store, prefix, dtype: self.dtype, linear_format: self.linear_format }
+    }
+
+    /// The same view with linear weights stored as `format` (None: dense in the compute dtype).
+    pub fn with_linear_format(mut self, format: Option<WeightFormat>) -> Self {
+        self.linear_format = format;
+        self
+    }
+
+    pub fn linear_format(&self) -> Option<WeightFormat> {
+        self.linear_format
     }
 
     pub fn dtype(&self) -> DType {
@@ -312,6 +361,11 @@ impl<'a> Weights<'a> {
 
     pub fn get(&self, shape: &[usize], name: &str) -> Result<Tensor> {
         self.store.get(&self.path(name), shape, self.dtype)
+    }
+
+    /// `name` as f32 values, for quantizing.
+    pub fn get_f32_values(&self, shape: &[usize], name: &str) -> Result<Vec<f32>> {
+        self.store.get_f32_values(&self.path(name), shape)
     }
 
     pub fn shape_of(&self, name: &str) -> Option<Vec<usize>> {

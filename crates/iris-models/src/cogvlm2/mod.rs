@@ -43,8 +43,9 @@ impl CogVlm2 {
         let root = store.root(opts.dtype);
         let t = &cfg.text;
         // tensors are converted one at a time from the mmap: no full-precision copy stays resident
-        let text = TextModel::load(&root, t)?;
-        let vision = VisionTower::load(&root.pp("model.vision"), &cfg.vision, t.hidden_size, t.intermediate_size)?;
+        let text = TextModel::load(&root.clone().with_linear_format(opts.language_format), t)?;
+        let vision_root = root.pp("model.vision").with_linear_format(opts.vision_format);
+        let vision = VisionTower::load(&vision_root, &cfg.vision, t.hidden_size, t.intermediate_size)?;
         let unconsumed = store.unconsumed();
         let info = ModelInfo {
             family: "cogvlm2",
@@ -57,7 +58,8 @@ impl CogVlm2 {
             max_media_per_conversation: Some(1),
             supports_video: false,
             kv_bytes_per_token: 2 * t.num_hidden_layers * t.num_kv_heads * t.head_dim() * opts.dtype.size_in_bytes(),
-            weight_bytes: text.weight_bytes(),
+            weight_bytes: text.weight_bytes() + vision.weight_bytes(),
+            decode_bytes_per_token: text.decode_bytes_per_token(),
         };
         Ok(Self { cfg, vision, text, info, unconsumed })
     }

@@ -11,7 +11,7 @@ use crate::api::TokenType;
 use crate::error::{ModelError, Result};
 use candle_core::{DType, Device, Tensor};
 use iris_nn::attention::{attention, DEFAULT_SCORE_BYTES};
-use iris_nn::ops::{silu_mul, Linear, RmsNorm};
+use iris_nn::ops::{silu_mul, Embedding, Linear, RmsNorm};
 use iris_nn::weights::Weights;
 use iris_nn::{KvCache, LayerKv};
 
@@ -45,7 +45,7 @@ impl Expert {
     fn weight_bytes(&self) -> usize {
         [&self.query_key_value, &self.dense, &self.gate_proj, &self.up_proj, &self.down_proj]
             .iter()
-            .map(|l| l.weight().elem_count() * l.weight().dtype().size_in_bytes())
+            .map(|l| l.weight_bytes())
             .sum()
     }
 }
@@ -118,7 +118,7 @@ impl Routing {
 
 pub struct TextModel {
     /// `[V, C]`
-    embed_tokens: Tensor,
+    embed_tokens: Embedding,
     layers: Vec<DecoderLayer>,
     norm: RmsNorm,
     /// `[V, C]`, untied.
@@ -127,6 +127,7 @@ pub struct TextModel {
     inv_freqs: Vec<Vec<f32>>,
     cfg: TextConfig,
     dtype: DType,
+    device: Device,
 }
 
 impl TextModel {
@@ -135,7 +136,7 @@ impl TextModel {
         let m = w.pp("model");
         let c = cfg.hidden_size;
         let vocab = m.shape_of("embed_tokens.weight").map(|s| s[0]).unwrap_or(cfg.vocab_size);
-        let embed_tokens = m.get(&[vocab, c], "embed_tokens.weight")?;
+        let embed_tokens = Embedding::load(&m.pp("embed_tokens"), vocab, c)?;
         let inter = m.shape_of("layers.0.mlp.language_mlp.gate_proj.weight").map(|s| s[0]).unwrap_or(cfg.intermediate_size);
         let half = cfg.head_dim() / 2;
         let mut inv_freqs: Vec<Vec<f32>> = Vec::new();
@@ -164,15 +165,16 @@ impl TextModel {
             embed_tokens,
             layers,
             norm: RmsNorm::load_scale_in_f32(&m.pp("norm"), c, cfg.rms_norm_eps)?,
-            lm_head: Linear::new(w.get(&[vocab, c], "lm_head.weight")?, None),
+            lm_head: Linear::load_head(&w.pp("lm_head"), c, vocab)?,
             inv_freqs,
             cfg: cfg.clone(),
             dtype: w.dtype(),
+            device: w.device().clone(),
         })
     }
 
     pub fn vocab_size(&self) -> usize {
-        self.embed_tokens.dim(0).unwrap_or(self.cfg.vocab_size)
+        self.embed_tokens.vocab_size()
     }
 
     pub fn num_layers(&self) -> usize {
@@ -181,9 +183,13 @@ impl TextModel {
 
     /// Resident bytes of every weight matrix (both experts, embedding, lm_head).
     pub fn weight_bytes(&self) -> usize {
-        let t = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
         let layers: usize = self.layers.iter().map(|l| l.language.weight_bytes() + l.vision.weight_bytes()).sum();
-        t(&self.embed_tokens) + t(self.lm_head.weight()) + layers
+        self.embed_tokens.weight_bytes() + self.lm_head.weight_bytes() + layers
+    }
+
+    /// Weight bytes one decoded (text) token reads: the language expert of every layer and the head.
+    pub fn decode_bytes_per_token(&self) -> usize {
+        self.layers.iter().map(|l| l.language.weight_bytes()).sum::<usize>() + self.lm_head.weight_bytes()
     }
 
     /// `[T] ids -> [T, C]`, validating ids against the embedding size.
@@ -192,7 +198,7 @@ impl TextModel {
         if let Some(bad) = ids.iter().find(|&&i| i as usize >= v) {
             return Err(ModelError::Prompt(format!("token id {bad} is outside the vocabulary of {v}")));
         }
-        Ok(self.embed_tokens.index_select(&Tensor::new(ids, self.embed_tokens.device())?, 0)?)
+        Ok(self.embed_tokens.forward(ids, &self.device)?)
     }
 
     /// cos/sin `[T, D/2]` in the model dtype for one `inv_freq` buffer. The reference builds the
@@ -206,7 +212,7 @@ impl TextModel {
             let pos = round(p as f32);
             angles.extend(inv_freq.iter().map(|f| round(pos * round(*f))));
         }
-        let a = Tensor::from_vec(angles, (positions.len(), inv_freq.len()), self.embed_tokens.device())?;
+        let a = Tensor::from_vec(angles, (positions.len(), inv_freq.len()), &self.device)?;
         Ok((a.cos()?.to_dtype(self.dtype)?, a.sin()?.to_dtype(self.dtype)?))
     }
 

@@ -47,6 +47,14 @@ pub struct VisionTower {
 }
 
 impl VisionTower {
+    /// Resident bytes of the linear weights and embeddings (norms and biases are negligible).
+    pub fn weight_bytes(&self) -> usize {
+        let layers = self.layers.iter().flat_map(|l| [&l.query_key_value, &l.dense, &l.fc1, &l.fc2]);
+        let adapter = [&self.patch_embed, &self.downsample, &self.linear_proj, &self.gate_proj, &self.dense_h_to_4h, &self.dense_4h_to_h];
+        let pos = self.position_embedding.elem_count() * self.position_embedding.dtype().size_in_bytes();
+        layers.chain(adapter).map(Linear::weight_bytes).sum::<usize>() + pos
+    }
+
     /// `w` is `model.vision`; `hidden`/`inter` are the language model's widths.
     pub fn load(w: &Weights, cfg: &VisionConfig, hidden: usize, inter: usize) -> Result<Self> {
         let (e, p, c) = (cfg.hidden_size, cfg.patch_size, cfg.in_channels);

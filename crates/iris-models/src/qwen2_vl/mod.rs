@@ -63,8 +63,8 @@ impl Qwen2Vl {
 
     pub fn from_store(cfg: Qwen2VlConfig, pre: PreprocessorConfig, store: &WeightStore, opts: &LoadOptions) -> Result<Self> {
         let root = store.root(opts.dtype);
-        let vision = VisionTower::load(&root.pp("visual"), &cfg.vision)?;
-        let text = TextModel::load(&root, &cfg.text)?;
+        let vision = VisionTower::load(&root.pp("visual").with_linear_format(opts.vision_format), &cfg.vision)?;
+        let text = TextModel::load(&root.clone().with_linear_format(opts.language_format), &cfg.text)?;
         let unconsumed = store.unconsumed();
         let t = &cfg.text;
         let kv_bytes_per_token = 2 * t.num_hidden_layers * t.num_key_value_heads * t.head_dim() * opts.dtype.size_in_bytes();
@@ -78,7 +78,8 @@ impl Qwen2Vl {
             max_media_per_conversation: None,
             supports_video: true,
             kv_bytes_per_token,
-            weight_bytes: text.weight_bytes(),
+            weight_bytes: text.weight_bytes() + vision.weight_bytes(),
+            decode_bytes_per_token: text.decode_bytes_per_token(),
         };
         Ok(Self { processor: Processor { pre, cfg }, vision, text, info, device: opts.device.clone(), unconsumed })
     }

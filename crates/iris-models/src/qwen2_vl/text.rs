@@ -6,9 +6,9 @@
 
 use super::config::TextConfig;
 use crate::error::{ModelError, Result};
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Device, Tensor};
 use iris_nn::attention::{attention, DEFAULT_SCORE_BYTES};
-use iris_nn::ops::{silu_mul, Linear, RmsNorm};
+use iris_nn::ops::{silu_mul, Embedding, Linear, RmsNorm};
 use iris_nn::weights::Weights;
 use iris_nn::{KvCache, LayerKv};
 
@@ -26,7 +26,7 @@ struct DecoderLayer {
 
 pub struct TextModel {
     /// `[V, C]`
-    embed_tokens: Tensor,
+    embed_tokens: Embedding,
     layers: Vec<DecoderLayer>,
     norm: RmsNorm,
     /// `[V, C]`; the embedding itself when tied.
@@ -34,6 +34,7 @@ pub struct TextModel {
     inv_freq: Vec<f32>,
     cfg: TextConfig,
     dtype: DType,
+    device: Device,
 }
 
 impl TextModel {
@@ -44,7 +45,7 @@ impl TextModel {
         let (q_dim, kv_dim) = (cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd);
         // The vocabulary and MLP width are read from the tensors: quantised exports pad them.
         let vocab = m.shape_of("embed_tokens.weight").map(|s| s[0]).unwrap_or(cfg.vocab_size);
-        let embed_tokens = m.get(&[vocab, c], "embed_tokens.weight")?;
+        let embed_tokens = Embedding::load(&m.pp("embed_tokens"), vocab, c)?;
         let inter = m.shape_of("layers.0.mlp.gate_proj.weight").map(|s| s[0]).unwrap_or(cfg.intermediate_size);
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| {
@@ -68,30 +69,37 @@ impl TextModel {
             if w.contains("lm_head.weight") {
                 w.store().mark_ignored(&w.path("lm_head.weight"));
             }
-            Linear::new(embed_tokens.clone(), None)
+            embed_tokens.as_head()
         } else {
-            Linear::new(w.get(&[vocab, c], "lm_head.weight")?, None)
+            Linear::load_head(&w.pp("lm_head"), c, vocab)?
         };
         let half = hd / 2;
         let base = cfg.rope_theta as f32;
         let inv_freq = (0..half).map(|j| 1.0 / base.powf((2 * j) as f32 / hd as f32)).collect();
-        Ok(Self { embed_tokens, layers, norm, lm_head, inv_freq, cfg: cfg.clone(), dtype: w.dtype() })
+        Ok(Self { embed_tokens, layers, norm, lm_head, inv_freq, cfg: cfg.clone(), dtype: w.dtype(), device: w.device().clone() })
     }
 
     pub fn vocab_size(&self) -> usize {
-        self.embed_tokens.dim(0).unwrap_or(self.cfg.vocab_size)
+        self.embed_tokens.vocab_size()
     }
 
-    pub fn weight_bytes(&self) -> usize {
-        let t = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
-        let l = |l: &Linear| t(l.weight());
-        let per_layer: usize = self
-            .layers
+    fn layer_bytes(&self) -> usize {
+        self.layers
             .iter()
-            .map(|x| l(&x.q_proj) + l(&x.k_proj) + l(&x.v_proj) + l(&x.o_proj) + l(&x.gate_proj) + l(&x.up_proj) + l(&x.down_proj))
-            .sum();
-        let head = if self.cfg.tie_word_embeddings { 0 } else { t(self.lm_head.weight()) };
-        t(&self.embed_tokens) + per_layer + head
+            .flat_map(|x| [&x.q_proj, &x.k_proj, &x.v_proj, &x.o_proj, &x.gate_proj, &x.up_proj, &x.down_proj])
+            .map(Linear::weight_bytes)
+            .sum()
+    }
+
+    /// Resident bytes of the weight matrices (a tied head shares the embedding).
+    pub fn weight_bytes(&self) -> usize {
+        let head = if self.cfg.tie_word_embeddings { 0 } else { self.lm_head.weight_bytes() };
+        self.embed_tokens.weight_bytes() + self.layer_bytes() + head
+    }
+
+    /// Weight bytes one decoded token reads: every layer and the head.
+    pub fn decode_bytes_per_token(&self) -> usize {
+        self.layer_bytes() + self.lm_head.weight_bytes()
     }
 
     /// `[T] ids -> [T, C]`, validating ids against the embedding size.
@@ -100,8 +108,7 @@ impl TextModel {
         if let Some(bad) = ids.iter().find(|&&i| i as usize >= v) {
             return Err(ModelError::Prompt(format!("token id {bad} is outside the vocabulary of {v}")));
         }
-        let idx = Tensor::new(ids, self.embed_tokens.device())?;
-        Ok(self.embed_tokens.index_select(&idx, 0)?)
+        Ok(self.embed_tokens.forward(ids, &self.device)?)
     }
 
     /// M-RoPE cos/sin `[T, D/2]`: frequency j uses the t, h or w position by `mrope_section`;
@@ -117,7 +124,7 @@ impl TextModel {
                 angles.push(row[i] as f32 * f);
             }
         }
-        let a = Tensor::from_vec(angles, (t, half), self.embed_tokens.device())?;
+        let a = Tensor::from_vec(angles, (t, half), &self.device)?;
         Ok((a.cos()?.to_dtype(self.dtype)?, a.sin()?.to_dtype(self.dtype)?))
     }
 

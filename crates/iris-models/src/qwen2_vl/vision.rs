@@ -36,6 +36,12 @@ pub struct VisionTower {
 }
 
 impl VisionTower {
+    /// Resident bytes of the linear weights (norms and biases are negligible).
+    pub fn weight_bytes(&self) -> usize {
+        let blocks = self.blocks.iter().flat_map(|b| [&b.qkv, &b.proj, &b.fc1, &b.fc2]);
+        blocks.chain([&self.patch_embed, &self.merger_fc1, &self.merger_fc2]).map(Linear::weight_bytes).sum()
+    }
+
     pub fn load(w: &Weights, cfg: &VisionConfig) -> Result<Self> {
         let e = cfg.embed_dim;
         let (p, tp, c) = (cfg.patch_size, cfg.temporal_patch_size, cfg.in_channels);

@@ -1,0 +1,454 @@
+//! Decode kernels for quantized weights: `[m, K] x W^T` with m <= `MAX_ROWS`, W in q8_0 or q4_K.
+//! As in llama.cpp, the activations are quantized per block (q8_0: 32 values, one f32 scale;
+//! q4_K: 256 values with per-32 sums) and the block dot products run in int8 x int8 -> int32.
+//! On AVX512-VNNI CPUs one `vpdpbusd` multiplies 64 weight bytes; `*_scalar` is the plain twin
+//! of the same integer algorithm, used elsewhere and in the tests. Written by hand because
+//! candle's own quantized matmul doubles resident weight memory (see `quant/mod.rs`).
+
+use super::Blocks;
+use candle_core::quantized::k_quants::{BlockQ4K, BlockQ8_0, QK8_0, QK_K};
+use half::f16;
+use rayon::prelude::*;
+
+/// Most activation rows handled by the integer kernels.
+pub const MAX_ROWS: usize = 8;
+/// Output rows per parallel task.
+const ROWS_PER_TASK: usize = 16;
+
+/// ggml `block_q4_K` with its packed 6-bit scales unpacked (148 bytes instead of 144), so the
+/// kernel turns them into a vector with one load. Values: `d*sc[j]*q - dmin*m[j]` for sub-block j.
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[repr(C)]
+pub struct Q4KBlock {
+    /// `[d, dmin]`
+    pub dm: [f16; 2],
+    pub sc: [u8; 8],
+    pub m: [u8; 8],
+    /// ggml nibble order: byte `32*g + l` holds value `64*g + l` (low) and `64*g + 32 + l` (high).
+    pub qs: [u8; QK_K / 2],
+}
+
+impl Default for Q4KBlock {
+    fn default() -> Self {
+        Self { dm: [f16::ZERO; 2], sc: [0; 8], m: [0; 8], qs: [0; QK_K / 2] }
+    }
+}
+
+const _: () = assert!(std::mem::size_of::<BlockQ4K>() == 144 && std::mem::size_of::<BlockQ8_0>() == 34);
+
+fn raw_bytes<T>(v: &T) -> &[u8] {
+    // SAFETY: candle's blocks are #[repr(C)] plain data (sizes asserted above).
+    unsafe { std::slice::from_raw_parts(v as *const T as *const u8, std::mem::size_of::<T>()) }
+}
+
+/// `(d, qs)` of a ggml q8_0 block (layout: f16 d, 32 x i8).
+pub(crate) fn q8_0_block_parts(b: &BlockQ8_0) -> (f16, &[i8]) {
+    let bytes = raw_bytes(b);
+    let d = f16::from_le_bytes([bytes[0], bytes[1]]);
+    // SAFETY: i8 and u8 have the same layout.
+    let qs = unsafe { std::slice::from_raw_parts(bytes[2..34].as_ptr() as *const i8, QK8_0) };
+    (d, qs)
+}
+
+impl Q4KBlock {
+    /// Unpacks ggml's layout: f16 d, f16 dmin, 12 bytes of 6-bit scales/mins, 128 bytes of nibbles.
+    pub fn from_ggml(b: &BlockQ4K) -> Self {
+        let bytes = raw_bytes(b);
+        let scales: &[u8] = &bytes[4..16];
+        let mut out = Self {
+            dm: [f16::from_le_bytes([bytes[0], bytes[1]]), f16::from_le_bytes([bytes[2], bytes[3]])],
+            ..Default::default()
+        };
+        for j in 0..8 {
+            // ggml `get_scale_min_k4`
+            let (sc, m) = if j < 4 {
+                (scales[j] & 63, scales[j + 4] & 63)
+            } else {
+                ((scales[j + 4] & 0xF) | ((scales[j - 4] >> 6) << 4), (scales[j + 4] >> 4) | ((scales[j] >> 6) << 4))
+            };
+            out.sc[j] = sc;
+            out.m[j] = m;
+        }
+        out.qs.copy_from_slice(&bytes[16..144]);
+        out
+    }
+
+    /// The 4-bit value at position `v` in `0..256`.
+    fn q(&self, v: usize) -> u8 {
+        let (g, l) = (v / 64, v % 64);
+        let byte = self.qs[32 * g + l % 32];
+        if l < 32 {
+            byte & 0xF
+        } else {
+            byte >> 4
+        }
+    }
+}
+
+pub(crate) fn dequantize_row(blocks: &Blocks, k: usize, row: usize, out: &mut [f32]) {
+    match blocks {
+        Blocks::Q8_0 { qs, d } => {
+            let per_row = k / QK8_0;
+            for b in 0..per_row {
+                let scale = d[row * per_row + b].to_f32();
+                let base = row * k + b * QK8_0;
+                for i in 0..QK8_0 {
+                    out[b * QK8_0 + i] = scale * qs[base + i] as f32;
+                }
+            }
+        }
+        Blocks::Q4K(blocks) => {
+            let per_row = k / QK_K;
+            for (s, blk) in blocks[row * per_row..(row + 1) * per_row].iter().enumerate() {
+                let (d, dmin) = (blk.dm[0].to_f32(), blk.dm[1].to_f32());
+                for v in 0..QK_K {
+                    let j = v / 32;
+                    out[s * QK_K + v] = d * blk.sc[j] as f32 * blk.q(v) as f32 - dmin * blk.m[j] as f32;
+                }
+            }
+        }
+    }
+}
+
+/// One activation row quantized for the integer kernels.
+struct QuantizedRow {
+    /// One scale per block (32 values for q8_0, 256 for q4_K).
+    d: Vec<f32>,
+    /// Int8 values in `[-127, 127]`; for q4_K in the kernel's order (`q4k_lane_order`).
+    qs: Vec<i8>,
+    /// q4_K only: sum of the quantized values of each 32-value sub-block, in value order.
+    sub_sums: Vec<f32>,
+}
+
+/// Symmetric int8 quantization of `x` in blocks of `block`, in value order.
+fn quantize_blocks(x: &[f32], block: usize) -> (Vec<f32>, Vec<i8>) {
+    let mut d = Vec::with_capacity(x.len() / block);
+    let mut qs = Vec::with_capacity(x.len());
+    for chunk in x.chunks(block) {
+        let amax = chunk.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let scale = amax / 127.0;
+        let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+        d.push(scale);
+        qs.extend(chunk.iter().map(|v| (v * inv).round().clamp(-127.0, 127.0) as i8));
+    }
+    (d, qs)
+}
+
+/// Where value `v` of a 256-value super-block sits in the kernel's activation order: four
+/// 64-byte vectors matching the low and high nibbles of the two 64-byte halves of `qs`.
+fn q4k_lane_order(v: usize) -> usize {
+    let (half, g, l) = (v / 128, (v % 128) / 64, v % 64);
+    let (nibble, pos) = if l < 32 { (0, l) } else { (1, l - 32) };
+    half * 128 + nibble * 64 + g * 32 + pos
+}
+
+fn quantize_row(blocks: &Blocks, x: &[f32]) -> QuantizedRow {
+    match blocks {
+        Blocks::Q8_0 { .. } => {
+            let (d, qs) = quantize_blocks(x, QK8_0);
+            QuantizedRow { d, qs, sub_sums: Vec::new() }
+        }
+        Blocks::Q4K(_) => {
+            let (d, natural) = quantize_blocks(x, QK_K);
+            let sub_sums = natural.chunks(32).map(|c| c.iter().map(|&q| q as i32).sum::<i32>() as f32).collect();
+            let mut qs = vec![0i8; natural.len()];
+            for (s, chunk) in natural.chunks(QK_K).enumerate() {
+                for (v, &q) in chunk.iter().enumerate() {
+                    qs[s * QK_K + q4k_lane_order(v)] = q;
+                }
+            }
+            QuantizedRow { d, qs, sub_sums }
+        }
+    }
+}
+
+/// Which implementation of the integer dot products runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernel {
+    Scalar,
+    Avx2,
+    Avx512Vnni,
+}
+
+impl Kernel {
+    /// The fastest kernel this CPU supports.
+    pub fn best() -> Kernel {
+        Self::available().last().copied().unwrap_or(Kernel::Scalar)
+    }
+
+    /// Every kernel this CPU can run, slowest first.
+    pub fn available() -> Vec<Kernel> {
+        let mut out = vec![Kernel::Scalar];
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::is_x86_feature_detected as has;
+            if has!("avx2") && has!("fma") && has!("f16c") {
+                out.push(Kernel::Avx2);
+                if has!("avx512f") && has!("avx512bw") && has!("avx512vnni") {
+                    out.push(Kernel::Avx512Vnni);
+                }
+            }
+        }
+        out
+    }
+}
+
+/// `out[r * n + o] = sum_i x[r * k + i] * W[o, i]` for `m` rows of `x`.
+pub(crate) fn gemv(blocks: &Blocks, n: usize, k: usize, x: &[f32], m: usize, out: &mut [f32]) {
+    gemv_with(blocks, n, k, x, m, out, Kernel::best());
+}
+
+pub(crate) fn gemv_with(blocks: &Blocks, n: usize, k: usize, x: &[f32], m: usize, out: &mut [f32], kernel: Kernel) {
+    assert!((1..=MAX_ROWS).contains(&m) && x.len() == m * k && out.len() == m * n);
+    let rows: Vec<QuantizedRow> = x.chunks(k).map(|r| quantize_row(blocks, r)).collect();
+    // [N, m] scratch so each task writes one contiguous range
+    let mut by_output = vec![0f32; n * m];
+    by_output.par_chunks_mut(ROWS_PER_TASK * m).enumerate().for_each(|(task, dst)| {
+        for (j, cell) in dst.chunks_mut(m).enumerate() {
+            let o = task * ROWS_PER_TASK + j;
+            dot_row(blocks, k, o, &rows, cell, kernel);
+        }
+    });
+    // [N, m] -> [m, N]
+    for o in 0..n {
+        for r in 0..m {
+            out[r * n + o] = by_output[o * m + r];
+        }
+    }
+}
+
+fn dot_row(blocks: &Blocks, k: usize, o: usize, rows: &[QuantizedRow], cell: &mut [f32], kernel: Kernel) {
+    // SAFETY (both arms): `kernel` comes from `Kernel::available`, which checked the features.
+    #[cfg(target_arch = "x86_64")]
+    match (kernel, blocks) {
+        (Kernel::Avx512Vnni, Blocks::Q8_0 { qs, d }) => return unsafe { avx512::dot_row_q8_0(qs, d, k, o, rows, cell) },
+        (Kernel::Avx512Vnni, Blocks::Q4K(b)) => return unsafe { avx512::dot_row_q4k(b, k, o, rows, cell) },
+        (Kernel::Avx2, Blocks::Q8_0 { qs, d }) => return unsafe { avx2::dot_row_q8_0(qs, d, k, o, rows, cell) },
+        (Kernel::Avx2, Blocks::Q4K(b)) => return unsafe { avx2::dot_row_q4k(b, k, o, rows, cell) },
+        (Kernel::Scalar, _) => {}
+    }
+    let _ = kernel;
+    match blocks {
+        Blocks::Q8_0 { qs, d } => dot_row_q8_0_scalar(qs, d, k, o, rows, cell),
+        Blocks::Q4K(b) => dot_row_q4k_scalar(b, k, o, rows, cell),
+    }
+}
+
+fn dot_row_q8_0_scalar(qs: &[i8], d: &[f16], k: usize, o: usize, rows: &[QuantizedRow], cell: &mut [f32]) {
+    let per_row = k / QK8_0;
+    for (c, row) in cell.iter_mut().zip(rows) {
+        let mut acc = 0f32;
+        for b in 0..per_row {
+            let w = &qs[o * k + b * QK8_0..][..QK8_0];
+            let a = &row.qs[b * QK8_0..][..QK8_0];
+            let isum: i32 = w.iter().zip(a).map(|(&p, &q)| p as i32 * q as i32).sum();
+            acc += d[o * per_row + b].to_f32() * row.d[b] * isum as f32;
+        }
+        *c = acc;
+    }
+}
+
+fn dot_row_q4k_scalar(blocks: &[Q4KBlock], k: usize, o: usize, rows: &[QuantizedRow], cell: &mut [f32]) {
+    let per_row = k / QK_K;
+    for (c, row) in cell.iter_mut().zip(rows) {
+        let mut acc = 0f32;
+        for (s, blk) in blocks[o * per_row..(o + 1) * per_row].iter().enumerate() {
+            let a = &row.qs[s * QK_K..][..QK_K];
+            let (mut scaled, mut mins) = (0f32, 0f32);
+            for j in 0..8 {
+                let isum: i32 = (32 * j..32 * j + 32).map(|v| blk.q(v) as i32 * a[q4k_lane_order(v)] as i32).sum();
+                scaled += blk.sc[j] as f32 * isum as f32;
+                mins += blk.m[j] as f32 * row.sub_sums[s * 8 + j];
+            }
+            acc += row.d[s] * (blk.dm[0].to_f32() * scaled - blk.dm[1].to_f32() * mins);
+        }
+        *c = acc;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{Q4KBlock, QuantizedRow, MAX_ROWS};
+    use candle_core::quantized::k_quants::{QK8_0, QK_K};
+    use half::f16;
+    use std::arch::x86_64::*;
+
+    /// Lanes 0-7 take element `a`, lanes 8-15 element `b`.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn pair_index(a: i32, b: i32) -> __m512i {
+        _mm512_setr_epi32(a, a, a, a, a, a, a, a, b, b, b, b, b, b, b, b)
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
+    pub unsafe fn dot_row_q8_0(qs: &[i8], d: &[f16], k: usize, o: usize, rows: &[QuantizedRow], cell: &mut [f32]) {
+        let per_row = k / QK8_0;
+        let pairs = per_row / 2;
+        let m = rows.len();
+        let wq = qs.as_ptr().add(o * k);
+        let wd = d.as_ptr().add(o * per_row) as *const u16;
+        let idx = pair_index(0, 1);
+        let zero = _mm512_setzero_si512();
+        let mut acc = [_mm512_setzero_ps(); MAX_ROWS];
+        for p in 0..pairs {
+            let w = _mm512_loadu_si512(wq.add(64 * p) as *const _);
+            // vpdpbusd takes one unsigned operand: |w| unsigned times x with w's sign moved onto x
+            let abs_w = _mm512_abs_epi8(w);
+            let negative = _mm512_movepi8_mask(w);
+            let wd2 = _mm_cvtph_ps(_mm_cvtsi32_si128((wd.add(2 * p) as *const i32).read_unaligned()));
+            for r in 0..m {
+                let row = &rows[r];
+                let xv = _mm512_loadu_si512(row.qs.as_ptr().add(64 * p) as *const _);
+                let signed_x = _mm512_mask_sub_epi8(xv, negative, zero, xv);
+                let dot = _mm512_dpbusd_epi32(zero, abs_w, signed_x);
+                let xd2 = _mm_castsi128_ps(_mm_loadl_epi64(row.d.as_ptr().add(2 * p) as *const __m128i));
+                let scale = _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(_mm_mul_ps(wd2, xd2)));
+                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, acc[r]);
+            }
+        }
+        for r in 0..m {
+            let mut total = _mm512_reduce_add_ps(acc[r]);
+            if per_row % 2 == 1 {
+                let b = per_row - 1;
+                let w = std::slice::from_raw_parts(wq.add(b * QK8_0), QK8_0);
+                let a = &rows[r].qs[b * QK8_0..][..QK8_0];
+                let isum: i32 = w.iter().zip(a).map(|(&p, &q)| p as i32 * q as i32).sum();
+                total += d[o * per_row + b].to_f32() * rows[r].d[b] * isum as f32;
+            }
+            cell[r] = total;
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
+    pub unsafe fn dot_row_q4k(blocks: &[Q4KBlock], k: usize, o: usize, rows: &[QuantizedRow], cell: &mut [f32]) {
+        let per_row = k / QK_K;
+        let m = rows.len();
+        let nibble = _mm512_set1_epi8(0x0F);
+        let zero = _mm512_setzero_si512();
+        // activation vector v (0..4) covers sub-blocks (0,2), (1,3), (4,6), (5,7)
+        let idx = [pair_index(0, 2), pair_index(1, 3), pair_index(4, 6), pair_index(5, 7)];
+        let mut acc = [_mm512_setzero_ps(); MAX_ROWS];
+        let mut min_acc = [_mm256_setzero_ps(); MAX_ROWS];
+        for (s, blk) in blocks[o * per_row..(o + 1) * per_row].iter().enumerate() {
+            let q0 = _mm512_loadu_si512(blk.qs.as_ptr() as *const _);
+            let q1 = _mm512_loadu_si512(blk.qs.as_ptr().add(64) as *const _);
+            let w = [
+                _mm512_and_si512(q0, nibble),
+                _mm512_and_si512(_mm512_srli_epi16::<4>(q0), nibble),
+                _mm512_and_si512(q1, nibble),
+                _mm512_and_si512(_mm512_srli_epi16::<4>(q1), nibble),
+            ];
+            let dm = _mm_cvtph_ps(_mm_cvtsi32_si128((blk.dm.as_ptr() as *const i32).read_unaligned()));
+            let d = _mm256_broadcastss_ps(dm);
+            let dmin = _mm256_broadcastss_ps(_mm_movehdup_ps(dm));
+            let sc = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(blk.sc.as_ptr() as *const _))), d);
+            let mins = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(blk.m.as_ptr() as *const _))), dmin);
+            let sc512 = _mm512_castps256_ps512(sc);
+            let scales = [
+                _mm512_permutexvar_ps(idx[0], sc512),
+                _mm512_permutexvar_ps(idx[1], sc512),
+                _mm512_permutexvar_ps(idx[2], sc512),
+                _mm512_permutexvar_ps(idx[3], sc512),
+            ];
+            for r in 0..m {
+                let row = &rows[r];
+                let a = row.qs.as_ptr().add(s * QK_K);
+                let mut t = _mm512_setzero_ps();
+                for v in 0..4 {
+                    let dot = _mm512_dpbusd_epi32(zero, w[v], _mm512_loadu_si512(a.add(64 * v) as *const _));
+                    t = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scales[v], t);
+                }
+                let dx = *row.d.get_unchecked(s);
+                acc[r] = _mm512_fmadd_ps(t, _mm512_set1_ps(dx), acc[r]);
+                let sums = _mm256_loadu_ps(row.sub_sums.as_ptr().add(8 * s));
+                min_acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(mins, sums), _mm256_set1_ps(dx), min_acc[r]);
+            }
+        }
+        for r in 0..m {
+            let mins = _mm256_add_ps(min_acc[r], _mm256_permute2f128_ps::<1>(min_acc[r], min_acc[r]));
+            let mins = _mm256_hadd_ps(mins, mins);
+            let mins = _mm256_hadd_ps(mins, mins);
+            cell[r] = _mm512_reduce_add_ps(acc[r]) - _mm256_cvtss_f32(mins);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{Q4KBlock, QuantizedRow, MAX_ROWS};
+    use candle_core::quantized::k_quants::{QK8_0, QK_K};
+    use half::f16;
+    use std::arch::x86_64::*;
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps::<1>(s, s)))
+    }
+
+    /// 32 unsigned x 32 signed bytes -> 8 i32 lanes (no overflow: |products| <= 2 * 255 * 127).
+    #[target_feature(enable = "avx2")]
+    unsafe fn dot_u8_i8(u: __m256i, s: __m256i) -> __m256i {
+        _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1))
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_row_q8_0(qs: &[i8], d: &[f16], k: usize, o: usize, rows: &[QuantizedRow], cell: &mut [f32]) {
+        let per_row = k / QK8_0;
+        let m = rows.len();
+        let wq = qs.as_ptr().add(o * k);
+        let wd = &d[o * per_row..(o + 1) * per_row];
+        let mut acc = [_mm256_setzero_ps(); MAX_ROWS];
+        for (b, dw) in wd.iter().enumerate() {
+            let w = _mm256_loadu_si256(wq.add(b * QK8_0) as *const __m256i);
+            // maddubs takes one unsigned operand: |w| times x with w's sign moved onto x
+            let abs_w = _mm256_sign_epi8(w, w);
+            let dw = dw.to_f32();
+            for r in 0..m {
+                let x = _mm256_loadu_si256(rows[r].qs.as_ptr().add(b * QK8_0) as *const __m256i);
+                let dot = dot_u8_i8(abs_w, _mm256_sign_epi8(x, w));
+                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(dw * rows[r].d[b]), acc[r]);
+            }
+        }
+        for r in 0..m {
+            cell[r] = hsum(acc[r]);
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_row_q4k(blocks: &[Q4KBlock], k: usize, o: usize, rows: &[QuantizedRow], cell: &mut [f32]) {
+        let per_row = k / QK_K;
+        let m = rows.len();
+        let nibble = _mm256_set1_epi8(0x0F);
+        let mut acc = [_mm256_setzero_ps(); MAX_ROWS];
+        let mut mins = [0f32; MAX_ROWS];
+        for (s, blk) in blocks[o * per_row..(o + 1) * per_row].iter().enumerate() {
+            let (d, dmin) = (blk.dm[0].to_f32(), blk.dm[1].to_f32());
+            let mut t = [_mm256_setzero_ps(); MAX_ROWS];
+            for g in 0..4 {
+                let q = _mm256_loadu_si256(blk.qs.as_ptr().add(32 * g) as *const __m256i);
+                let lo = _mm256_and_si256(q, nibble);
+                let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), nibble);
+                let (s_lo, s_hi) = (_mm256_set1_ps(d * blk.sc[2 * g] as f32), _mm256_set1_ps(d * blk.sc[2 * g + 1] as f32));
+                // values 64g..64g+32 and 64g+32..64g+64 in the kernel activation order
+                let (off_lo, off_hi) = (128 * (g / 2) + 32 * (g % 2), 128 * (g / 2) + 64 + 32 * (g % 2));
+                for r in 0..m {
+                    let a = rows[r].qs.as_ptr().add(s * QK_K);
+                    let p_lo = dot_u8_i8(lo, _mm256_loadu_si256(a.add(off_lo) as *const __m256i));
+                    let p_hi = dot_u8_i8(hi, _mm256_loadu_si256(a.add(off_hi) as *const __m256i));
+                    t[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p_lo), s_lo, t[r]);
+                    t[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p_hi), s_hi, t[r]);
+                }
+            }
+            for r in 0..m {
+                let dx = rows[r].d[s];
+                acc[r] = _mm256_fmadd_ps(t[r], _mm256_set1_ps(dx), acc[r]);
+                let sums = &rows[r].sub_sums[8 * s..8 * s + 8];
+                mins[r] += dmin * dx * blk.m.iter().zip(sums).map(|(&mj, &sj)| mj as f32 * sj).sum::<f32>();
+            }
+        }
+        for r in 0..m {
+            cell[r] = hsum(acc[r]) - mins[r];
+        }
+    }
+}

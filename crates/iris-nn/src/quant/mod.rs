@@ -1,0 +1,270 @@
+//! In-situ weight quantization: `WeightFormat` (how a linear's weight is stored) and
+//! `QuantizedMatrix`, a `[N, K]` weight in ggml's q8_0 or q4_K encoding with our own decode
+//! kernels. The encodings are ggml's (`block_q8_0`, `block_q4_K`; quantized with candle's
+//! `GgmlType::from_float`), so numbers match llama.cpp's formats; the storage layout and kernels
+//! are ours because candle 0.11's quantized matmul keeps a second, repacked copy of every weight
+//! on x86 (2-2.3x the memory), which breaks the memory budget this crate is built for.
+//!
+//! Products: decode-sized inputs (m <= `kernels::MAX_ROWS`) quantize the activations per block
+//! as llama.cpp does and use integer dot products (`kernels`); larger inputs dequantize the weight
+//! tile by tile to f32 and use the f32 GEMM, so prefill keeps f32 activations.
+
+pub mod kernels;
+
+use crate::error::{NnError, Result};
+use candle_core::quantized::k_quants::{BlockQ4K, BlockQ8_0, GgmlType, QK8_0, QK_K};
+use candle_core::{DType, Device, Tensor};
+use half::f16;
+use rayon::prelude::*;
+use std::fmt;
+use std::str::FromStr;
+
+/// How a linear layer's weight is held in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WeightFormat {
+    F32,
+    F16,
+    BF16,
+    /// ggml q8_0: blocks of 32 int8 with one f16 scale (8.5 bits per weight).
+    Q8_0,
+    /// ggml q4_K: super-blocks of 256 4-bit values, 8 sub-blocks with 6-bit scales and mins
+    /// (4.5 bits per weight).
+    Q4K,
+}
+
+impl WeightFormat {
+    pub const NAMES: &'static str = "f32, f16, bf16, q8_0, q4k";
+
+    pub fn is_quantized(self) -> bool {
+        matches!(self, Self::Q8_0 | Self::Q4K)
+    }
+
+    /// The dense dtype, for unquantized formats.
+    pub fn dense_dtype(self) -> Option<DType> {
+        match self {
+            Self::F32 => Some(DType::F32),
+            Self::F16 => Some(DType::F16),
+            Self::BF16 => Some(DType::BF16),
+            _ => None,
+        }
+    }
+
+    /// Values per quantization block along K (1 for dense formats).
+    pub fn block_len(self) -> usize {
+        match self {
+            Self::Q8_0 => QK8_0,
+            Self::Q4K => QK_K,
+            _ => 1,
+        }
+    }
+
+    /// Bytes per weight, for memory planning.
+    pub fn bytes_per_weight(self) -> f64 {
+        match self {
+            Self::F32 => 4.0,
+            Self::F16 | Self::BF16 => 2.0,
+            Self::Q8_0 => 34.0 / 32.0,
+            Self::Q4K => 144.0 / 256.0,
+        }
+    }
+
+    /// The format actually used for a weight with `k` inputs: a block format falls back to the
+    /// next finer one when `k` is not a multiple of its block (q4k -> q8_0 -> `dense`).
+    pub fn for_inputs(self, k: usize, dense: DType) -> WeightFormat {
+        match self {
+            Self::Q4K if k % QK_K != 0 => Self::Q8_0.for_inputs(k, dense),
+            Self::Q8_0 if k % QK8_0 != 0 => match dense {
+                DType::F16 => Self::F16,
+                DType::BF16 => Self::BF16,
+                _ => Self::F32,
+            },
+            f => f,
+        }
+    }
+}
+
+impl fmt::Display for WeightFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::F32 => "f32",
+            Self::F16 => "f16",
+            Self::BF16 => "bf16",
+            Self::Q8_0 => "q8_0",
+            Self::Q4K => "q4k",
+        })
+    }
+}
+
+impl FromStr for WeightFormat {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" => Ok(Self::F32),
+            "f16" => Ok(Self::F16),
+            "bf16" => Ok(Self::BF16),
+            "q8_0" | "q8" => Ok(Self::Q8_0),
+            "q4k" | "q4_k" => Ok(Self::Q4K),
+            other => Err(format!("unknown weight format `{other}` (expected {})", Self::NAMES)),
+        }
+    }
+}
+
+/// Encoded blocks, row-major: row `o` owns blocks `[o * K/B, (o+1) * K/B)`.
+#[derive(Clone)]
+pub(crate) enum Blocks {
+    /// q8_0 split into int8 quants `[N * K]` and f16 scales `[N * K / 32]`, so the kernel loads
+    /// 64 quants per instruction.
+    Q8_0 { qs: Vec<i8>, d: Vec<f16> },
+    /// q4_K blocks with the 6-bit scales unpacked once at load time.
+    Q4K(Vec<kernels::Q4KBlock>),
+}
+
+/// A `[N, K]` weight (PyTorch `[out, in]`) in a block-quantized format.
+#[derive(Clone)]
+pub struct QuantizedMatrix {
+    n: usize,
+    k: usize,
+    blocks: Blocks,
+}
+
+impl fmt::Debug for QuantizedMatrix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "QuantizedMatrix({}, [{}, {}])", self.format(), self.n, self.k)
+    }
+}
+
+/// Rows encoded per parallel task while quantizing.
+const QUANTIZE_ROWS: usize = 64;
+/// Rows dequantized at once in the large-input path (bounds the f32 scratch).
+const DEQUANT_TILE_ROWS: usize = 2048;
+
+impl QuantizedMatrix {
+    /// Encodes an f32 `[N, K]` matrix given as a flat slice. `format` must be q8_0 or q4k and
+    /// `K` a multiple of its block.
+    pub fn quantize(values: &[f32], n: usize, k: usize, format: WeightFormat) -> Result<Self> {
+        let bad = |m: String| NnError::Quantization(m);
+        if values.len() != n * k {
+            return Err(bad(format!("{} values for a [{n}, {k}] matrix", values.len())));
+        }
+        if !format.is_quantized() || k % format.block_len() != 0 {
+            return Err(bad(format!("cannot store a [{n}, {k}] matrix as {format} (K must be a multiple of {})", format.block_len())));
+        }
+        let blocks = match format {
+            WeightFormat::Q8_0 => {
+                let per_row = k / QK8_0;
+                let mut qs = vec![0i8; n * k];
+                let mut d = vec![f16::ZERO; n * per_row];
+                qs.par_chunks_mut(QUANTIZE_ROWS * k)
+                    .zip(d.par_chunks_mut(QUANTIZE_ROWS * per_row))
+                    .zip(values.par_chunks(QUANTIZE_ROWS * k))
+                    .for_each(|((qs, d), src)| {
+                        let mut tmp = vec![BlockQ8_0::zeros(); src.len() / QK8_0];
+                        BlockQ8_0::from_float(src, &mut tmp);
+                        for (i, b) in tmp.iter().enumerate() {
+                            let raw = kernels::q8_0_block_parts(b);
+                            d[i] = raw.0;
+                            qs[i * QK8_0..(i + 1) * QK8_0].copy_from_slice(raw.1);
+                        }
+                    });
+                Blocks::Q8_0 { qs, d }
+            }
+            WeightFormat::Q4K => {
+                let per_row = k / QK_K;
+                let mut out = vec![kernels::Q4KBlock::default(); n * per_row];
+                out.par_chunks_mut(QUANTIZE_ROWS * per_row).zip(values.par_chunks(QUANTIZE_ROWS * k)).for_each(|(dst, src)| {
+                    let mut tmp = vec![BlockQ4K::zeros(); src.len() / QK_K];
+                    BlockQ4K::from_float(src, &mut tmp);
+                    for (d, b) in dst.iter_mut().zip(&tmp) {
+                        *d = kernels::Q4KBlock::from_ggml(b);
+                    }
+                });
+                Blocks::Q4K(out)
+            }
+            _ => unreachable!("checked above"),
+        };
+        Ok(Self { n, k, blocks })
+    }
+
+    /// Encodes a `[N, K]` tensor of any float dtype.
+    pub fn quantize_tensor(t: &Tensor, format: WeightFormat) -> Result<Self> {
+        let (n, k) = t.dims2()?;
+        let values: Vec<f32> = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        Self::quantize(&values, n, k, format)
+    }
+
+    pub fn format(&self) -> WeightFormat {
+        match self.blocks {
+            Blocks::Q8_0 { .. } => WeightFormat::Q8_0,
+            Blocks::Q4K(_) => WeightFormat::Q4K,
+        }
+    }
+
+    /// `(N, K)`
+    pub fn dims(&self) -> (usize, usize) {
+        (self.n, self.k)
+    }
+
+    /// Resident bytes of the encoded weight.
+    pub fn size_in_bytes(&self) -> usize {
+        match &self.blocks {
+            Blocks::Q8_0 { qs, d } => qs.len() + 2 * d.len(),
+            Blocks::Q4K(b) => b.len() * std::mem::size_of::<kernels::Q4KBlock>(),
+        }
+    }
+
+    /// Decodes rows `[start, start + len)` into `out` (`len * K` values).
+    pub fn dequantize_rows(&self, start: usize, len: usize, out: &mut [f32]) {
+        assert!(start + len <= self.n && out.len() == len * self.k);
+        let k = self.k;
+        out.par_chunks_mut(k).enumerate().for_each(|(i, row)| kernels::dequantize_row(&self.blocks, k, start + i, row));
+    }
+
+    /// The whole matrix as an f32 tensor `[N, K]`.
+    pub fn dequantize(&self, device: &Device) -> Result<Tensor> {
+        let mut out = vec![0f32; self.n * self.k];
+        self.dequantize_rows(0, self.n, &mut out);
+        Ok(Tensor::from_vec(out, (self.n, self.k), device)?)
+    }
+
+    /// Rows `ids` as f32 `[len(ids), K]` (an embedding lookup).
+    pub fn gather_rows(&self, ids: &[u32], device: &Device) -> Result<Tensor> {
+        let mut out = vec![0f32; ids.len() * self.k];
+        for (row, &id) in out.chunks_mut(self.k).zip(ids) {
+            if id as usize >= self.n {
+                return Err(NnError::Quantization(format!("row {id} out of range for a [{}, {}] matrix", self.n, self.k)));
+            }
+            kernels::dequantize_row(&self.blocks, self.k, id as usize, row);
+        }
+        Ok(Tensor::from_vec(out, (ids.len(), self.k), device)?)
+    }
+
+    /// `x [m, K] (f32) -> x W^T [m, N] (f32)`.
+    pub fn matmul_t(&self, x: &Tensor) -> Result<Tensor> {
+        let (m, k) = x.dims2()?;
+        if k != self.k {
+            return Err(NnError::Quantization(format!("input has {k} features, weight expects {}", self.k)));
+        }
+        let x = x.to_dtype(DType::F32)?;
+        if m <= kernels::MAX_ROWS && x.device().is_cpu() {
+            let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
+            let mut out = vec![0f32; m * self.n];
+            kernels::gemv(&self.blocks, self.n, self.k, &xs, m, &mut out);
+            return Ok(Tensor::from_vec(out, (m, self.n), x.device())?);
+        }
+        // prefill: f32 activations against f32 tiles of the weight
+        let mut pieces = Vec::new();
+        let mut scratch = Vec::new();
+        for start in (0..self.n).step_by(DEQUANT_TILE_ROWS) {
+            let len = DEQUANT_TILE_ROWS.min(self.n - start);
+            scratch.resize(len * self.k, 0f32);
+            self.dequantize_rows(start, len, &mut scratch);
+            // [len, K] -> matmul with [m, K]^T... -> [m, len]
+            let tile = Tensor::from_slice(&scratch, (len, self.k), x.device())?;
+            pieces.push(x.matmul(&tile.t()?)?);
+        }
+        Ok(Tensor::cat(&pieces, 1)?)
+    }
+}
+
+#[cfg(test)]
+mod tests;

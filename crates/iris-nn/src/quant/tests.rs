@@ -1,0 +1,141 @@
+//! Quantized storage and kernels against their twins: candle's ggml decoders, the scalar integer
+//! kernel, and an f64 product with the dequantized weight.
+
+use super::kernels::{gemv_with, Kernel, MAX_ROWS};
+use super::*;
+use candle_core::quantized::k_quants::{BlockQ4K, BlockQ8_0, GgmlType};
+
+fn pseudo_random(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0
+        })
+        .collect()
+}
+
+fn candle_decode(values: &[f32], format: WeightFormat) -> Vec<f32> {
+    let mut out = vec![0f32; values.len()];
+    match format {
+        WeightFormat::Q8_0 => {
+            let mut b = vec![BlockQ8_0::zeros(); values.len() / 32];
+            BlockQ8_0::from_float(values, &mut b);
+            BlockQ8_0::to_float(&b, &mut out);
+        }
+        WeightFormat::Q4K => {
+            let mut b = vec![BlockQ4K::zeros(); values.len() / 256];
+            BlockQ4K::from_float(values, &mut b);
+            BlockQ4K::to_float(&b, &mut out);
+        }
+        _ => unreachable!(),
+    }
+    out
+}
+
+#[test]
+fn our_layout_decodes_exactly_like_ggml() {
+    for format in [WeightFormat::Q8_0, WeightFormat::Q4K] {
+        let (n, k) = (5, 512);
+        let w = pseudo_random(n * k, 1);
+        let q = QuantizedMatrix::quantize(&w, n, k, format).unwrap();
+        let ours: Vec<f32> = q.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let theirs = candle_decode(&w, format);
+        let max_err = w.iter().zip(&ours).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        println!("{format}: decode matches ggml, max |w - deq| = {max_err:e}");
+        assert_eq!(ours, theirs, "{format}");
+        assert!(max_err < if format == WeightFormat::Q4K { 0.1 } else { 0.01 });
+    }
+}
+
+/// `x W^T` in f64 with the dequantized weight: the exact product the kernels approximate.
+fn reference(q: &QuantizedMatrix, x: &[f32], m: usize) -> Vec<f32> {
+    let (n, k) = q.dims();
+    let w: Vec<f32> = q.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    let mut out = vec![0f32; m * n];
+    for r in 0..m {
+        for o in 0..n {
+            out[r * n + o] = (0..k).map(|i| x[r * k + i] as f64 * w[o * k + i] as f64).sum::<f64>() as f32;
+        }
+    }
+    out
+}
+
+fn max_rel(a: &[f32], b: &[f32]) -> f32 {
+    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max) / scale
+}
+
+#[test]
+fn kernels_on_this_cpu_are_reported() {
+    let all = [Kernel::Scalar, Kernel::Avx2, Kernel::Avx512Vnni];
+    let skipped: Vec<_> = all.iter().filter(|k| !Kernel::available().contains(k)).collect();
+    // not an assertion: tells the log which fast paths this machine could not exercise
+    println!("quantized kernels tested here: {:?}; skipped (CPU lacks them): {skipped:?}", Kernel::available());
+}
+
+#[test]
+fn simd_kernels_match_the_scalar_twin_and_the_f64_product() {
+    // K = 96 leaves an odd q8_0 block for the tail path; 1536 and 768 are model-like
+    let cases = [(WeightFormat::Q8_0, 37, 96), (WeightFormat::Q8_0, 70, 1536), (WeightFormat::Q4K, 37, 256), (WeightFormat::Q4K, 70, 1536)];
+    for (format, n, k) in cases {
+        let q = QuantizedMatrix::quantize(&pseudo_random(n * k, 2), n, k, format).unwrap();
+        for m in [1, 3, MAX_ROWS] {
+            let x = pseudo_random(m * k, 3 + m as u64);
+            let fast: Vec<f32> = q.matmul_t(&Tensor::from_slice(&x, (m, k), &Device::Cpu).unwrap()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            let mut slow = vec![0f32; m * n];
+            gemv_with(&q.blocks, n, k, &x, m, &mut slow, Kernel::Scalar);
+            for kernel in Kernel::available() {
+                let mut simd = vec![0f32; m * n];
+                gemv_with(&q.blocks, n, k, &x, m, &mut simd, kernel);
+                let twin = max_rel(&simd, &slow);
+                println!("{format} [{n}, {k}] m={m}: {kernel:?} rel diff vs scalar twin {twin:e}");
+                assert!(twin < 1e-5, "{format} m={m}: {kernel:?} differs from its twin by {twin}");
+            }
+            let exact = reference(&q, &x, m);
+            let vs_exact = max_rel(&fast, &exact);
+            println!("{format} [{n}, {k}] m={m}: best kernel ({:?}) rel diff vs f64 product {vs_exact:e}", Kernel::best());
+            // int8 activations: ~1/254 relative error per value, averaging out over K
+            assert!(vs_exact < 1.5e-2, "{format} m={m}: {vs_exact}");
+        }
+    }
+}
+
+#[test]
+fn large_inputs_use_f32_activations() {
+    for format in [WeightFormat::Q8_0, WeightFormat::Q4K] {
+        let (n, k, m) = (300, 512, 20);
+        let q = QuantizedMatrix::quantize(&pseudo_random(n * k, 4), n, k, format).unwrap();
+        let x = pseudo_random(m * k, 5);
+        let got: Vec<f32> = q.matmul_t(&Tensor::from_slice(&x, (m, k), &Device::Cpu).unwrap()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let err = max_rel(&got, &reference(&q, &x, m));
+        println!("{format} m={m}: rel diff vs f64 product {err:e}");
+        assert!(err < 1e-5, "{format}: {err}");
+    }
+}
+
+#[test]
+fn formats_parse_and_fall_back_by_block() {
+    assert_eq!("q8_0".parse::<WeightFormat>().unwrap(), WeightFormat::Q8_0);
+    assert_eq!("Q4K".parse::<WeightFormat>().unwrap(), WeightFormat::Q4K);
+    assert!("q3".parse::<WeightFormat>().unwrap_err().contains("q4k"));
+    assert_eq!(WeightFormat::Q4K.for_inputs(64, DType::F32), WeightFormat::Q8_0);
+    assert_eq!(WeightFormat::Q4K.for_inputs(1176, DType::BF16), WeightFormat::BF16);
+    assert_eq!(WeightFormat::Q8_0.for_inputs(1536, DType::F32), WeightFormat::Q8_0);
+    let err = QuantizedMatrix::quantize(&[0.0; 10], 1, 10, WeightFormat::Q8_0).unwrap_err().to_string();
+    assert!(err.contains("multiple of 32"), "{err}");
+}
+
+#[test]
+fn gather_rows_decodes_embedding_rows() {
+    let (n, k) = (10, 64);
+    let w = pseudo_random(n * k, 6);
+    let q = QuantizedMatrix::quantize(&w, n, k, WeightFormat::Q8_0).unwrap();
+    let rows: Vec<f32> = q.gather_rows(&[7, 2], &Device::Cpu).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    let all: Vec<f32> = q.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    assert_eq!(&rows[..k], &all[7 * k..8 * k]);
+    assert_eq!(&rows[k..], &all[2 * k..3 * k]);
+    assert!(q.gather_rows(&[10], &Device::Cpu).unwrap_err().to_string().contains("out of range"));
+}
