@@ -24,6 +24,21 @@ pub struct ModelArgs {
     /// Checkpoint directory, or a Hugging Face repo id (from the local HF cache, else downloaded).
     #[arg(long)]
     pub model: String,
+    #[command(flatten)]
+    pub precision: PrecisionArgs,
+}
+
+impl ModelArgs {
+    /// Load options for the checkpoint in `dir` (resolving `--quant auto` against its size).
+    pub fn load_options(&self, dir: &Path) -> Result<LoadOptions> {
+        let p = &self.precision;
+        Ok(p.options_from(plan_for_checkpoint(dir, p.dtype(), p.quant, p.quant_vision)?))
+    }
+}
+
+/// Compute precision and weight storage.
+#[derive(Debug, Clone, Args)]
+pub struct PrecisionArgs {
     /// Compute precision of the activations (and of weights left dense).
     #[arg(long, value_enum, default_value = "auto")]
     pub dtype: DtypeArg,
@@ -45,7 +60,7 @@ fn parse_format(s: &str) -> std::result::Result<WeightFormat, String> {
     s.parse()
 }
 
-impl ModelArgs {
+impl PrecisionArgs {
     pub fn dtype(&self) -> DType {
         match self.dtype {
             // candle's bf16 matmul is ~30x slower than f32 on CPU, and f16 overflows Qwen2's
@@ -54,12 +69,6 @@ impl ModelArgs {
             DtypeArg::F16 => DType::F16,
             DtypeArg::Bf16 => DType::BF16,
         }
-    }
-
-    /// Load options for the checkpoint in `dir` (resolving `--quant auto` against its size).
-    pub fn load_options(&self, dir: &Path) -> Result<LoadOptions> {
-        let plan = plan_for_checkpoint(dir, self.dtype(), self.quant, self.quant_vision)?;
-        Ok(self.options_from(plan))
     }
 
     pub fn options_from(&self, plan: WeightPlan) -> LoadOptions {

@@ -1,6 +1,7 @@
 //! `iris`: run vision-language models (Qwen2-VL, ...) from the command line.
 
 mod args;
+mod bench;
 mod chat;
 mod make_checkpoint;
 mod run;
@@ -25,6 +26,8 @@ enum Command {
     Run(run::RunArgs),
     /// Interactive multi-turn chat (`/image PATH`, `/reset`, `/quit`).
     Chat(chat::ChatArgs),
+    /// Measure load, vision, prefill and decode speed and peak memory (table or --json).
+    Bench(bench::BenchArgs),
     /// Write a full-size random-weight checkpoint of a real architecture (for benchmarks).
     MakeCheckpoint(make_checkpoint::MakeCheckpointArgs),
 }
@@ -38,6 +41,7 @@ fn main() {
     let result = match cli.command {
         Command::Run(a) => run::run(a),
         Command::Chat(a) => chat::chat(a),
+        Command::Bench(a) => bench::bench(a),
         Command::MakeCheckpoint(a) => make_checkpoint::make_checkpoint(a),
     };
     if let Err(e) = result {

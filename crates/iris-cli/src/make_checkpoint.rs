@@ -5,7 +5,8 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use iris_models::{synthetic_presets, Init};
+use iris_models::synthetic_presets;
+use iris_nn::synthetic::generate;
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 
@@ -25,26 +26,6 @@ pub struct MakeCheckpointArgs {
     pub dtype: String,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-}
-
-/// splitmix64: a tiny, fast, well-mixed generator (quality is irrelevant beyond "random-looking").
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Approximately standard normal: Irwin-Hall sum of four 16-bit uniforms, rescaled.
-    fn normal(&mut self) -> f32 {
-        let r = self.next();
-        let s: u32 = (0..4).map(|i| ((r >> (16 * i)) & 0xFFFF) as u32).sum();
-        (s as f32 / 65536.0 - 2.0) * 1.732_050_8
-    }
 }
 
 pub fn make_checkpoint(args: MakeCheckpointArgs) -> Result<()> {
@@ -95,17 +76,13 @@ pub fn make_checkpoint(args: MakeCheckpointArgs) -> Result<()> {
     let mut w = BufWriter::with_capacity(8 << 20, file);
     w.write_all(&(header_bytes.len() as u64).to_le_bytes())?;
     w.write_all(&header_bytes)?;
-    let mut rng = Rng(args.seed ^ 0x1234_5678);
     let mut buf = Vec::new();
     for t in &preset.tensors {
         let n: usize = t.shape.iter().product();
         buf.clear();
         buf.reserve(n * elem);
-        for _ in 0..n {
-            let x = match t.init {
-                Init::Normal { std } => rng.normal() * std,
-                Init::Constant(c) => c,
-            };
+        // the same values `iris bench --synthetic` generates in memory
+        for x in generate(&t.name, t.init, args.seed, n) {
             match elem {
                 4 => buf.extend_from_slice(&x.to_le_bytes()),
                 _ if dtype_name == "BF16" => buf.extend_from_slice(&half::bf16::from_f32(x).to_le_bytes()),

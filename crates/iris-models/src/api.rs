@@ -242,20 +242,8 @@ pub struct GroundingBox {
     pub y2: f64,
 }
 
-/// How a synthetic (random-weight) tensor is initialised.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Init {
-    Normal { std: f32 },
-    Constant(f32),
-}
-
-/// One tensor of a family's checkpoint layout, for writing random full-size checkpoints.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TensorSpec {
-    pub name: String,
-    pub shape: Vec<usize>,
-    pub init: Init,
-}
+/// How a synthetic (random-weight) tensor is initialised, and one tensor of a layout.
+pub use iris_nn::synthetic::{Init, TensorSpec};
 
 /// A named real-architecture configuration of a family (e.g. `qwen2-vl-2b`): the files a
 /// checkpoint directory needs besides weights and tokenizer, and its tensor layout.

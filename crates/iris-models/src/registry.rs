@@ -17,12 +17,15 @@ pub struct LoadOptions {
     pub language_format: Option<WeightFormat>,
     /// Storage of the vision tower's linear weights (None: dense in `dtype`).
     pub vision_format: Option<WeightFormat>,
+    /// Generate random weights of the config's architecture in memory with this seed instead of
+    /// reading weight files (`iris bench --synthetic`).
+    pub synthetic_seed: Option<u64>,
 }
 
 impl LoadOptions {
     /// Dense weights in `dtype` on `device`.
     pub fn new(dtype: DType, device: Device) -> Self {
-        Self { dtype, device, language_format: None, vision_format: None }
+        Self { dtype, device, language_format: None, vision_format: None, synthetic_seed: None }
     }
 }
 

@@ -9,6 +9,7 @@ pub mod gemv;
 pub mod kv_cache;
 pub mod ops;
 pub mod quant;
+pub mod synthetic;
 pub mod weights;
 
 pub use error::{NnError, Result};

@@ -26,10 +26,6 @@ impl Linear {
         Self { weight: LinearWeight::Dense(weight), bias }
     }
 
-    pub fn from_quantized(weight: Arc<QuantizedMatrix>, bias: Option<Tensor>) -> Self {
-        Self { weight: LinearWeight::Quantized(weight), bias }
-    }
-
     /// Loads `{prefix}.weight` `[out, in]` in the view's linear format (falling back to a finer
     /// one when `in` is not a multiple of its block) and, when `bias`, `{prefix}.bias` `[out]` in
     /// the compute dtype.
@@ -49,7 +45,7 @@ impl Linear {
         Ok(Self { weight, bias })
     }
 
-    /// How the weight is stored (`None` for a dense weight in the compute dtype).
+    /// How the weight is stored.
     pub fn format(&self) -> WeightFormat {
         match &self.weight {
             LinearWeight::Dense(t) => match t.dtype() {
@@ -121,8 +117,8 @@ fn load_matrix(w: &Weights, name: &str, rows: usize, cols: usize, format: Option
     }
 }
 
-/// A token embedding table `[vocab, dim]`; quantized (q8_0, rows decoded on lookup) when the
-/// view's linears are quantized, so a tied output head shares the one copy.
+/// A token embedding table `[vocab, dim]` stored like an output head (q8_0 when the view's
+/// linears are quantized, rows decoded on lookup), so a tied head shares the one copy.
 #[derive(Debug, Clone)]
 pub struct Embedding {
     table: LinearWeight,
@@ -131,8 +127,7 @@ pub struct Embedding {
 
 impl Embedding {
     pub fn load(w: &Weights, vocab: usize, dim: usize) -> Result<Self> {
-        let format = head_format(w.linear_format()).filter(|f| f.is_quantized());
-        Ok(Self { table: load_matrix(w, "weight", vocab, dim, format)?, dtype: w.dtype() })
+        Ok(Self { table: load_matrix(w, "weight", vocab, dim, head_format(w.linear_format()))?, dtype: w.dtype() })
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -145,7 +140,7 @@ impl Embedding {
     /// `[T] ids -> [T, C]` in the compute dtype.
     pub fn forward(&self, ids: &[u32], device: &candle_core::Device) -> Result<Tensor> {
         match &self.table {
-            LinearWeight::Dense(t) => Ok(t.index_select(&Tensor::new(ids, device)?, 0)?),
+            LinearWeight::Dense(t) => Ok(t.index_select(&Tensor::new(ids, device)?, 0)?.to_dtype(self.dtype)?),
             LinearWeight::Quantized(q) => Ok(q.gather_rows(ids, device)?.to_dtype(self.dtype)?),
         }
     }

@@ -8,6 +8,7 @@
 
 use crate::error::{NnError, Result};
 use crate::quant::WeightFormat;
+use crate::synthetic::{generate, Init, TensorSpec};
 use candle_core::{DType, Device, Tensor};
 use half::{bf16, f16};
 use memmap2::{Mmap, UncheckedAdvice};
@@ -29,6 +30,8 @@ pub struct TensorEntry {
     pub shape: Vec<usize>,
     start: usize,
     end: usize,
+    /// Generated in memory (benchmarks) instead of read from a file.
+    generated: Option<(Init, u64)>,
 }
 
 pub struct WeightStore {
@@ -109,6 +112,7 @@ impl WeightStore {
                     shape: info.shape.clone(),
                     start: data_start + s,
                     end: data_start + e,
+                    generated: None,
                 };
                 if entry.end > mmap.len() {
                     return Err(NnError::CorruptSafetensors {
@@ -130,8 +134,40 @@ impl WeightStore {
         })
     }
 
+    /// A store whose tensors are generated on demand from `specs` (checkpoint names, renamed by
+    /// `rename`) and `seed`: a full-size random model without a file, loaded tensor by tensor.
+    pub fn synthetic(specs: &[TensorSpec], seed: u64, rename: &dyn Fn(&str) -> String, device: &Device) -> Self {
+        let index = specs
+            .iter()
+            .map(|s| {
+                let entry = TensorEntry {
+                    file: usize::MAX,
+                    original_name: s.name.clone(),
+                    dtype: safetensors::Dtype::F32,
+                    shape: s.shape.clone(),
+                    start: 0,
+                    end: 0,
+                    generated: Some((s.init, seed)),
+                };
+                (rename(&s.name), entry)
+            })
+            .collect();
+        Self {
+            dir: PathBuf::from("<synthetic>"),
+            files: Vec::new(),
+            index,
+            consumed: Mutex::new(HashSet::new()),
+            device: device.clone(),
+            release_pages: false,
+        }
+    }
+
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    fn path_of(&self, entry: &TensorEntry) -> PathBuf {
+        self.files.get(entry.file).map(|f| f.path.clone()).unwrap_or_else(|| self.dir.clone())
     }
 
     pub fn contains(&self, name: &str) -> bool {
@@ -163,7 +199,7 @@ impl WeightStore {
         if entry.shape != shape {
             return Err(NnError::ShapeMismatch {
                 name: entry.original_name.clone(),
-                path: self.files[entry.file].path.clone(),
+                path: self.path_of(entry),
                 expected: shape.to_vec(),
                 actual: entry.shape.clone(),
             });
@@ -176,6 +212,11 @@ impl WeightStore {
     }
 
     fn load_entry(&self, name: &str, entry: &TensorEntry, dtype: DType) -> Result<Tensor> {
+        if let Some((init, seed)) = entry.generated {
+            let values = generate(&entry.original_name, init, seed, entry.shape.iter().product());
+            self.finish_read(name, entry);
+            return Ok(Tensor::from_vec(values, entry.shape.as_slice(), &self.device)?.to_dtype(dtype)?);
+        }
         let file = &self.files[entry.file];
         let bytes = &file.mmap[entry.start..entry.end];
         let tensor = convert_bytes(bytes, entry.dtype, dtype, &entry.shape, &self.device).map_err(|e| self.convert_error(entry, e))?;
@@ -184,7 +225,7 @@ impl WeightStore {
     }
 
     fn convert_error(&self, entry: &TensorEntry, e: ConvertError) -> NnError {
-        let path = self.files[entry.file].path.clone();
+        let path = self.path_of(entry);
         match e {
             ConvertError::Dtype => NnError::UnsupportedDtype { name: entry.original_name.clone(), path, dtype: format!("{:?}", entry.dtype) },
             ConvertError::Size => NnError::CorruptSafetensors {
@@ -197,7 +238,7 @@ impl WeightStore {
 
     /// Records the read and drops the tensor's file pages from the resident set.
     fn finish_read(&self, name: &str, entry: &TensorEntry) {
-        if self.release_pages {
+        if self.release_pages && entry.generated.is_none() {
             release_range(&self.files[entry.file].mmap, entry.start, entry.end);
         }
         self.consumed.lock().unwrap().insert(name.to_string());
@@ -219,6 +260,11 @@ impl WeightStore {
     /// `name` decoded to f32 values (for quantizing), with the same checks as `get`.
     pub fn get_f32_values(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
         let entry = self.checked_shape(name, shape)?;
+        if let Some((init, seed)) = entry.generated {
+            let values = generate(&entry.original_name, init, seed, shape.iter().product());
+            self.finish_read(name, entry);
+            return Ok(values);
+        }
         let file = &self.files[entry.file];
         let bytes = &file.mmap[entry.start..entry.end];
         if bytes.len() != shape.iter().product::<usize>() * element_size(entry.dtype).unwrap_or(0) {

@@ -35,7 +35,11 @@ pub struct CogVlm2 {
 impl CogVlm2 {
     pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Self> {
         let cfg = CogVlmConfig::from_file(&dir.join("config.json"))?;
-        let store = WeightStore::open(dir, &|n: &str| n.to_string(), &opts.device)?;
+        let same = |n: &str| n.to_string();
+        let store = match opts.synthetic_seed {
+            Some(seed) => WeightStore::synthetic(&synthetic::tensor_specs(&cfg), seed, &same, &opts.device),
+            None => WeightStore::open(dir, &same, &opts.device)?,
+        };
         Self::from_store(cfg, &store, opts)
     }
 

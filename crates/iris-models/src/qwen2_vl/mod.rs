@@ -57,7 +57,10 @@ impl Qwen2Vl {
         let cfg = Qwen2VlConfig::from_file(&dir.join("config.json"))?;
         let pre_path = dir.join("preprocessor_config.json");
         let pre = if pre_path.exists() { PreprocessorConfig::from_file(&pre_path)? } else { PreprocessorConfig::official() };
-        let store = WeightStore::open(dir, &canonical_name, &opts.device)?;
+        let store = match opts.synthetic_seed {
+            Some(seed) => WeightStore::synthetic(&synthetic::tensor_specs(&cfg), seed, &canonical_name, &opts.device),
+            None => WeightStore::open(dir, &canonical_name, &opts.device)?,
+        };
         Self::from_store(cfg, pre, &store, opts)
     }
 

@@ -72,8 +72,8 @@ impl WeightFormat {
     /// next finer one when `k` is not a multiple of its block (q4k -> q8_0 -> `dense`).
     pub fn for_inputs(self, k: usize, dense: DType) -> WeightFormat {
         match self {
-            Self::Q4K if k % QK_K != 0 => Self::Q8_0.for_inputs(k, dense),
-            Self::Q8_0 if k % QK8_0 != 0 => match dense {
+            Self::Q4K if !k.is_multiple_of(QK_K) => Self::Q8_0.for_inputs(k, dense),
+            Self::Q8_0 if !k.is_multiple_of(QK8_0) => match dense {
                 DType::F16 => Self::F16,
                 DType::BF16 => Self::BF16,
                 _ => Self::F32,
@@ -146,7 +146,7 @@ impl QuantizedMatrix {
         if values.len() != n * k {
             return Err(bad(format!("{} values for a [{n}, {k}] matrix", values.len())));
         }
-        if !format.is_quantized() || k % format.block_len() != 0 {
+        if !format.is_quantized() || !k.is_multiple_of(format.block_len()) {
             return Err(bad(format!("cannot store a [{n}, {k}] matrix as {format} (K must be a multiple of {})", format.block_len())));
         }
         let blocks = match format {
