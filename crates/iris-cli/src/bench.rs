@@ -139,7 +139,8 @@ fn run(args: &BenchArgs, dir: &Path, opts: &iris_models::LoadOptions, image: Opt
     const WORDS: [&str; 10] = [" apple", " river", " house", " green", " small", " music", " table", " light", " water", " story"];
     let question: String = "Describe".to_string() + &(0..args.prompt_tokens.saturating_sub(1)).map(|i| WORDS[i % WORDS.len()]).collect::<String>();
     let mut content = Vec::new();
-    let image_path = dir.join("bench-image.png");
+    // a scratch file, never inside the (possibly read-only) checkpoint directory
+    let image_path = std::env::temp_dir().join(format!("iris-bench-image-{}.png", std::process::id()));
     if let Some((w, h)) = image {
         save_image(&test_image(w, h), &image_path)?;
         content.push(json!({"type": "image", "image": image_path.display().to_string()}));

@@ -14,6 +14,23 @@ enum LinearWeight {
     Quantized(Arc<QuantizedMatrix>),
 }
 
+impl LinearWeight {
+    /// Rows (`out`) of the `[out, in]` matrix.
+    fn rows(&self) -> usize {
+        match self {
+            Self::Dense(t) => t.dim(0).unwrap_or(0),
+            Self::Quantized(q) => q.dims().0,
+        }
+    }
+
+    fn size_in_bytes(&self) -> usize {
+        match self {
+            Self::Dense(t) => t.elem_count() * t.dtype().size_in_bytes(),
+            Self::Quantized(q) => q.size_in_bytes(),
+        }
+    }
+}
+
 /// `y = x W^T + b` with W stored `[out, in]` as in PyTorch.
 #[derive(Debug, Clone)]
 pub struct Linear {
@@ -59,17 +76,11 @@ impl Linear {
 
     /// Resident bytes of the weight (the bytes one forward of a single row reads).
     pub fn weight_bytes(&self) -> usize {
-        match &self.weight {
-            LinearWeight::Dense(t) => t.elem_count() * t.dtype().size_in_bytes(),
-            LinearWeight::Quantized(q) => q.size_in_bytes(),
-        }
+        self.weight.size_in_bytes()
     }
 
     pub fn out_dim(&self) -> usize {
-        match &self.weight {
-            LinearWeight::Dense(t) => t.dim(0).unwrap_or(0),
-            LinearWeight::Quantized(q) => q.dims().0,
-        }
+        self.weight.rows()
     }
 
     /// `[.., in] -> [.., out]`.
@@ -131,10 +142,7 @@ impl Embedding {
     }
 
     pub fn vocab_size(&self) -> usize {
-        match &self.table {
-            LinearWeight::Dense(t) => t.dim(0).unwrap_or(0),
-            LinearWeight::Quantized(q) => q.dims().0,
-        }
+        self.table.rows()
     }
 
     /// `[T] ids -> [T, C]` in the compute dtype.
@@ -151,7 +159,7 @@ impl Embedding {
     }
 
     pub fn weight_bytes(&self) -> usize {
-        self.as_head().weight_bytes()
+        self.table.size_in_bytes()
     }
 }
 

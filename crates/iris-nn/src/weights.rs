@@ -212,8 +212,8 @@ impl WeightStore {
     }
 
     fn load_entry(&self, name: &str, entry: &TensorEntry, dtype: DType) -> Result<Tensor> {
-        if let Some((init, seed)) = entry.generated {
-            let values = generate(&entry.original_name, init, seed, entry.shape.iter().product());
+        if entry.generated.is_some() {
+            let values = self.f32_values(entry)?;
             self.finish_read(name, entry);
             return Ok(Tensor::from_vec(values, entry.shape.as_slice(), &self.device)?.to_dtype(dtype)?);
         }
@@ -260,19 +260,22 @@ impl WeightStore {
     /// `name` decoded to f32 values (for quantizing), with the same checks as `get`.
     pub fn get_f32_values(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
         let entry = self.checked_shape(name, shape)?;
-        if let Some((init, seed)) = entry.generated {
-            let values = generate(&entry.original_name, init, seed, shape.iter().product());
-            self.finish_read(name, entry);
-            return Ok(values);
-        }
-        let file = &self.files[entry.file];
-        let bytes = &file.mmap[entry.start..entry.end];
-        if bytes.len() != shape.iter().product::<usize>() * element_size(entry.dtype).unwrap_or(0) {
-            return Err(self.convert_error(entry, ConvertError::Size));
-        }
-        let values = bytes_to_f32(bytes, entry.dtype).ok_or_else(|| self.convert_error(entry, ConvertError::Dtype))?;
+        let values = self.f32_values(entry)?;
         self.finish_read(name, entry);
         Ok(values)
+    }
+
+    /// The entry's values as f32: generated, or decoded from the mapped bytes.
+    fn f32_values(&self, entry: &TensorEntry) -> Result<Vec<f32>> {
+        let len = entry.shape.iter().product::<usize>();
+        if let Some((init, seed)) = entry.generated {
+            return Ok(generate(&entry.original_name, init, seed, len));
+        }
+        let bytes = &self.files[entry.file].mmap[entry.start..entry.end];
+        if bytes.len() != len * element_size(entry.dtype).unwrap_or(0) {
+            return Err(self.convert_error(entry, ConvertError::Size));
+        }
+        bytes_to_f32(bytes, entry.dtype).ok_or_else(|| self.convert_error(entry, ConvertError::Dtype))
     }
 }
 
