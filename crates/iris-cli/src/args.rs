@@ -1,9 +1,9 @@
 //! Command-line options shared by `run`, `chat` (and later `serve`, `bench`).
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use candle_core::{DType, Device};
 use clap::{Args, ValueEnum};
-use iris_engine::generation_config::GenerationDefaults;
+use iris_engine::generation_config::{GenerationDefaults, SamplingOverrides};
 use iris_engine::weight_plan::{plan_for_checkpoint, FormatChoice, WeightPlan};
 use iris_engine::SamplingParams;
 use iris_nn::WeightFormat;
@@ -119,29 +119,8 @@ pub struct SamplingArgs {
 impl SamplingArgs {
     /// Checkpoint defaults overridden by the flags; `--temperature 0` forces greedy.
     pub fn sampling(&self, defaults: &GenerationDefaults) -> Result<SamplingParams> {
-        let mut p = defaults.sampling();
-        if let Some(t) = self.temperature {
-            p.temperature = t;
-            if t > 0.0 && !defaults.do_sample {
-                // sampling asked for on a greedy checkpoint: no hidden top-k/top-p
-                p.top_k = None;
-                p.top_p = None;
-            }
-        }
-        if self.top_p.is_some() {
-            p.top_p = self.top_p;
-        }
-        if self.top_k.is_some() {
-            p.top_k = self.top_k;
-        }
-        if self.repetition_penalty.is_some() {
-            p.repetition_penalty = self.repetition_penalty;
-        }
-        p.seed = self.seed;
-        if let Err(e) = p.validate() {
-            bail!("{e}");
-        }
-        Ok(p)
+        let o = SamplingOverrides { temperature: self.temperature, top_p: self.top_p, top_k: self.top_k, repetition_penalty: self.repetition_penalty, seed: self.seed };
+        defaults.sampling_with(&o).map_err(|e| anyhow::anyhow!(e))
     }
 
     pub fn media_options(&self) -> MediaOptions {

@@ -5,6 +5,7 @@ mod bench;
 mod chat;
 mod make_checkpoint;
 mod run;
+mod serve;
 
 use clap::{Parser, Subcommand};
 
@@ -26,6 +27,8 @@ enum Command {
     Run(run::RunArgs),
     /// Interactive multi-turn chat (`/image PATH`, `/reset`, `/quit`).
     Chat(chat::ChatArgs),
+    /// Serve the OpenAI-compatible API and the web chat page (continuous batching).
+    Serve(serve::ServeArgs),
     /// Measure load, vision, prefill and decode speed and peak memory (table or --json).
     Bench(bench::BenchArgs),
     /// Write a full-size random-weight checkpoint of a real architecture (for benchmarks).
@@ -41,6 +44,7 @@ fn main() {
     let result = match cli.command {
         Command::Run(a) => run::run(a),
         Command::Chat(a) => chat::chat(a),
+        Command::Serve(a) => serve::serve(a),
         Command::Bench(a) => bench::bench(a),
         Command::MakeCheckpoint(a) => make_checkpoint::make_checkpoint(a),
     };

@@ -14,6 +14,9 @@ pub enum EngineError {
     Request(String),
     #[error("{0}")]
     Limit(String),
+    /// Input over a size limit (a body, a download).
+    #[error("{0}")]
+    TooLarge(String),
     #[error(transparent)]
     Model(#[from] iris_models::ModelError),
     #[error(transparent)]

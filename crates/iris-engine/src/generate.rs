@@ -2,11 +2,11 @@
 //! encoding, prefill, then sampling token by token with streaming text, EOS ids, stop strings and
 //! a token limit. Used by the CLI (`run`, `chat`); never names a model family.
 
-use crate::detokenizer::StreamDecoder;
+use crate::decoding::Decoding;
 use crate::error::{EngineError, Result};
 use crate::generation_config::GenerationDefaults;
 use crate::messages::{load_media, Conversation};
-use crate::sampler::{Sampled, Sampler, SamplingParams};
+use crate::sampler::SamplingParams;
 use crate::tokenizer::TextTokenizer;
 use iris_models::image::DecodeLimits;
 use iris_models::{LoadOptions, MediaOptions, PromptInputs, PromptOptions, StepInput, VisionLanguageModel};
@@ -141,67 +141,23 @@ impl Engine {
 
         let t3 = Instant::now();
         let max_new = req.max_new_tokens.min(self.model.info().max_context.saturating_sub(prompt.token_ids.len()));
-        let mut sampler = Sampler::new(req.sampling.clone());
-        let mut seen = prompt.token_ids.clone();
-        let mut out_ids = Vec::new();
-        // `raw` is the tokenizer's decode; `text` what the reference's decode shows of it
-        let mut raw = String::new();
-        let mut text = String::new();
-        let mut stream = StreamDecoder::new();
-        let mut finish = FinishReason::Length;
-        let mut stopped_by_text = false;
+        let mut decoding = Decoding::new(&prompt.token_ids, req.sampling.clone(), max_new, self.defaults.eos_token_ids.clone(), req.stop.clone(), None);
         let mut logits = logits;
-        let stop_hold = req.stop.iter().map(|s| s.len()).max().unwrap_or(0);
-        let mut emitted = 0;
-        while out_ids.len() < max_new {
-            let Sampled { token, .. } = sampler.sample(&logits.flatten_all()?.to_vec1::<f32>()?, &seen);
-            if self.defaults.eos_token_ids.contains(&token) {
-                finish = FinishReason::Stop;
-                break;
+        while decoding.finished().is_none() {
+            let step = decoding.step(&logits.flatten_all()?.to_vec1::<f32>()?, &self.tokenizer)?;
+            if !step.text.is_empty() {
+                on_text(&step.text);
             }
-            out_ids.push(token);
-            seen.push(token);
-            if let Some(piece) = stream.push(&self.tokenizer, token)? {
-                raw.push_str(&piece);
-                text = self.tokenizer.visible_text(&raw, false);
-            }
-            if let Some(cut) = find_stop(&text, &req.stop) {
-                text.truncate(cut);
-                finish = FinishReason::Stop;
-                stopped_by_text = true;
-                break;
-            }
-            // hold back what could still become the start of a stop string
-            let safe = floor_char_boundary(&text, text.len().saturating_sub(stop_hold.saturating_sub(1)));
-            if safe > emitted {
-                on_text(&text[emitted..safe]);
-                emitted = safe;
-            }
-            if out_ids.len() == max_new {
-                break;
-            }
-            let n = cache.len();
-            let positions = prompt.positions.slice(n, 1);
+            let (Some(token), None) = (step.token, step.finish) else { break };
+            let positions = prompt.positions.slice(cache.len(), 1);
             let types = [iris_models::TokenType::Text];
             let step = StepInput { token_ids: &[token], positions: &positions, token_types: &types, media_embeds: vec![], all_logits: false };
             logits = self.model.forward(&step, &mut cache)?;
         }
-        // a trailing incomplete character decodes to U+FFFD, as the reference's decode does
-        if !stopped_by_text {
-            if let Some(rest) = stream.flush(&self.tokenizer)? {
-                raw.push_str(&rest);
-            }
-            text = self.tokenizer.visible_text(&raw, true);
-            // the clean-up's held-back tail may have completed a stop string
-            if let Some(cut) = find_stop(&text, &req.stop) {
-                text.truncate(cut);
-                finish = FinishReason::Stop;
-            }
-        }
-        if text.len() > emitted {
-            on_text(&text[emitted..]);
-        }
         timings.decode_ms = ms(t3);
+        let out_ids = decoding.token_ids().to_vec();
+        let text = decoding.text().to_string();
+        let finish = decoding.finished().unwrap_or(FinishReason::Length);
         let decode_steps = out_ids.len().saturating_sub(1).max(1) as f64;
         timings.decode_tokens_per_s = if out_ids.len() > 1 { decode_steps / (timings.decode_ms / 1e3) } else { 0.0 };
         let boxes = box_reference(&prepared).map(|m| self.model.parse_boxes(&text, m.orig_hw)).unwrap_or_default();
@@ -216,36 +172,45 @@ impl Engine {
     }
 }
 
+/// End of the prefill chunk that starts at `start`: at most `max_len` tokens, except that a media
+/// item is never split (one longer than `max_len` goes whole; one that would straddle the limit
+/// waits for the next chunk).
+pub fn chunk_end(prompt: &PromptInputs, start: usize, max_len: usize) -> usize {
+    let total = prompt.token_ids.len();
+    let mut end = (start + max_len).min(total);
+    for span in &prompt.media_spans {
+        if span.start < end && span.start + span.len > end {
+            end = if span.start > start { span.start } else { span.start + span.len };
+        }
+    }
+    end
+}
+
+/// The prompt's step `[start, end)` with the media embeddings that begin inside it.
+pub fn prompt_step<'a>(prompt: &'a PromptInputs, start: usize, end: usize, positions: &'a [Vec<i64>], media_embeds: &[(usize, candle_core::Tensor)]) -> StepInput<'a> {
+    StepInput {
+        token_ids: &prompt.token_ids[start..end],
+        positions,
+        token_types: &prompt.token_types[start..end],
+        media_embeds: media_embeds.iter().filter(|(o, _)| *o >= start && *o < end).map(|(o, e)| (o - start, e.clone())).collect(),
+        all_logits: false,
+    }
+}
+
 /// Runs the prompt through the model in chunks; returns the last token's logits `[1, V]`.
 pub fn prefill(
     model: &dyn VisionLanguageModel,
     prompt: &PromptInputs,
-    mut media_embeds: Vec<(usize, candle_core::Tensor)>,
+    media_embeds: Vec<(usize, candle_core::Tensor)>,
     cache: &mut iris_nn::KvCache,
 ) -> Result<candle_core::Tensor> {
     let total = prompt.token_ids.len();
     let mut start = 0;
     let mut logits = None;
     while start < total {
-        // never split a media item across chunks
-        let mut end = (start + PREFILL_CHUNK).min(total);
-        for (offset, emb) in &media_embeds {
-            let len = emb.dim(0)?;
-            if *offset < end && offset + len > end {
-                end = if *offset > start { *offset } else { offset + len };
-            }
-        }
-        let (mine, rest): (Vec<_>, Vec<_>) = media_embeds.into_iter().partition(|(o, _)| *o >= start && *o < end);
-        media_embeds = rest;
+        let end = chunk_end(prompt, start, PREFILL_CHUNK);
         let positions = prompt.positions.slice(start, end - start);
-        let step = StepInput {
-            token_ids: &prompt.token_ids[start..end],
-            positions: &positions,
-            token_types: &prompt.token_types[start..end],
-            media_embeds: mine.into_iter().map(|(o, e)| (o - start, e)).collect(),
-            all_logits: false,
-        };
-        logits = Some(model.forward(&step, cache)?);
+        logits = Some(model.forward(&prompt_step(prompt, start, end, &positions, &media_embeds), cache)?);
         start = end;
     }
     logits.ok_or_else(|| EngineError::Request("empty prompt".into()))
@@ -258,15 +223,4 @@ pub fn box_reference(media: &[iris_models::PreparedMedia]) -> Option<&iris_model
 
 fn ms(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1e3
-}
-
-fn find_stop(text: &str, stops: &[String]) -> Option<usize> {
-    stops.iter().filter(|s| !s.is_empty()).filter_map(|s| text.find(s.as_str())).min()
-}
-
-fn floor_char_boundary(s: &str, mut i: usize) -> usize {
-    while i > 0 && !s.is_char_boundary(i) {
-        i -= 1;
-    }
-    i
 }

@@ -62,4 +62,33 @@ impl GenerationDefaults {
             seed: None,
         }
     }
+
+    /// The checkpoint's defaults with a request's overrides; a temperature above 0 on a greedy
+    /// checkpoint samples without hidden top-k/top-p. Validated.
+    pub fn sampling_with(&self, o: &SamplingOverrides) -> std::result::Result<SamplingParams, String> {
+        let mut p = self.sampling();
+        if let Some(t) = o.temperature {
+            p.temperature = t;
+            if t > 0.0 && !self.do_sample {
+                p.top_k = None;
+                p.top_p = None;
+            }
+        }
+        p.top_p = o.top_p.or(p.top_p);
+        p.top_k = o.top_k.or(p.top_k);
+        p.repetition_penalty = o.repetition_penalty.or(p.repetition_penalty);
+        p.seed = o.seed;
+        p.validate()?;
+        Ok(p)
+    }
+}
+
+/// Sampling settings a request (CLI flags, an API body) may set.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SamplingOverrides {
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<usize>,
+    pub repetition_penalty: Option<f32>,
+    pub seed: Option<u64>,
 }

@@ -3,12 +3,15 @@
 //! only through `iris_models::api`.
 
 pub mod checkpoint;
+pub mod decoding;
+pub mod encoder_cache;
 pub mod detokenizer;
 pub mod error;
 pub mod generate;
 pub mod generation_config;
 pub mod messages;
 pub mod sampler;
+pub mod scheduler;
 pub mod tokenizer;
 pub mod video;
 pub mod weight_plan;

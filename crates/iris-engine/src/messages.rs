@@ -40,8 +40,38 @@ fn req(msg: String) -> EngineError {
     EngineError::Request(msg)
 }
 
-/// Resolves a URL-or-path string of a media part.
+/// Where a request's media may come from.
+#[derive(Clone, Copy)]
+pub struct MediaAccess<'a> {
+    /// Relative paths resolve against this (the CLI: the messages file's folder).
+    pub base_dir: Option<&'a Path>,
+    pub local: LocalMedia<'a>,
+    /// Downloads an http(s) URL (None: remote URLs are refused).
+    pub fetch: Option<&'a (dyn Fn(&str) -> Result<Vec<u8>> + Sync)>,
+}
+
+/// Which local files a request may read.
+#[derive(Clone, Copy)]
+pub enum LocalMedia<'a> {
+    Any,
+    /// Only files inside this directory (after resolving `..` and symlinks).
+    Under(&'a Path),
+    Denied,
+}
+
+impl<'a> MediaAccess<'a> {
+    /// The CLI's access: any local file, relative to `base_dir`; no downloads.
+    pub fn local(base_dir: Option<&'a Path>) -> Self {
+        Self { base_dir, local: LocalMedia::Any, fetch: None }
+    }
+}
+
+/// Resolves a URL-or-path string of a media part under the CLI's access rules.
 pub fn media_source(url: &str, base_dir: Option<&Path>, field: &str) -> Result<MediaSource> {
+    media_source_with(url, &MediaAccess::local(base_dir), field)
+}
+
+fn media_source_with(url: &str, access: &MediaAccess, field: &str) -> Result<MediaSource> {
     if let Some(rest) = url.strip_prefix("data:") {
         let (meta, payload) = rest.split_once(',').ok_or_else(|| req(format!("{field}: malformed data: URL (no comma)")))?;
         if !meta.ends_with(";base64") {
@@ -53,18 +83,36 @@ pub fn media_source(url: &str, base_dir: Option<&Path>, field: &str) -> Result<M
         return Ok(MediaSource::Bytes { data, what: format!("{field} (data: URL)") });
     }
     if url.starts_with("http://") || url.starts_with("https://") {
-        return Err(req(format!("{field}: remote URLs are not fetched here ({url}); pass a local file or a data: URL")));
+        let Some(fetch) = access.fetch else {
+            return Err(req(format!("{field}: remote URLs are not fetched here ({url}); pass a data: URL (the server fetches with --allow-remote-media)")));
+        };
+        return Ok(MediaSource::Bytes { data: fetch(url)?, what: format!("{field} ({url})") });
     }
     let path = PathBuf::from(url.strip_prefix("file://").unwrap_or(url));
-    let path = match base_dir {
+    let path = match access.base_dir {
         Some(base) if path.is_relative() => base.join(path),
         _ => path,
     };
-    Ok(MediaSource::Path(path))
+    match access.local {
+        LocalMedia::Any => Ok(MediaSource::Path(path)),
+        LocalMedia::Denied => Err(req(format!("{field}: local files are not served here ({url}); send a data: URL (the server reads files under --media-dir)"))),
+        LocalMedia::Under(dir) => {
+            let real = path.canonicalize().map_err(|e| EngineError::File { path: format!("{field}: {url}"), message: e.to_string() })?;
+            if !real.starts_with(dir) {
+                return Err(req(format!("{field}: {url} is outside the media directory")));
+            }
+            Ok(MediaSource::Path(real))
+        }
+    }
 }
 
-/// Parses a JSON array of messages (or `{"messages": [...]}`).
+/// Parses a JSON array of messages (or `{"messages": [...]}`) under the CLI's access rules.
 pub fn parse_messages(json: &Value, base_dir: Option<&Path>) -> Result<Conversation> {
+    parse_messages_with(json, &MediaAccess::local(base_dir))
+}
+
+/// Parses messages whose media must follow `access`.
+pub fn parse_messages_with(json: &Value, access: &MediaAccess) -> Result<Conversation> {
     let list = match json {
         Value::Array(a) => a,
         Value::Object(o) => o.get("messages").and_then(|m| m.as_array()).ok_or_else(|| req("expected a `messages` array".into()))?,
@@ -87,7 +135,7 @@ pub fn parse_messages(json: &Value, base_dir: Option<&Path>) -> Result<Conversat
                 let mut parts = Vec::with_capacity(items.len());
                 for (j, item) in items.iter().enumerate() {
                     let field = format!("messages[{i}].content[{j}]");
-                    parts.push(parse_part(item, &field, base_dir, &mut media)?);
+                    parts.push(parse_part(item, &field, access, &mut media)?);
                 }
                 (parts, false)
             }
@@ -99,7 +147,7 @@ pub fn parse_messages(json: &Value, base_dir: Option<&Path>) -> Result<Conversat
     Ok(Conversation { messages, media })
 }
 
-fn parse_part(item: &Value, field: &str, base_dir: Option<&Path>, media: &mut Vec<MediaRef>) -> Result<ContentPart> {
+fn parse_part(item: &Value, field: &str, access: &MediaAccess, media: &mut Vec<MediaRef>) -> Result<ContentPart> {
     let kind = item.get("type").and_then(|t| t.as_str()).unwrap_or_else(|| {
         ["text", "image_url", "image", "video", "video_url"].into_iter().find(|k| item.get(k).is_some()).unwrap_or("")
     });
@@ -118,11 +166,11 @@ fn parse_part(item: &Value, field: &str, base_dir: Option<&Path>, media: &mut Ve
                 None => return Err(req(format!("{field}.{key}: missing"))),
             };
             let kind = if key == "video_url" { MediaKind::Video } else { MediaKind::Image };
-            push(kind, media_source(url, base_dir, field)?)
+            push(kind, media_source_with(url, access, field)?)
         }
         "image" => {
             let url = str_field("image").ok_or_else(|| req(format!("{field}.image: missing or not a string")))?;
-            push(MediaKind::Image, media_source(url, base_dir, field)?)
+            push(MediaKind::Image, media_source_with(url, access, field)?)
         }
         "video" => match item.get("video") {
             Some(Value::Array(frames)) => {
@@ -131,7 +179,7 @@ fn parse_part(item: &Value, field: &str, base_dir: Option<&Path>, media: &mut Ve
                     .enumerate()
                     .map(|(k, f)| {
                         let url = f.as_str().ok_or_else(|| req(format!("{field}.video[{k}]: not a string")))?;
-                        media_source(url, base_dir, &format!("{field}.video[{k}]"))
+                        media_source_with(url, access, &format!("{field}.video[{k}]"))
                     })
                     .collect::<Result<Vec<_>>>()?;
                 if frames.is_empty() {
@@ -139,7 +187,7 @@ fn parse_part(item: &Value, field: &str, base_dir: Option<&Path>, media: &mut Ve
                 }
                 push(MediaKind::Video, MediaSource::Frames(frames))
             }
-            Some(Value::String(p)) => push(MediaKind::Video, media_source(p, base_dir, field)?),
+            Some(Value::String(p)) => push(MediaKind::Video, media_source_with(p, access, field)?),
             _ => Err(req(format!("{field}.video: expected a video file path or a list of frame images"))),
         },
         other => Err(req(format!("{field}.type: unsupported part type `{other}` (text, image_url, image, video, video_url)"))),

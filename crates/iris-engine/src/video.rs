@@ -39,7 +39,8 @@ pub fn probe(path: &Path, limits: DecodeLimits) -> Result<VideoInfo> {
         return Err(bad(&what, format!("video frames have zero size ({width}x{height})")));
     }
     if (width as u64) * (height as u64) > limits.max_pixels {
-        return Err(bad(&what, format!("video frames are {width}x{height} = {} pixels, over the limit of {}", width * height, limits.max_pixels)));
+        let message = format!("video frames are {width}x{height} = {} pixels, over the limit of {}", width * height, limits.max_pixels);
+        return Err(EngineError::Model(iris_models::ModelError::TooLarge { what: what.to_string(), message }));
     }
     let mut total_frames = stream.frames().max(0) as usize;
     if total_frames == 0 {

@@ -220,7 +220,15 @@ pub trait VisionLanguageModel: Send + Sync {
     fn new_cache(&self) -> KvCache;
 
     /// Appends the step to `cache` and returns f32 logits `[1, V]` (or `[T, V]`).
-    fn forward(&self, step: &StepInput, cache: &mut KvCache) -> Result<Tensor>;
+    fn forward(&self, step: &StepInput, cache: &mut KvCache) -> Result<Tensor> {
+        let mut out = self.forward_batch(std::slice::from_ref(step), &mut [cache])?;
+        Ok(out.pop().expect("one step in, one logits tensor out"))
+    }
+
+    /// Several sequences' steps in one forward: every linear sees all their tokens stacked
+    /// (`[ΣT, C]`), attention stays per sequence, step `i` appends to `caches[i]`. Returns each
+    /// step's f32 logits in order. A step may be a prefill chunk or one decode token.
+    fn forward_batch(&self, steps: &[StepInput], caches: &mut [&mut KvCache]) -> Result<Vec<Tensor>>;
 
     /// Checkpoint tensors that loading did not consume.
     fn unconsumed_tensors(&self) -> &[String];

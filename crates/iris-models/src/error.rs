@@ -6,6 +6,9 @@ pub enum ModelError {
     Config { path: String, message: String },
     #[error("{what}: {message}")]
     Media { what: String, message: String },
+    /// Media over a size limit (checked before decoding).
+    #[error("{what}: {message}")]
+    TooLarge { what: String, message: String },
     #[error("prompt: {0}")]
     Prompt(String),
     #[error("{0}")]

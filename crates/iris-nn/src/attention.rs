@@ -4,6 +4,7 @@
 //! softmax in f32 as the reference does. `attention_slow` is the plain formula it is tested against.
 
 use crate::error::Result;
+use crate::kv_cache::LayerKv;
 use candle_core::{DType, Tensor, D};
 
 /// Upper bound on the f32 score block computed at once.
@@ -52,6 +53,21 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, causal: Option<usize>, scal
     let o = if outs.len() == 1 { outs.pop().unwrap() } else { Tensor::cat(&outs, 2)? };
     // [KVH, G, T, D] -> [H, T, D]
     Ok(o.reshape((h, t, d))?)
+}
+
+/// Attention for a batch of sequences whose tokens are stacked on one axis: `q [H, ΣT, D]`,
+/// `k`/`v` `[KVH, ΣT, D]`, sequence `i` owning the next `lens[i]` rows. Each sequence appends its
+/// K/V to its own cache layer and attends causally over it alone -> `[H, ΣT, D]`.
+pub fn batched_cached_attention(q: &Tensor, k: &Tensor, v: &Tensor, lens: &[usize], kvs: &mut [&mut LayerKv], scale: f64) -> Result<Tensor> {
+    let mut outs = Vec::with_capacity(lens.len());
+    let mut row = 0;
+    for (&len, kv) in lens.iter().zip(kvs.iter_mut()) {
+        let offset = kv.len();
+        let (k_all, v_all) = kv.append(&k.narrow(1, row, len)?, &v.narrow(1, row, len)?)?;
+        outs.push(attention(&q.narrow(1, row, len)?.contiguous()?, &k_all, &v_all, Some(offset), scale, DEFAULT_SCORE_BYTES)?);
+        row += len;
+    }
+    Ok(if outs.len() == 1 { outs.pop().unwrap() } else { Tensor::cat(&outs, 1)? })
 }
 
 /// Additive mask `[T, S]`: 0 where key `s <= first_pos + t`, -inf elsewhere.

@@ -11,6 +11,9 @@ pub struct LayerKv {
     k: Option<Tensor>,
     v: Option<Tensor>,
     len: usize,
+    /// Tokens to allocate room for at once (a sequence's admitted length), so a cache admitted
+    /// for N tokens never holds more than N.
+    reserved: usize,
 }
 
 impl LayerKv {
@@ -20,7 +23,7 @@ impl LayerKv {
         let needed = self.len + t;
         let capacity = self.k.as_ref().map(|k| k.dim(1)).transpose()?.unwrap_or(0);
         if needed > capacity {
-            let new_cap = needed.next_power_of_two().max(MIN_CAPACITY);
+            let new_cap = if needed <= self.reserved { self.reserved } else { needed.next_power_of_two().max(MIN_CAPACITY) };
             let grow = |old: &Option<Tensor>, dtype: DType, dev: &Device| -> Result<Tensor> {
                 let buf = Tensor::zeros((kvh, new_cap, d), dtype, dev)?;
                 if let Some(old) = old {
@@ -61,6 +64,11 @@ pub struct KvCache {
 impl KvCache {
     pub fn new(num_layers: usize) -> Self {
         Self { layers: vec![LayerKv::default(); num_layers] }
+    }
+
+    /// A cache that allocates room for exactly `tokens` on first use (growing past it doubles).
+    pub fn with_reserved(num_layers: usize, tokens: usize) -> Self {
+        Self { layers: vec![LayerKv { reserved: tokens, ..LayerKv::default() }; num_layers] }
     }
 
     /// Tokens cached (all layers hold the same count).

@@ -46,3 +46,4 @@ pub fn greedy_chat(model: &std::path::Path, script: &str, max_tokens: usize) -> 
     assert!(out.status.success(), "{stderr}");
     (stdout, stderr)
 }
+pub mod server;

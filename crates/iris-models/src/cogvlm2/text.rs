@@ -10,7 +10,9 @@ use super::config::{TextConfig, ROPE_THETA};
 use crate::api::TokenType;
 use crate::error::{ModelError, Result};
 use candle_core::{DType, Device, Tensor};
-use iris_nn::attention::{attention, DEFAULT_SCORE_BYTES};
+use crate::api::StepInput;
+use crate::common::{logit_rows, split_rows, stacked_positions};
+use iris_nn::attention::batched_cached_attention;
 use iris_nn::ops::{silu_mul, Embedding, Linear, RmsNorm};
 use iris_nn::weights::Weights;
 use iris_nn::{KvCache, LayerKv};
@@ -78,9 +80,9 @@ enum Routing {
 }
 
 impl Routing {
-    fn new(types: &[TokenType], device: &Device) -> Result<Self> {
-        let n = types.len();
-        let vision_mask = vision_expert_mask(types);
+    /// `vision_mask[t]`: row t takes the vision expert (`vision_expert_mask`).
+    fn new(vision_mask: &[bool], device: &Device) -> Result<Self> {
+        let n = vision_mask.len();
         let vis: Vec<u32> = (0..n as u32).filter(|&t| vision_mask[t as usize]).collect();
         if vis.is_empty() {
             return Ok(Routing::AllLanguage);
@@ -216,28 +218,33 @@ impl TextModel {
         Ok((a.cos()?.to_dtype(self.dtype)?, a.sin()?.to_dtype(self.dtype)?))
     }
 
-    /// `embeds [T, C]` at cache index `cache.len()`, one position row, per-token types ->
-    /// f32 logits for the last token `[1, V]` or all `[T, V]`.
-    pub fn forward(&self, embeds: &Tensor, positions: &[i64], types: &[TokenType], cache: &mut KvCache, all_logits: bool) -> Result<Tensor> {
-        let (t, _) = embeds.dims2()?;
-        if positions.len() != t || types.len() != t {
-            return Err(ModelError::Prompt(format!("step of {t} tokens has {} positions and {} token types", positions.len(), types.len())));
+    /// `embeds [ΣT, C]`: the steps' tokens stacked (one position row and per-token types each),
+    /// step `i` at cache index `caches[i].len()` -> each step's f32 logits (`[1, V]` or `[T, V]`).
+    pub fn forward_batch(&self, embeds: &Tensor, steps: &[StepInput], caches: &mut [&mut KvCache]) -> Result<Vec<Tensor>> {
+        let (total, _) = embeds.dims2()?;
+        let lens: Vec<usize> = steps.iter().map(|s| s.token_ids.len()).collect();
+        let rows = stacked_positions(steps)?;
+        let positions = rows.first().ok_or_else(|| ModelError::Prompt("step has no position row".into()))?;
+        if positions.len() != total || steps.iter().any(|s| s.token_types.len() != s.token_ids.len()) {
+            return Err(ModelError::Prompt(format!("a batch of {total} tokens has {} positions or mismatched token types", positions.len())));
         }
         let tables = self.inv_freqs.iter().map(|f| self.rope_tables(f, positions)).collect::<Result<Vec<_>>>()?;
-        let routing = Routing::new(types, embeds.device())?;
-        let offset = cache.len();
+        // the expert mask looks one token ahead, so it is computed within each step
+        let mask: Vec<bool> = steps.iter().flat_map(|s| vision_expert_mask(s.token_types)).collect();
+        let routing = Routing::new(&mask, embeds.device())?;
         let mut x = embeds.clone();
-        for (layer, kv) in self.layers.iter().zip(cache.layers.iter_mut()) {
+        for (i, layer) in self.layers.iter().enumerate() {
             let (cos, sin) = &tables[layer.rope];
-            x = self.layer_forward(layer, &x, &routing, cos, sin, kv, offset)?;
+            let mut kvs: Vec<&mut LayerKv> = caches.iter_mut().map(|c| &mut c.layers[i]).collect();
+            x = self.layer_forward(layer, &x, &routing, cos, sin, &lens, &mut kvs)?;
         }
-        let x = if all_logits { x } else { x.narrow(0, t - 1, 1)? };
+        let (x, counts) = logit_rows(&x, steps)?;
         let x = self.norm.forward(&x)?;
-        Ok(self.lm_head.forward(&x)?.to_dtype(DType::F32)?)
+        split_rows(&self.lm_head.forward(&x)?.to_dtype(DType::F32)?, &counts)
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn layer_forward(&self, l: &DecoderLayer, x: &Tensor, routing: &Routing, cos: &Tensor, sin: &Tensor, kv: &mut LayerKv, offset: usize) -> Result<Tensor> {
+    fn layer_forward(&self, l: &DecoderLayer, x: &Tensor, routing: &Routing, cos: &Tensor, sin: &Tensor, lens: &[usize], kvs: &mut [&mut LayerKv]) -> Result<Tensor> {
         let (t, c) = x.dims2()?;
         let hd = self.cfg.head_dim();
         let (nh, nkv) = (self.cfg.num_attention_heads, self.cfg.num_kv_heads);
@@ -250,9 +257,8 @@ impl TextModel {
         let q = candle_nn::rotary_emb::rope(&split(0, nh)?, cos, sin)?.squeeze(0)?;
         let k = candle_nn::rotary_emb::rope(&split(nh, nkv)?, cos, sin)?.squeeze(0)?;
         let v = split(nh + nkv, nkv)?.squeeze(0)?;
-        let (k_all, v_all) = kv.append(&k, &v)?;
         // plain causal attention over everything, image tokens included
-        let o = attention(&q, &k_all, &v_all, Some(offset), 1.0 / (hd as f64).sqrt(), DEFAULT_SCORE_BYTES)?;
+        let o = batched_cached_attention(&q, &k, &v, lens, kvs, 1.0 / (hd as f64).sqrt())?;
         // [H, T, D] -> [T, H, D] -> [T, C]
         let o = o.transpose(0, 1)?.contiguous()?.reshape((t, c))?;
         let x = (x + routing.apply(&o, l, |e, a| Ok(e.dense.forward(a)?))?)?;
@@ -289,14 +295,14 @@ mod tests {
     #[test]
     fn expert_mask_needs_the_next_token_to_be_an_image_token() {
         let dev = Device::Cpu;
-        let Routing::Mixed { language, vision, inverse } = Routing::new(&[T, V, V, V, T, T], &dev).unwrap() else { panic!("mixed expected") };
+        let Routing::Mixed { language, vision, inverse } = Routing::new(&vision_expert_mask(&[T, V, V, V, T, T]), &dev).unwrap() else { panic!("mixed expected") };
         // boi and the patch go to the vision expert; eoi (index 3) and text to the language one
         assert_eq!(vision.to_vec1::<u32>().unwrap(), vec![1, 2]);
         assert_eq!(language.to_vec1::<u32>().unwrap(), vec![0, 3, 4, 5]);
         assert_eq!(inverse.to_vec1::<u32>().unwrap(), vec![0, 4, 5, 1, 2, 3]);
         // a lone image token, or one that ends the step, is language
-        assert!(matches!(Routing::new(&[T, V, T], &dev).unwrap(), Routing::AllLanguage));
-        assert!(matches!(Routing::new(&[V], &dev).unwrap(), Routing::AllLanguage));
+        assert!(matches!(Routing::new(&vision_expert_mask(&[T, V, T]), &dev).unwrap(), Routing::AllLanguage));
+        assert!(matches!(Routing::new(&vision_expert_mask(&[V]), &dev).unwrap(), Routing::AllLanguage));
     }
 
     #[test]

@@ -71,7 +71,8 @@ pub fn decode_image(bytes: &[u8], what: &str, limits: DecodeLimits) -> Result<Rg
         return Err(bad(format!("image has zero size ({w}x{h})")));
     }
     if (w as u64) * (h as u64) > limits.max_pixels {
-        return Err(bad(format!("image is {w}x{h} = {} pixels, over the limit of {}", w as u64 * h as u64, limits.max_pixels)));
+        let message = format!("image is {w}x{h} = {} pixels, over the limit of {}", w as u64 * h as u64, limits.max_pixels);
+        return Err(ModelError::TooLarge { what: what.to_string(), message });
     }
     let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format().map_err(|e| bad(e.to_string()))?;
     let mut lim = image::Limits::default();

@@ -12,7 +12,7 @@ pub mod video;
 pub mod vision;
 
 use crate::api::*;
-use crate::common::splice_rows;
+use crate::common::stacked_step_embeds;
 use crate::error::{ModelError, Result};
 use crate::registry::LoadOptions;
 use candle_core::{Device, Tensor};
@@ -130,9 +130,9 @@ impl VisionLanguageModel for Qwen2Vl {
         KvCache::new(self.text.num_layers())
     }
 
-    fn forward(&self, step: &StepInput, cache: &mut KvCache) -> Result<Tensor> {
-        let embeds = splice_rows(&self.text.embed(step.token_ids)?, &step.media_embeds, self.info.dtype)?;
-        self.text.forward(&embeds, step.positions, cache, step.all_logits)
+    fn forward_batch(&self, steps: &[StepInput], caches: &mut [&mut KvCache]) -> Result<Vec<Tensor>> {
+        let embeds = stacked_step_embeds(steps, |ids| self.text.embed(ids), self.info.dtype)?;
+        self.text.forward_batch(&embeds, steps, caches)
     }
 
     fn unconsumed_tensors(&self) -> &[String] {

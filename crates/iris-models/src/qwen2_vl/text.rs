@@ -7,7 +7,9 @@
 use super::config::TextConfig;
 use crate::error::{ModelError, Result};
 use candle_core::{DType, Device, Tensor};
-use iris_nn::attention::{attention, DEFAULT_SCORE_BYTES};
+use crate::api::StepInput;
+use crate::common::{logit_rows, split_rows, stacked_positions};
+use iris_nn::attention::batched_cached_attention;
 use iris_nn::ops::{silu_mul, Embedding, Linear, RmsNorm};
 use iris_nn::weights::Weights;
 use iris_nn::{KvCache, LayerKv};
@@ -128,21 +130,24 @@ impl TextModel {
         Ok((a.cos()?.to_dtype(self.dtype)?, a.sin()?.to_dtype(self.dtype)?))
     }
 
-    /// `embeds [T, C]` at cache index `cache.len()` -> logits (f32) for the last token or all.
-    pub fn forward(&self, embeds: &Tensor, positions: &[Vec<i64>], cache: &mut KvCache, all_logits: bool) -> Result<Tensor> {
-        let (t, _) = embeds.dims2()?;
-        let (cos, sin) = self.rope_tables(positions, t)?;
-        let offset = cache.len();
+    /// `embeds [ΣT, C]`: the steps' tokens stacked, step `i` at cache index `caches[i].len()` ->
+    /// each step's f32 logits (its last token `[1, V]`, or all `[T, V]`).
+    pub fn forward_batch(&self, embeds: &Tensor, steps: &[StepInput], caches: &mut [&mut KvCache]) -> Result<Vec<Tensor>> {
+        let (total, _) = embeds.dims2()?;
+        let lens: Vec<usize> = steps.iter().map(|s| s.token_ids.len()).collect();
+        let (cos, sin) = self.rope_tables(&stacked_positions(steps)?, total)?;
         let mut x = embeds.clone();
-        for (layer, kv) in self.layers.iter().zip(cache.layers.iter_mut()) {
-            x = self.layer_forward(layer, &x, &cos, &sin, kv, offset)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let mut kvs: Vec<&mut LayerKv> = caches.iter_mut().map(|c| &mut c.layers[i]).collect();
+            x = self.layer_forward(layer, &x, &cos, &sin, &lens, &mut kvs)?;
         }
-        let x = if all_logits { x } else { x.narrow(0, t - 1, 1)? };
+        let (x, counts) = logit_rows(&x, steps)?;
         let x = self.norm.forward(&x)?;
-        Ok(self.lm_head.forward(&x)?.to_dtype(DType::F32)?)
+        split_rows(&self.lm_head.forward(&x)?.to_dtype(DType::F32)?, &counts)
     }
 
-    fn layer_forward(&self, l: &DecoderLayer, x: &Tensor, cos: &Tensor, sin: &Tensor, kv: &mut LayerKv, offset: usize) -> Result<Tensor> {
+    #[allow(clippy::too_many_arguments)]
+    fn layer_forward(&self, l: &DecoderLayer, x: &Tensor, cos: &Tensor, sin: &Tensor, lens: &[usize], kvs: &mut [&mut LayerKv]) -> Result<Tensor> {
         let (t, c) = x.dims2()?;
         let hd = self.cfg.head_dim();
         let (nh, nkv) = (self.cfg.num_attention_heads, self.cfg.num_key_value_heads);
@@ -154,9 +159,7 @@ impl TextModel {
         let v = split(l.v_proj.forward(&h)?, nkv)?.squeeze(0)?;
         let q = candle_nn::rotary_emb::rope(&q, cos, sin)?.squeeze(0)?;
         let k = candle_nn::rotary_emb::rope(&k, cos, sin)?.squeeze(0)?;
-        let (k_all, v_all) = kv.append(&k, &v)?;
-        let scale = 1.0 / (hd as f64).sqrt();
-        let o = attention(&q, &k_all, &v_all, Some(offset), scale, DEFAULT_SCORE_BYTES)?;
+        let o = batched_cached_attention(&q, &k, &v, lens, kvs, 1.0 / (hd as f64).sqrt())?;
         // [H, T, D] -> [T, H, D] -> [T, C]
         let o = o.transpose(0, 1)?.contiguous()?.reshape((t, c))?;
         let x = (x + l.o_proj.forward(&o)?)?;
