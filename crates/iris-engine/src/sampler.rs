@@ -93,8 +93,11 @@ impl Sampler {
         }
         let t = self.params.temperature;
         scores.iter_mut().for_each(|s| *s /= t);
-        // candidates sorted by score, descending
-        let mut idx: Vec<usize> = (0..scores.len()).filter(|&i| scores[i].is_finite()).collect();
+        // Candidates sorted by score, descending. Tokens more than 40 below the best have
+        // probability < e^-40 each; all of them together stay far below f32 resolution of the
+        // kept mass, so leaving them out changes no probability but spares sorting the vocabulary.
+        let best = scores.iter().copied().filter(|s| s.is_finite()).fold(f32::NEG_INFINITY, f32::max);
+        let mut idx: Vec<usize> = (0..scores.len()).filter(|&i| scores[i].is_finite() && scores[i] >= best - 40.0).collect();
         idx.sort_unstable_by(|&a, &b| scores[b].total_cmp(&scores[a]));
         if let Some(k) = self.params.top_k {
             idx.truncate(k.max(1));

@@ -1,0 +1,53 @@
+// The web page of a live `iris serve` in headless Chromium (Debian's /usr/bin/chromium driven by
+// playwright-core): upload a fixture image, ask, and watch the answer stream in.
+// usage: node web_e2e.mjs BASE_URL IMAGE EXPECTED_TEXT API_KEY
+import { chromium } from "playwright-core";
+
+const [base, image, expected, key] = process.argv.slice(2);
+const fail = (msg) => { console.error("FAIL:", msg); process.exit(1); };
+
+const browser = await chromium.launch({ executablePath: process.env.CHROMIUM || "/usr/bin/chromium", args: ["--no-sandbox"] });
+try {
+  const page = await browser.newPage();
+  const errors = [];
+  page.on("pageerror", (e) => errors.push(e.message));
+  page.on("request", (r) => { if (!r.url().startsWith(base)) errors.push("external request: " + r.url()); });
+  await page.goto(base + "/");
+  await page.fill("#api_key", key);
+  await page.dispatchEvent("#api_key", "change");
+  await page.waitForFunction(() => !document.getElementById("model").textContent.includes("connecting"));
+  const model = await page.textContent("#model");
+  if (!model.includes("qwen2_vl") && !model.includes("qwen2-vl")) fail("model line: " + model);
+
+  // the fixture's answer is 16 greedy tokens
+  await page.fill("#max_tokens", "16");
+  await page.fill("#temperature", "0");
+  await page.setInputFiles("#file", image);
+  await page.waitForFunction(() => document.getElementById("image-preview").naturalWidth > 0);
+
+  // count how many times the answer's text changes while it streams
+  await page.evaluate(() => {
+    window.__updates = 0;
+    new MutationObserver((muts) => {
+      for (const m of muts) {
+        const el = m.target.nodeType === 1 ? m.target : m.target.parentElement;
+        if (el && el.closest(".msg.assistant .text")) window.__updates++;
+      }
+    }).observe(document.getElementById("log"), { subtree: true, childList: true, characterData: true });
+  });
+  await page.fill("#prompt", "What is in this image?");
+  await page.click("#send");
+  await page.waitForSelector(".msg.assistant .timing", { timeout: 60000 });
+  const answer = await page.textContent(".msg.assistant .text");
+  const timing = await page.textContent(".msg.assistant .timing");
+  const updates = await page.evaluate(() => window.__updates);
+  const userImage = await page.$(".msg.user img");
+  if (answer !== expected) fail(`answer ${JSON.stringify(answer)} != ${JSON.stringify(expected)}`);
+  if (updates < 2) fail(`the answer did not stream (${updates} updates)`);
+  if (!/first token [0-9.]+ s .* tok\/s/.test(timing)) fail("timing line: " + timing);
+  if (!userImage) fail("the sent image is not shown in the chat");
+  if (errors.length) fail("page errors: " + errors.join("; "));
+  console.log(`web page: streamed answer in ${updates} updates; ${timing}`);
+} finally {
+  await browser.close();
+}
