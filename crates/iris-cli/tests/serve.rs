@@ -204,3 +204,52 @@ fn wait_for(server: &Server, needle: &str) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// `python3 -m http.server` on a free port in `dir`; killed on drop.
+struct StaticFiles(std::process::Child, u16);
+
+impl StaticFiles {
+    fn start(dir: &std::path::Path) -> StaticFiles {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new("python3")
+            .args(["-u", "-m", "http.server", "0", "--bind", "127.0.0.1"])
+            .current_dir(dir)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let port = line.split("port ").nth(1).and_then(|r| r.split_whitespace().next()).unwrap().parse().unwrap();
+        StaticFiles(child, port)
+    }
+}
+
+impl Drop for StaticFiles {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn remote_images_and_video_frames_by_path() {
+    let dir = qwen();
+    let files = StaticFiles::start(&dir);
+    let server = Server::start(&dir.join("model"), &["--allow-remote-media", "--media-dir", dir.to_str().unwrap()]);
+    let c = case(&dir, "c1_image_question");
+    let remote = messages_with(&c, |p| format!("http://127.0.0.1:{}/{p}", files.1));
+    let (status, out) = server.post("/v1/chat/completions", &json!({"messages": remote, "max_tokens": 16, "temperature": 0}));
+    assert_eq!(status, 200, "{out}");
+    assert_eq!(out["choices"][0]["message"]["content"], c["generation"]["text"]);
+    let missing = messages_with(&c, |_| format!("http://127.0.0.1:{}/no-such.png", files.1));
+    let (status, out) = server.post("/v1/chat/completions", &json!({"messages": missing}));
+    assert_eq!(status, 400, "{out}");
+    assert!(out["error"]["message"].as_str().unwrap().contains("download failed"), "{out}");
+    // a video given as frame paths under --media-dir, as the fixture case
+    let v = case(&dir, "c6_video");
+    let (status, out) = server.post("/v1/chat/completions", &json!({"messages": v["request"]["messages"], "max_tokens": 16, "temperature": 0}));
+    assert_eq!(status, 200, "{out}");
+    assert_eq!(out["choices"][0]["message"]["content"], v["generation"]["text"]);
+    assert_eq!(out["usage"]["prompt_tokens"], v["num_prompt_tokens"]);
+}
