@@ -140,6 +140,8 @@ fn full_queue_is_429_with_retry_after_and_a_gone_client_frees_its_sequence() {
     // one running, one waiting: the third is refused
     let mut first = server.stream("/v1/chat/completions", &long);
     first.next_event().expect("the first stream starts");
+    wait_for(&server, "iris_running_sequences 1");
+    wait_for(&server, "iris_queue_depth 0");
     let second = server.stream("/v1/chat/completions", &long);
     wait_for(&server, "iris_queue_depth 1");
     let (status, out, retry) = server.post_with_headers("/v1/chat/completions", &long.to_string());

@@ -3,7 +3,8 @@
 //! paths, `file://` and `data:` URLs), `{"type":"image","image":PATH}`,
 //! `{"type":"video","video":PATH or [frame paths]}` and `{"type":"video_url","video_url":{"url"}}`.
 //! A media part may carry its own `fps`, `max_frames`, `min_pixels`, `max_pixels`, `total_pixels`
-//! (qwen-vl-utils style). Relative paths resolve against `base_dir`.
+//! (qwen-vl-utils style). Where media may come from (local files, a directory, remote URLs)
+//! is the caller's `MediaAccess`; relative paths resolve against its `base_dir`.
 
 use crate::error::{EngineError, Result};
 use base64::Engine as _;
@@ -47,8 +48,11 @@ pub struct MediaAccess<'a> {
     pub base_dir: Option<&'a Path>,
     pub local: LocalMedia<'a>,
     /// Downloads an http(s) URL (None: remote URLs are refused).
-    pub fetch: Option<&'a (dyn Fn(&str) -> Result<Vec<u8>> + Sync)>,
+    pub fetch: Option<&'a MediaFetch<'a>>,
 }
+
+/// Downloads the bytes of a remote media URL.
+pub type MediaFetch<'f> = dyn Fn(&str) -> Result<Vec<u8>> + Sync + 'f;
 
 /// Which local files a request may read.
 #[derive(Clone, Copy)]

@@ -143,11 +143,20 @@ impl SchedulerHandle {
         (prompt_tokens + max_new_tokens).min(self.max_context)
     }
 
-    /// Queues a job, or says why not without queueing it.
-    pub fn submit(&self, job: Job) -> Result<(), SubmitError> {
+    /// `QueueFull` when no job could be queued now.
+    pub fn check_queue(&self) -> Result<(), SubmitError> {
         if self.draining.load(Ordering::SeqCst) {
             return Err(SubmitError::Stopped);
         }
+        let waiting = self.stats.waiting.load(Ordering::SeqCst);
+        if waiting >= self.config.max_waiting {
+            return Err(SubmitError::QueueFull { waiting });
+        }
+        Ok(())
+    }
+
+    /// Queues a job, or says why not without queueing it.
+    pub fn submit(&self, job: Job) -> Result<(), SubmitError> {
         let tokens = self.job_tokens(job.prompt.token_ids.len(), job.max_new_tokens);
         let need = tokens * self.kv_bytes_per_token;
         if need > self.config.kv_budget_bytes {
@@ -159,10 +168,7 @@ impl SchedulerHandle {
                 self.config.kv_budget_bytes >> 20
             )));
         }
-        let waiting = self.stats.waiting.load(Ordering::SeqCst);
-        if waiting >= self.config.max_waiting {
-            return Err(SubmitError::QueueFull { waiting });
-        }
+        self.check_queue()?;
         self.stats.waiting.fetch_add(1, Ordering::SeqCst);
         self.tx.send(Command::Submit(Box::new(job), Instant::now())).map_err(|_| {
             self.stats.waiting.fetch_sub(1, Ordering::SeqCst);

@@ -112,6 +112,8 @@ async fn chat(st: Arc<AppState>, body: Body, arrived: Instant) -> Result<Respons
         return Err(ApiError { param: Some("model".into()), ..ApiError::bad_request(format!("model `{m}` is not served here; this server serves `{}`", st.config.model_name)).with_code("model_not_found") });
     }
     let sampling = st.engine.defaults.sampling_with(&req.sampling).map_err(ApiError::bad_request)?;
+    // refuse before decoding any media when the queue is already full (submit checks again)
+    st.scheduler.check_queue()?;
     let (prompt, media) = {
         let _slot = st.prepare_slots.acquire().await.map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting down"))?;
         let (st2, req2) = (st.clone(), req.clone());

@@ -97,7 +97,7 @@ impl Server {
         }
         let (status, r) = Self::finish(req.send_string(body));
         let text = r.into_string().unwrap();
-        (status, serde_json::from_str(&text).unwrap_or_else(|_| Value::String(text)))
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
     }
 
     /// Status, JSON body and the Retry-After header.

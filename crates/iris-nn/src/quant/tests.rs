@@ -2,6 +2,7 @@
 //! kernel, and an f64 product with the dequantized weight.
 
 use super::kernels::{gemv_with, Kernel, MAX_ROWS};
+use super::INTEGER_KERNEL_MAX_ROWS;
 use super::*;
 use candle_core::quantized::k_quants::{BlockQ4K, BlockQ8_0, GgmlType};
 
@@ -104,9 +105,29 @@ fn simd_kernels_match_the_scalar_twin_and_the_f64_product() {
 }
 
 #[test]
+fn inputs_over_eight_rows_run_in_passes_of_eight() {
+    for format in [WeightFormat::Q8_0, WeightFormat::Q4K] {
+        let (n, k, m) = (70, 512, 20);
+        let q = QuantizedMatrix::quantize(&pseudo_random(n * k, 6), n, k, format).unwrap();
+        let x = pseudo_random(m * k, 7);
+        let whole: Vec<f32> = q.matmul_t(&Tensor::from_slice(&x, (m, k), &Device::Cpu).unwrap()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let mut passes = Vec::new();
+        for r0 in (0..m).step_by(MAX_ROWS) {
+            let rows = MAX_ROWS.min(m - r0);
+            let part = q.matmul_t(&Tensor::from_slice(&x[r0 * k..(r0 + rows) * k], (rows, k), &Device::Cpu).unwrap()).unwrap();
+            passes.extend(part.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        }
+        assert_eq!(whole, passes, "{format}: 20 rows must equal passes of 8, 8 and 4");
+        let err = max_rel(&whole, &reference(&q, &x, m));
+        println!("{format} m={m}: integer passes rel diff vs f64 product {err:e}");
+        assert!(err < 1.5e-2, "{format}: {err}");
+    }
+}
+
+#[test]
 fn large_inputs_use_f32_activations() {
     for format in [WeightFormat::Q8_0, WeightFormat::Q4K] {
-        let (n, k, m) = (300, 512, 20);
+        let (n, k, m) = (300, 512, INTEGER_KERNEL_MAX_ROWS + 1);
         let q = QuantizedMatrix::quantize(&pseudo_random(n * k, 4), n, k, format).unwrap();
         let x = pseudo_random(m * k, 5);
         let got: Vec<f32> = q.matmul_t(&Tensor::from_slice(&x, (m, k), &Device::Cpu).unwrap()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
