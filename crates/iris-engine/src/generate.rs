@@ -150,9 +150,7 @@ impl Engine {
             }
             let (Some(token), None) = (step.token, step.finish) else { break };
             let positions = prompt.positions.slice(cache.len(), 1);
-            let types = [iris_models::TokenType::Text];
-            let step = StepInput { token_ids: &[token], positions: &positions, token_types: &types, media_embeds: vec![], all_logits: false };
-            logits = self.model.forward(&step, &mut cache)?;
+            logits = self.model.forward(&StepInput::decode(&[token], &positions), &mut cache)?;
         }
         timings.decode_ms = ms(t3);
         let out_ids = decoding.token_ids().to_vec();
@@ -172,29 +170,32 @@ impl Engine {
     }
 }
 
-/// End of the prefill chunk that starts at `start`: at most `max_len` tokens, except that a media
-/// item is never split (one longer than `max_len` goes whole; one that would straddle the limit
-/// waits for the next chunk).
+/// End of the prefill chunk that starts at `start`: at most `max_len` tokens. A media item may be
+/// split across chunks: each chunk gets its rows of the item's embeddings, and `next_token_type`
+/// carries the look-ahead that routing needs.
 pub fn chunk_end(prompt: &PromptInputs, start: usize, max_len: usize) -> usize {
-    let total = prompt.token_ids.len();
-    let mut end = (start + max_len).min(total);
-    for span in &prompt.media_spans {
-        if span.start < end && span.start + span.len > end {
-            end = if span.start > start { span.start } else { span.start + span.len };
-        }
-    }
-    end
+    (start + max_len.max(1)).min(prompt.token_ids.len())
 }
 
-/// The prompt's step `[start, end)` with the media embeddings that begin inside it.
-pub fn prompt_step<'a>(prompt: &'a PromptInputs, start: usize, end: usize, positions: &'a [Vec<i64>], media_embeds: &[(usize, candle_core::Tensor)]) -> StepInput<'a> {
-    StepInput {
+/// The prompt's step `[start, end)` with the rows of the media embeddings (`(prompt offset,
+/// [len, C])`) that fall inside it.
+pub fn prompt_step<'a>(prompt: &'a PromptInputs, start: usize, end: usize, positions: &'a [Vec<i64>], media_embeds: &[(usize, candle_core::Tensor)]) -> Result<StepInput<'a>> {
+    let mut pieces = Vec::new();
+    for (offset, emb) in media_embeds {
+        let (a, b) = ((*offset).max(start), (offset + emb.dim(0)?).min(end));
+        if a < b {
+            // [len, C] -> the rows inside this step [b - a, C]
+            pieces.push((a - start, emb.narrow(0, a - offset, b - a)?));
+        }
+    }
+    Ok(StepInput {
         token_ids: &prompt.token_ids[start..end],
         positions,
         token_types: &prompt.token_types[start..end],
-        media_embeds: media_embeds.iter().filter(|(o, _)| *o >= start && *o < end).map(|(o, e)| (o - start, e.clone())).collect(),
+        media_embeds: pieces,
         all_logits: false,
-    }
+        next_token_type: prompt.token_types.get(end).copied(),
+    })
 }
 
 /// Runs the prompt through the model in chunks; returns the last token's logits `[1, V]`.
@@ -210,7 +211,7 @@ pub fn prefill(
     while start < total {
         let end = chunk_end(prompt, start, PREFILL_CHUNK);
         let positions = prompt.positions.slice(start, end - start);
-        logits = Some(model.forward(&prompt_step(prompt, start, end, &positions, &media_embeds), cache)?);
+        logits = Some(model.forward(&prompt_step(prompt, start, end, &positions, &media_embeds)?, cache)?);
         start = end;
     }
     logits.ok_or_else(|| EngineError::Request("empty prompt".into()))

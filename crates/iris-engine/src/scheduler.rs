@@ -2,8 +2,8 @@
 //! between steps while their KV cache fits the memory budget (a request that could never fit is
 //! refused at submission). Each step encodes at most one media item (reusing the encoder cache),
 //! then runs ONE batched forward holding a decode token for every running sequence plus prompt
-//! chunks of sequences still in prefill (at most `step_tokens` prompt tokens per step, never
-//! splitting a media item), so long prompts do not stall running streams. A sequence whose client
+//! chunks of sequences still in prefill (at most `step_tokens` prompt tokens per step, cutting
+//! through media items where needed), so long prompts do not stall running streams. A sequence whose client
 //! has gone is dropped at the next step and its cache freed. Same policy as vLLM's scheduler with
 //! chunked prefill, with whole-sequence KV reservation instead of paging.
 
@@ -398,10 +398,9 @@ impl Scheduler {
             })
             .collect();
         let pending: Vec<[u32; 1]> = plan.iter().map(|&(i, _)| [self.running[i].pending.unwrap_or(0)]).collect();
-        let text_type = [iris_models::TokenType::Text];
         let mut caches: Vec<KvCache> = plan.iter().map(|&(i, _)| std::mem::replace(&mut self.running[i].cache, KvCache::new(0))).collect();
-        let result = {
-            let steps: Vec<StepInput> = plan
+        let result = (|| -> crate::Result<Vec<Tensor>> {
+            let steps = plan
                 .iter()
                 .zip(&positions)
                 .zip(&pending)
@@ -409,16 +408,16 @@ impl Scheduler {
                     let s = &self.running[i];
                     match range {
                         Some((a, b)) => prompt_step(&s.job.prompt, a, b, pos, &s.media_embeds),
-                        None => StepInput { token_ids: tok, positions: pos, token_types: &text_type, media_embeds: vec![], all_logits: false },
+                        None => Ok(StepInput::decode(tok, pos)),
                     }
                 })
-                .collect();
+                .collect::<crate::Result<Vec<_>>>()?;
             let tokens: usize = steps.iter().map(|s| s.token_ids.len()).sum();
             self.stats.steps.fetch_add(1, Ordering::Relaxed);
             self.stats.batched_tokens.fetch_add(tokens, Ordering::Relaxed);
             let mut refs: Vec<&mut KvCache> = caches.iter_mut().collect();
-            self.engine.model.forward_batch(&steps, &mut refs)
-        };
+            Ok(self.engine.model.forward_batch(&steps, &mut refs)?)
+        })();
         for (&(i, _), cache) in plan.iter().zip(caches) {
             self.running[i].cache = cache;
         }

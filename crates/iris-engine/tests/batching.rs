@@ -9,7 +9,7 @@ use candle_core::{DType, Device};
 use iris_engine::generate::prefill;
 use iris_engine::scheduler::{Job, SchedulerConfig, SchedulerHandle, SeqEvent, SeqSummary, SubmitError};
 use iris_engine::{Engine, GenerateRequest, SamplingParams};
-use iris_models::{LoadOptions, PromptOptions, StepInput, TokenType};
+use iris_models::{LoadOptions, PromptOptions, StepInput};
 use serde_json::Value;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
@@ -82,9 +82,9 @@ fn run_batched(engine: &Arc<Engine>, reqs: &[&GenerateRequest], config: Schedule
 fn assert_batched_equals_unbatched(name: &str) {
     let (engine, reqs) = load(name);
     let solo: Vec<_> = reqs.iter().map(|(_, r)| engine.generate(r, &mut |_| {}).unwrap()).collect();
-    // 24 prompt tokens per step: every image prompt is split into chunks that share steps with
-    // other sequences' decode tokens; media items are never split
-    let config = SchedulerConfig { step_tokens: 24, ..SchedulerConfig::default() };
+    // 7 prompt tokens per step: every prompt is split into chunks, cutting through its image and
+    // video spans, and the chunks share steps with other sequences' decode tokens
+    let config = SchedulerConfig { step_tokens: 7, ..SchedulerConfig::default() };
     let (batched, handle) = run_batched(&engine, &reqs.iter().map(|(_, r)| r).collect::<Vec<_>>(), config);
     for (((id, _), want), got) in reqs.iter().zip(&solo).zip(&batched) {
         assert!(got.error.is_none(), "{name} {id}: {:?}", got.error);
@@ -141,12 +141,11 @@ fn batched_forward_matches_one_sequence_forwards() {
             last.push((token, prompt.positions.slice(cache.len(), 1)));
             caches.push(cache);
         }
-        let types = [TokenType::Text];
         let tokens: Vec<[u32; 1]> = last.iter().map(|(t, _)| [*t]).collect();
         let steps: Vec<StepInput> = tokens
             .iter()
             .zip(&last)
-            .map(|(tok, (_, pos))| StepInput { token_ids: tok, positions: pos, token_types: &types, media_embeds: vec![], all_logits: false })
+            .map(|(tok, (_, pos))| StepInput::decode(tok, pos))
             .collect();
         let mut solo_caches = caches.clone();
         let solo: Vec<_> = steps.iter().zip(solo_caches.iter_mut()).map(|(s, c)| model.forward(s, c).unwrap()).collect();

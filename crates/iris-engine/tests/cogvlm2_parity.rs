@@ -87,7 +87,8 @@ fn cogvlm2_tiny_matches_the_reference_on_every_case() {
             let pos = prompt.positions.slice(cache.len(), 1);
             let next_last = gen["steps"][i + 1]["last_position_id"].as_i64().unwrap();
             assert_eq!(pos[0][0], next_last, "{id}: position of decode step {}", i + 1);
-            let step_in = StepInput { token_ids: &[token], positions: &pos, token_types: &[TokenType::Text], media_embeds: vec![], all_logits: false };
+            let ids = [token];
+            let step_in = StepInput::decode(&ids, &pos);
             logits = engine.model.forward(&step_in, &mut cache).unwrap().flatten_all().unwrap();
         }
         println!("{id}: top-5 logits over {} steps max|diff| = {worst_top5:e}", want_tokens.len());

@@ -14,7 +14,7 @@
 use candle_core::{DType, Device, Tensor};
 use iris_engine::generate::prefill;
 use iris_engine::{Engine, GenerateRequest};
-use iris_models::{LoadOptions, PromptOptions, StepInput, TokenType};
+use iris_models::{LoadOptions, PromptOptions, StepInput};
 use iris_nn::WeightFormat;
 use serde_json::Value;
 
@@ -44,7 +44,8 @@ fn forced_logits(engine: &Engine, req: &GenerateRequest, tokens: &[u32]) -> Vec<
     for &token in tokens {
         out.push(logits.flatten_all().unwrap().to_vec1::<f32>().unwrap());
         let pos = prompt.positions.slice(cache.len(), 1);
-        let step = StepInput { token_ids: &[token], positions: &pos, token_types: &[TokenType::Text], media_embeds: vec![], all_logits: false };
+        let ids = [token];
+        let step = StepInput::decode(&ids, &pos);
         logits = engine.model.forward(&step, &mut cache).unwrap();
     }
     out

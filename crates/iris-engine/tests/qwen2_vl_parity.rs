@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Tensor};
 use iris_engine::generate::prefill;
 use iris_engine::sampler::{argmax, top_k_logits};
 use iris_engine::Engine;
-use iris_models::{LoadOptions, MediaKind, StepInput, TokenType};
+use iris_models::{LoadOptions, MediaKind, StepInput};
 use std::collections::HashMap;
 
 mod common;
@@ -86,7 +86,8 @@ fn qwen2_vl_tiny_matches_transformers_on_every_case() {
             let token = argmax(&v) as u32;
             assert_eq!(token, want_tokens[i], "{id}: greedy token {i}");
             let pos = prompt.positions.slice(cache.len(), 1);
-            let step_in = StepInput { token_ids: &[token], positions: &pos, token_types: &[TokenType::Text], media_embeds: vec![], all_logits: false };
+            let ids = [token];
+            let step_in = StepInput::decode(&ids, &pos);
             logits = engine.model.forward(&step_in, &mut cache).unwrap().flatten_all().unwrap();
         }
         println!("{id}: top-5 logits over {} steps max|diff| = {worst_top5:e}", steps.len());

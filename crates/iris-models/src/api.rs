@@ -176,6 +176,17 @@ pub struct StepInput<'a> {
     pub media_embeds: Vec<(usize, Tensor)>,
     /// Return logits for every token (`[T, V]`) instead of the last one (`[1, V]`).
     pub all_logits: bool,
+    /// Type of the prompt token right after this step (None at the prompt's end and for
+    /// generated tokens), so a family whose routing looks one token ahead (CogVLM2's expert mask)
+    /// routes a media span split across steps as it routes the whole prompt.
+    pub next_token_type: Option<TokenType>,
+}
+
+impl<'a> StepInput<'a> {
+    /// One generated token: text type, no media, last-token logits.
+    pub fn decode(token: &'a [u32], positions: &'a [Vec<i64>]) -> Self {
+        Self { token_ids: token, positions, token_types: &[TokenType::Text], media_embeds: vec![], all_logits: false, next_token_type: None }
+    }
 }
 
 /// Static facts about a loaded model that the engine and front ends need.

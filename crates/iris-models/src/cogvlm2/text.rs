@@ -62,10 +62,17 @@ struct DecoderLayer {
 }
 
 /// `get_expert_mask`: token t takes the vision expert iff t and t + 1 are both image tokens, so
-/// boi and the patches do; eoi, text and a step's last token do not.
+/// boi and the patches do; eoi, text and the prompt's last token do not.
 pub fn vision_expert_mask(types: &[TokenType]) -> Vec<bool> {
+    vision_expert_mask_before(types, None)
+}
+
+/// The mask of a step followed in the prompt by a token of type `next` (None: nothing follows),
+/// so a prompt split into steps is routed exactly as the whole prompt.
+pub fn vision_expert_mask_before(types: &[TokenType], next: Option<TokenType>) -> Vec<bool> {
     let n = types.len();
-    (0..n).map(|t| t + 1 < n && types[t] == TokenType::Vision && types[t + 1] == TokenType::Vision).collect()
+    let after = |t: usize| if t + 1 < n { Some(types[t + 1]) } else { next };
+    (0..n).map(|t| types[t] == TokenType::Vision && after(t) == Some(TokenType::Vision)).collect()
 }
 
 /// Which rows of a step go through which expert (`vision_expert_mask`).
@@ -229,8 +236,8 @@ impl TextModel {
             return Err(ModelError::Prompt(format!("a batch of {total} tokens has {} positions or mismatched token types", positions.len())));
         }
         let tables = self.inv_freqs.iter().map(|f| self.rope_tables(f, positions)).collect::<Result<Vec<_>>>()?;
-        // the expert mask looks one token ahead, so it is computed within each step
-        let mask: Vec<bool> = steps.iter().flat_map(|s| vision_expert_mask(s.token_types)).collect();
+        // the expert mask looks one token ahead: within each step, then at the prompt token after it
+        let mask: Vec<bool> = steps.iter().flat_map(|s| vision_expert_mask_before(s.token_types, s.next_token_type)).collect();
         let routing = Routing::new(&mask, embeds.device())?;
         let mut x = embeds.clone();
         for (i, layer) in self.layers.iter().enumerate() {
@@ -303,6 +310,18 @@ mod tests {
         // a lone image token, or one that ends the step, is language
         assert!(matches!(Routing::new(&vision_expert_mask(&[T, V, T]), &dev).unwrap(), Routing::AllLanguage));
         assert!(matches!(Routing::new(&vision_expert_mask(&[V]), &dev).unwrap(), Routing::AllLanguage));
+    }
+
+    #[test]
+    fn a_prompt_split_into_steps_is_routed_as_the_whole() {
+        let whole = [T, V, V, V, V, T, T];
+        let want = vision_expert_mask(&whole);
+        for cut in 1..whole.len() {
+            let (a, b) = whole.split_at(cut);
+            let mut got = vision_expert_mask_before(a, Some(b[0]));
+            got.extend(vision_expert_mask_before(b, None));
+            assert_eq!(got, want, "cut at {cut}");
+        }
     }
 
     #[test]
