@@ -2,6 +2,7 @@
 // playwright-core): upload a fixture image, ask, and watch the answer stream in.
 // usage: node web_e2e.mjs BASE_URL IMAGE EXPECTED_TEXT API_KEY
 import { chromium } from "playwright-core";
+import { readFileSync } from "node:fs";
 
 const [base, image, expected, key] = process.argv.slice(2);
 const fail = (msg) => { console.error("FAIL:", msg); process.exit(1); };
@@ -48,6 +49,30 @@ try {
   if (!userImage) fail("the sent image is not shown in the chat");
   if (errors.length) fail("page errors: " + errors.join("; "));
   console.log(`web page: streamed answer in ${updates} updates; ${timing}`);
+
+  // follow-up turns with the image dropped onto the page, then pasted: each is attached
+  const b64 = readFileSync(image).toString("base64");
+  const imageTransfer = () => page.evaluateHandle((b64) => {
+    const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+    const dt = new DataTransfer();
+    dt.items.add(new File([bytes], "again.png", { type: "image/png" }));
+    return dt;
+  }, b64);
+  const ask = async (n) => {
+    await page.waitForFunction(() => document.getElementById("preview-wrap").style.display === "block");
+    await page.fill("#prompt", `Turn ${n}?`);
+    await page.click("#send");
+    await page.waitForFunction((n) => document.querySelectorAll(".msg.assistant .timing").length === n, n, { timeout: 60000 });
+    const withImage = await page.$$eval(".msg.user", (els) => els.map((e) => !!e.querySelector("img")));
+    if (withImage.length !== n || !withImage[n - 1]) fail(`turn ${n}: the user message lacks its image (${withImage})`);
+  };
+  await page.dispatchEvent("main", "drop", { dataTransfer: await imageTransfer() });
+  await ask(2);
+  await page.evaluate((dt) => document.dispatchEvent(new ClipboardEvent("paste", { clipboardData: dt })), await imageTransfer());
+  await ask(3);
+  const errorsShown = await page.$$(".msg.error");
+  if (errorsShown.length) fail("an answer failed: " + (await errorsShown[0].textContent()));
+  console.log("web page: dropped and pasted images were sent with their turns");
 } finally {
   await browser.close();
 }

@@ -238,12 +238,22 @@ impl Drop for StaticFiles {
 fn remote_images_and_video_frames_by_path() {
     let dir = qwen();
     let files = StaticFiles::start(&dir);
-    let server = Server::start(&dir.join("model"), &["--allow-remote-media", "--media-dir", dir.to_str().unwrap()]);
+    let server = Server::start(&dir.join("model"), &["--allow-remote-media", "--max-remote-mb", "1", "--media-dir", dir.to_str().unwrap()]);
     let c = case(&dir, "c1_image_question");
     let remote = messages_with(&c, |p| format!("http://127.0.0.1:{}/{p}", files.1));
     let (status, out) = server.post("/v1/chat/completions", &json!({"messages": remote, "max_tokens": 16, "temperature": 0}));
     assert_eq!(status, 200, "{out}");
     assert_eq!(out["choices"][0]["message"]["content"], c["generation"]["text"]);
+    // a download over --max-remote-mb (1 MiB here) is 413 whatever the file holds
+    let big_dir = std::env::temp_dir().join(format!("iris-remote-{}", std::process::id()));
+    std::fs::create_dir_all(&big_dir).unwrap();
+    std::fs::write(big_dir.join("big.png"), vec![0u8; 3 << 20]).unwrap();
+    let big_files = StaticFiles::start(&big_dir);
+    let big = messages_with(&c, |_| format!("http://127.0.0.1:{}/big.png", big_files.1));
+    let (status, out) = server.post("/v1/chat/completions", &json!({"messages": big}));
+    assert_eq!(status, 413, "{out}");
+    assert!(out["error"]["message"].as_str().unwrap().contains("over the limit of 1 MiB"), "{out}");
+    let _ = std::fs::remove_dir_all(&big_dir);
     let missing = messages_with(&c, |_| format!("http://127.0.0.1:{}/no-such.png", files.1));
     let (status, out) = server.post("/v1/chat/completions", &json!({"messages": missing}));
     assert_eq!(status, 400, "{out}");

@@ -319,12 +319,16 @@ impl Scheduler {
         self.stats.kv_reserved_bytes.store(self.kv_reserved, Ordering::SeqCst);
     }
 
+    /// Drops cancelled sequences and waiting jobs, so dead requests hold neither KV nor queue slots.
     fn drop_cancelled(&mut self) {
         let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.running).into_iter().partition(|s| s.job.cancel.load(Ordering::Relaxed));
         self.running = kept;
         for s in gone {
             self.release(&s);
         }
+        let before = self.waiting.len();
+        self.waiting.retain(|(job, _)| !job.cancel.load(Ordering::Relaxed));
+        self.stats.waiting.fetch_sub(before - self.waiting.len(), Ordering::SeqCst);
     }
 
     fn fail_all(&mut self, msg: &str) {
