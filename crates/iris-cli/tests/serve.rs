@@ -108,11 +108,12 @@ fn every_refusal_is_openai_json_and_the_server_keeps_serving() {
         ("bad role", Some("sekrit"), json!({"messages": [{"role": "robot", "content": "x"}]}).to_string(), 400, "messages[0].role"),
         ("unknown model", Some("sekrit"), json!({"model": "gpt-9", "messages": [{"role": "user", "content": "x"}]}).to_string(), 400, "gpt-9"),
         ("undecodable image", Some("sekrit"), json!({"messages": img(garbage)}).to_string(), 400, "not a supported image format"),
-        ("outside media dir", Some("sekrit"), json!({"messages": img("../cases.json".into())}).to_string(), 400, "outside the media directory"),
+        ("outside media dir", Some("sekrit"), json!({"messages": img("../cases.json".into())}).to_string(), 400, "inside the media directory"),
         ("remote off", Some("sekrit"), json!({"messages": img("http://127.0.0.1:9/x.png".into())}).to_string(), 400, "remote URLs"),
         ("image over pixels", Some("sekrit"), json!({"messages": img("photo_640x480.png".into())}).to_string(), 413, "over the limit of 100000"),
         ("body over limit", Some("sekrit"), json!({"messages": [{"role": "user", "content": "x".repeat(2 << 20)}]}).to_string(), 413, "--max-body-mb"),
-        ("bad max_pixels", Some("sekrit"), json!({"messages": img("grad_150x100.png".into()), "min_pixels": 900000, "max_pixels": 1000}).to_string(), 400, "min_pixels"),
+        ("bad max_pixels", Some("sekrit"), json!({"messages": img("grad_150x100.png".into()), "min_pixels": 90000, "max_pixels": 1000}).to_string(), 400, "min_pixels"),
+        ("upscale bomb", Some("sekrit"), json!({"messages": img("grad_150x100.png".into()), "min_pixels": 10_000_000_000u64, "max_pixels": 10_000_000_000u64}).to_string(), 413, "min_pixels"),
     ];
     for (what, key, body, status, needle) in &cases {
         let (got, out) = server.post_raw("/v1/chat/completions", body, *key);
@@ -126,8 +127,12 @@ fn every_refusal_is_openai_json_and_the_server_keeps_serving() {
     assert_eq!(server.get("/no/such/route").0, 404);
     let (status, out) = server.post_raw("/v1/chat/completions", &ok_body.to_string(), Some("sekrit"));
     assert_eq!(status, 200, "{out}");
+    // a temperature too small to divide by is greedy, not a failure of the batch
+    let tiny_t = json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "temperature": 1e-45});
+    let (status, out) = server.post_raw("/v1/chat/completions", &tiny_t.to_string(), Some("sekrit"));
+    assert_eq!(status, 200, "{out}");
     let metrics = server.get_text("/metrics");
-    for needle in ["status=\"401\"} 2", "status=\"413\"} 2", "status=\"200\"} 1"] {
+    for needle in ["status=\"401\"} 2", "status=\"413\"} 3", "status=\"200\"} 2"] {
         assert!(metrics.contains(needle), "metrics lack {needle}:\n{metrics}");
     }
 }

@@ -108,6 +108,7 @@ impl Engine {
             .iter()
             .map(|m| {
                 let opts = m.options.or(req.media_options);
+                check_pixel_options(&opts, req.decode_limits)?;
                 Ok(self.model.prepare_media(&load_media(m, req.decode_limits, self.model.as_ref(), &opts)?, &opts)?)
             })
             .collect::<Result<Vec<_>>>()?;
@@ -215,6 +216,17 @@ pub fn prefill(
         start = end;
     }
     logits.ok_or_else(|| EngineError::Request("empty prompt".into()))
+}
+
+/// Pixel budgets a request asks for stay within the pixel limit, so a tiny image cannot be
+/// resized into an enormous one.
+fn check_pixel_options(opts: &MediaOptions, limits: DecodeLimits) -> Result<()> {
+    for (name, value) in [("min_pixels", opts.min_pixels), ("max_pixels", opts.max_pixels), ("total_pixels", opts.total_pixels)] {
+        if let Some(v) = value.filter(|&v| v as u64 > limits.max_pixels) {
+            return Err(EngineError::TooLarge(format!("{name} {v} is over the pixel limit of {}", limits.max_pixels)));
+        }
+    }
+    Ok(())
 }
 
 /// The media item grounding boxes refer to: the conversation's last image, else its last item.

@@ -101,11 +101,11 @@ fn media_source_with(url: &str, access: &MediaAccess, field: &str) -> Result<Med
         LocalMedia::Any => Ok(MediaSource::Path(path)),
         LocalMedia::Denied => Err(req(format!("{field}: local files are not served here ({url}); send a data: URL (the server reads files under --media-dir)"))),
         LocalMedia::Under(dir) => {
-            let real = path.canonicalize().map_err(|e| EngineError::File { path: format!("{field}: {url}"), message: e.to_string() })?;
-            if !real.starts_with(dir) {
-                return Err(req(format!("{field}: {url} is outside the media directory")));
+            // one answer for missing, unreadable and outside: nothing is revealed about other files
+            match path.canonicalize() {
+                Ok(real) if real.starts_with(dir) => Ok(MediaSource::Path(real)),
+                _ => Err(req(format!("{field}: {url} is not a readable file inside the media directory"))),
             }
-            Ok(MediaSource::Path(real))
         }
     }
 }

@@ -87,7 +87,8 @@ impl Sampler {
         if let Some(p) = self.params.repetition_penalty.filter(|&p| p != 1.0) {
             Self::apply_repetition_penalty(&mut scores, seen, p);
         }
-        if self.params.temperature == 0.0 {
+        // below 1e-5 a temperature only overflows the scaled scores: it is greedy in effect
+        if self.params.temperature < 1e-5 {
             let token = argmax(&scores);
             return Sampled { token: token as u32, logprob: log_softmax_at(&scores, token) };
         }
@@ -99,6 +100,11 @@ impl Sampler {
         let best = scores.iter().copied().filter(|s| s.is_finite()).fold(f32::NEG_INFINITY, f32::max);
         let mut idx: Vec<usize> = (0..scores.len()).filter(|&i| scores[i].is_finite() && scores[i] >= best - 40.0).collect();
         idx.sort_unstable_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+        if idx.is_empty() {
+            // no finite score: nothing to sample from, fall back to the raw argmax
+            let token = argmax(logits);
+            return Sampled { token: token as u32, logprob: f32::NEG_INFINITY };
+        }
         if let Some(k) = self.params.top_k {
             idx.truncate(k.max(1));
         }
@@ -199,6 +205,14 @@ mod tests {
         for _ in 0..10 {
             assert_eq!(s.sample(&[0.0, 5.0, 4.9], &[]).token, 1);
         }
+    }
+
+    #[test]
+    fn vanishing_temperature_is_greedy_and_no_finite_logit_does_not_panic() {
+        let mut s = Sampler::new(SamplingParams { temperature: 1e-30, seed: Some(1), ..Default::default() });
+        assert_eq!(s.sample(&[1.0, 3.0, 2.0], &[]).token, 1);
+        let mut s = Sampler::new(SamplingParams { temperature: 0.7, seed: Some(1), ..Default::default() });
+        assert_eq!(s.sample(&[f32::NAN, f32::NEG_INFINITY], &[]).token, 0);
     }
 
     #[test]

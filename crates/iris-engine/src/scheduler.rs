@@ -140,7 +140,7 @@ impl SchedulerHandle {
 
     /// Tokens a job may occupy: its prompt and every token it may generate, within the context.
     pub fn job_tokens(&self, prompt_tokens: usize, max_new_tokens: usize) -> usize {
-        (prompt_tokens + max_new_tokens).min(self.max_context)
+        prompt_tokens.saturating_add(max_new_tokens).min(self.max_context)
     }
 
     /// `QueueFull` when no job could be queued now.
@@ -258,7 +258,7 @@ impl Scheduler {
             if let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(|| self.step())) {
                 let msg = panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
                 tracing::error!("scheduler step panicked: {msg}");
-                self.fail_all(&format!("internal error: {msg}"));
+                self.fail_running(&format!("internal error: {msg}"));
             }
             self.stats.running.store(self.running.len(), Ordering::SeqCst);
         }
@@ -273,7 +273,7 @@ impl Scheduler {
 
     fn reservation(&self, job: &Job) -> (usize, usize) {
         let info = self.engine.model.info();
-        let tokens = (job.prompt.token_ids.len() + job.max_new_tokens).min(info.max_context);
+        let tokens = job.prompt.token_ids.len().saturating_add(job.max_new_tokens).min(info.max_context);
         (tokens, tokens * info.kv_bytes_per_token)
     }
 
@@ -331,11 +331,16 @@ impl Scheduler {
         self.stats.waiting.fetch_sub(before - self.waiting.len(), Ordering::SeqCst);
     }
 
-    fn fail_all(&mut self, msg: &str) {
+    fn fail_running(&mut self, msg: &str) {
         for mut s in std::mem::take(&mut self.running) {
             s.emit(SeqEvent::Failed(msg.to_string()));
             self.release(&s);
         }
+        self.stats.running.store(0, Ordering::SeqCst);
+    }
+
+    fn fail_all(&mut self, msg: &str) {
+        self.fail_running(msg);
         for (mut job, _) in std::mem::take(&mut self.waiting) {
             (job.sink)(SeqEvent::Failed(msg.to_string()));
             self.stats.waiting.fetch_sub(1, Ordering::SeqCst);

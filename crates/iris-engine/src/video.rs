@@ -14,6 +14,10 @@ fn bad(what: &str, message: impl std::fmt::Display) -> EngineError {
     EngineError::Model(iris_models::ModelError::Media { what: what.to_string(), message: message.to_string() })
 }
 
+/// Demuxers a video file may be read with: containers and raw streams, no playlists (audio-only
+/// containers are readable so that they are refused as having no video stream).
+const VIDEO_DEMUXERS: &str = "mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,avi,gif,mpegts,flv,ogg,mpeg,h264,hevc,m4v,asf,nut,ivf,yuv4mpegpipe,wav,mp3,flac,aac";
+
 fn open(path: &Path) -> Result<ffmpeg::format::context::Input> {
     let what = path.display().to_string();
     ffmpeg::init().map_err(|e| bad(&what, format!("cannot initialise FFmpeg: {e}")))?;
@@ -22,7 +26,12 @@ fn open(path: &Path) -> Result<ffmpeg::format::context::Input> {
     if !path.exists() {
         return Err(EngineError::File { path: what, message: "no such file".into() });
     }
-    ffmpeg::format::input(&path).map_err(|e| bad(&what, format!("cannot read video: {e}")))
+    // Only local file reads and container demuxers: a playlist format (HLS, DASH, concat) could
+    // otherwise make FFmpeg fetch URLs or files named inside the upload.
+    let mut options = ffmpeg::Dictionary::new();
+    options.set("protocol_whitelist", "file");
+    options.set("format_whitelist", VIDEO_DEMUXERS);
+    ffmpeg::format::input_with_dictionary(&path, options).map_err(|e| bad(&what, format!("cannot read video: {e}")))
 }
 
 /// Frame count, average frame rate and size of the best video stream.

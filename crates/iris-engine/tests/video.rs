@@ -81,12 +81,15 @@ fn bad_videos_are_named_errors() {
     let mp4 = std::fs::read(data("counter_30f_10fps.mp4")).unwrap();
     std::fs::write(tmp.join("truncated.mp4"), &mp4[..mp4.len() / 2]).unwrap();
     std::fs::write(tmp.join("garbage.mp4"), b"this is not a video at all").unwrap();
+    // an HLS playlist naming a local file: the demuxer whitelist refuses it, nothing is fetched
+    std::fs::write(tmp.join("playlist.mp4"), b"#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXTINF:1,\nfile:///etc/passwd\n#EXT-X-ENDLIST\n").unwrap();
     let cases = [
         (data("audio_only.wav"), "no video stream"),
         (data("zero_frames.mp4"), "no video stream"),
         (data("one_frame.mp4"), "too few"),
         (tmp.join("truncated.mp4"), "truncated.mp4"),
         (tmp.join("garbage.mp4"), "garbage.mp4"),
+        (tmp.join("playlist.mp4"), "cannot read video"),
         (tmp.join("missing.mp4"), "no such file"),
     ];
     for (path, needle) in cases {

@@ -65,7 +65,7 @@ pub struct AppState {
     pub scheduler: SchedulerHandle,
     pub config: ServerConfig,
     pub metrics: metrics::Metrics,
-    prepare_slots: tokio::sync::Semaphore,
+    prepare_slots: Arc<tokio::sync::Semaphore>,
     created: u64,
 }
 
@@ -80,7 +80,7 @@ pub async fn serve(listener: tokio::net::TcpListener, engine: Arc<Engine>, mut c
     let state = Arc::new(AppState {
         engine,
         scheduler: handle.clone(),
-        prepare_slots: tokio::sync::Semaphore::new(config.max_concurrent_prepare.max(1)),
+        prepare_slots: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_prepare.max(1))),
         config,
         metrics: metrics::Metrics::default(),
         created: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),

@@ -115,11 +115,15 @@ async fn chat(st: Arc<AppState>, body: Body, arrived: Instant) -> Result<Respons
     // refuse before decoding any media when the queue is already full (submit checks again)
     st.scheduler.check_queue()?;
     let (prompt, media) = {
-        let _slot = st.prepare_slots.acquire().await.map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting down"))?;
+        // the permit lives in the blocking task: a client that leaves mid-decode still holds it
+        let slot = st.prepare_slots.clone().acquire_owned().await.map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting down"))?;
         let (st2, req2) = (st.clone(), req.clone());
-        tokio::task::spawn_blocking(move || prepare(&st2, &req2))
-            .await
-            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("request preparation failed: {e}")))??
+        tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            prepare(&st2, &req2)
+        })
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("request preparation failed: {e}")))??
     };
     let meta = CompletionMeta {
         id: format!("chatcmpl-{:016x}{:08x}", rand_id(), arrived.elapsed().subsec_nanos()),
@@ -171,7 +175,7 @@ async fn whole_completion(st: &AppState, mut rx: tokio::sync::mpsc::UnboundedRec
     while let Some(ev) = rx.recv().await {
         match ev {
             SeqEvent::Token(step) => {
-                if let Some(lp) = &step.logprob {
+                if let Some(lp) = step.logprob.as_ref().filter(|_| step.token.is_some()) {
                     logprobs.get_or_insert_with(Vec::new).push(openai::logprob_entry(&st.engine.tokenizer, lp));
                 }
             }

@@ -43,7 +43,7 @@ impl StreamState {
     fn take(&mut self, ev: Option<SeqEvent>) {
         match ev {
             Some(SeqEvent::Token(step)) => {
-                let logprobs = step.logprob.as_ref().map(|lp| json!({"content": [openai::logprob_entry(&self.st.engine.tokenizer, lp)]}));
+                let logprobs = step.logprob.as_ref().filter(|_| step.token.is_some()).map(|lp| json!({"content": [openai::logprob_entry(&self.st.engine.tokenizer, lp)]}));
                 if !step.text.is_empty() || logprobs.is_some() {
                     self.ready.push_back(data(&openai::chunk(&self.meta, json!({"content": step.text}), logprobs, None)));
                 }

@@ -28,6 +28,10 @@ pub fn smart_nframes(total_frames: usize, video_fps: f64, opts: &MediaOptions) -
     if !(video_fps.is_finite() && video_fps > 0.0) {
         return Err(ModelError::Media { what: "video".into(), message: format!("the stream reports a frame rate of {video_fps}") });
     }
+    if let Some(m) = opts.max_frames.filter(|&m| m > FPS_MAX_FRAMES) {
+        // a header may claim any frame count; padding to it would copy frames without bound
+        return Err(ModelError::Prompt(format!("max_frames {m} is over the most frames sampled from a video ({FPS_MAX_FRAMES})")));
+    }
     let min_f = FPS_MIN_FRAMES.div_ceil(FRAME_FACTOR) * FRAME_FACTOR;
     let max_f = (opts.max_frames.unwrap_or(FPS_MAX_FRAMES.min(total_frames)) / FRAME_FACTOR) * FRAME_FACTOR;
     let n = total_frames as f64 / video_fps * fps;
