@@ -13,8 +13,7 @@ fn fixture() -> PathBuf {
 }
 
 fn case(id: &str) -> Value {
-    let cases: Value = serde_json::from_str(&std::fs::read_to_string(fixture().join("cases.json")).unwrap()).unwrap();
-    cases["cases"].as_array().unwrap().iter().find(|c| c["id"] == id).unwrap().clone()
+    common::case(&fixture(), id)
 }
 
 #[test]

@@ -29,8 +29,7 @@ fn have(what: &str, path: &Path) -> bool {
 
 fn fixture() -> (PathBuf, PathBuf, String) {
     let dir = common::fixture("qwen2-vl-tiny");
-    let cases: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).unwrap()).unwrap();
-    let c = cases["cases"].as_array().unwrap().iter().find(|c| c["id"] == "c1_image_question").unwrap().clone();
+    let c = common::case(&dir, "c1_image_question");
     (dir.join("model"), dir.join("media/grad_150x100.png"), c["generation"]["text"].as_str().unwrap().to_string())
 }
 

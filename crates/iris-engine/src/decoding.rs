@@ -6,7 +6,7 @@
 use crate::detokenizer::StreamDecoder;
 use crate::error::Result;
 use crate::generate::FinishReason;
-use crate::sampler::{top_k_logits, Sampled, Sampler, SamplingParams};
+use crate::sampler::{log_sum_exp, top_k_logits, Sampled, Sampler, SamplingParams};
 use crate::tokenizer::TextTokenizer;
 
 /// The model's log-probability of a chosen token and, if asked, of its most likely alternatives
@@ -144,8 +144,7 @@ impl Decoding {
 }
 
 fn model_logprobs(logits: &[f32], token: u32, n: usize) -> TokenLogprob {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let lse = logits.iter().map(|x| (x - max).exp()).sum::<f32>().ln() + max;
+    let lse = log_sum_exp(logits);
     let top = if n == 0 { Vec::new() } else { top_k_logits(logits, n).into_iter().map(|(id, l)| (id, l - lse)).collect() };
     TokenLogprob { token, logprob: logits.get(token as usize).map_or(f32::NEG_INFINITY, |l| l - lse), top }
 }

@@ -119,6 +119,13 @@ impl Engine {
         Ok((prompt, prepared))
     }
 
+    /// Decoding state for a prompt: the token limit clamped to what the context leaves, the
+    /// checkpoint's EOS ids.
+    pub fn decoding(&self, prompt_ids: &[u32], sampling: SamplingParams, max_new_tokens: usize, stop: Vec<String>, top_logprobs: Option<usize>) -> Decoding {
+        let max_new = max_new_tokens.min(self.model.info().max_context.saturating_sub(prompt_ids.len()));
+        Decoding::new(prompt_ids, sampling, max_new, self.defaults.eos_token_ids.clone(), stop, top_logprobs)
+    }
+
     /// Runs one request, calling `on_text` with each newly completed piece of text.
     pub fn generate(&self, req: &GenerateRequest, on_text: &mut dyn FnMut(&str)) -> Result<GenerateOutput> {
         req.sampling.validate().map_err(EngineError::Request)?;
@@ -137,12 +144,11 @@ impl Engine {
 
         let t2 = Instant::now();
         let mut cache = self.model.new_cache();
-        let logits = prefill(self.model.as_ref(), &prompt, media_embeds, &mut cache)?;
+        let logits = prefill(self.model.as_ref(), &prompt, &media_embeds, &mut cache)?;
         timings.prefill_ms = ms(t2);
 
         let t3 = Instant::now();
-        let max_new = req.max_new_tokens.min(self.model.info().max_context.saturating_sub(prompt.token_ids.len()));
-        let mut decoding = Decoding::new(&prompt.token_ids, req.sampling.clone(), max_new, self.defaults.eos_token_ids.clone(), req.stop.clone(), None);
+        let mut decoding = self.decoding(&prompt.token_ids, req.sampling.clone(), req.max_new_tokens, req.stop.clone(), None);
         let mut logits = logits;
         while decoding.finished().is_none() {
             let step = decoding.step(&logits.flatten_all()?.to_vec1::<f32>()?, &self.tokenizer)?;
@@ -203,7 +209,7 @@ pub fn prompt_step<'a>(prompt: &'a PromptInputs, start: usize, end: usize, posit
 pub fn prefill(
     model: &dyn VisionLanguageModel,
     prompt: &PromptInputs,
-    media_embeds: Vec<(usize, candle_core::Tensor)>,
+    media_embeds: &[(usize, candle_core::Tensor)],
     cache: &mut iris_nn::KvCache,
 ) -> Result<candle_core::Tensor> {
     let total = prompt.token_ids.len();
@@ -212,7 +218,7 @@ pub fn prefill(
     while start < total {
         let end = chunk_end(prompt, start, PREFILL_CHUNK);
         let positions = prompt.positions.slice(start, end - start);
-        logits = Some(model.forward(&prompt_step(prompt, start, end, &positions, &media_embeds)?, cache)?);
+        logits = Some(model.forward(&prompt_step(prompt, start, end, &positions, media_embeds)?, cache)?);
         start = end;
     }
     logits.ok_or_else(|| EngineError::Request("empty prompt".into()))

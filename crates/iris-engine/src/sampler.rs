@@ -154,9 +154,13 @@ pub fn argmax(xs: &[f32]) -> usize {
 }
 
 fn log_softmax_at(xs: &[f32], i: usize) -> f32 {
+    xs[i] - log_sum_exp(xs)
+}
+
+/// `ln Σ exp(x)`, shifted by the maximum for stability.
+pub fn log_sum_exp(xs: &[f32]) -> f32 {
     let max = xs.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let lse = xs.iter().map(|x| (x - max).exp()).sum::<f32>().ln() + max;
-    xs[i] - lse
+    xs.iter().map(|x| (x - max).exp()).sum::<f32>().ln() + max
 }
 
 /// The `k` highest (id, logit) pairs, descending.

@@ -138,11 +138,6 @@ impl SchedulerHandle {
         &self.config
     }
 
-    /// Tokens a job may occupy: its prompt and every token it may generate, within the context.
-    pub fn job_tokens(&self, prompt_tokens: usize, max_new_tokens: usize) -> usize {
-        prompt_tokens.saturating_add(max_new_tokens).min(self.max_context)
-    }
-
     /// `QueueFull` when no job could be queued now.
     pub fn check_queue(&self) -> Result<(), SubmitError> {
         if self.draining.load(Ordering::SeqCst) {
@@ -157,7 +152,7 @@ impl SchedulerHandle {
 
     /// Queues a job, or says why not without queueing it.
     pub fn submit(&self, job: Job) -> Result<(), SubmitError> {
-        let tokens = self.job_tokens(job.prompt.token_ids.len(), job.max_new_tokens);
+        let tokens = job_tokens(&job, self.max_context);
         let need = tokens * self.kv_bytes_per_token;
         if need > self.config.kv_budget_bytes {
             return Err(SubmitError::TooLarge(format!(
@@ -181,6 +176,11 @@ impl SchedulerHandle {
         self.draining.store(true, Ordering::SeqCst);
         let _ = self.tx.send(Command::Drain(Instant::now() + grace));
     }
+}
+
+/// Tokens a job may occupy: its prompt and every token it may generate, within the context.
+fn job_tokens(job: &Job, max_context: usize) -> usize {
+    job.prompt.token_ids.len().saturating_add(job.max_new_tokens).min(max_context)
 }
 
 struct Sequence {
@@ -273,7 +273,7 @@ impl Scheduler {
 
     fn reservation(&self, job: &Job) -> (usize, usize) {
         let info = self.engine.model.info();
-        let tokens = job.prompt.token_ids.len().saturating_add(job.max_new_tokens).min(info.max_context);
+        let tokens = job_tokens(job, info.max_context);
         (tokens, tokens * info.kv_bytes_per_token)
     }
 
@@ -289,9 +289,8 @@ impl Scheduler {
             if job.cancel.load(Ordering::Relaxed) {
                 continue;
             }
+            let decoding = self.engine.decoding(&job.prompt.token_ids, job.sampling.clone(), job.max_new_tokens, job.stop.clone(), job.top_logprobs);
             let info = self.engine.model.info();
-            let max_new = job.max_new_tokens.min(info.max_context.saturating_sub(job.prompt.token_ids.len()));
-            let decoding = Decoding::new(&job.prompt.token_ids, job.sampling.clone(), max_new, self.engine.defaults.eos_token_ids.clone(), job.stop.clone(), job.top_logprobs);
             self.kv_reserved += bytes;
             self.stats.kv_reserved_bytes.store(self.kv_reserved, Ordering::SeqCst);
             let cache = KvCache::with_reserved(info.num_layers, tokens);

@@ -134,9 +134,9 @@ fn batched_forward_matches_one_sequence_forwards() {
         let mut last = Vec::new();
         for (_, req) in &reqs {
             let (prompt, media) = engine.prepare(req).unwrap();
-            let embeds = prompt.media_spans.iter().map(|s| (s.start, model.encode_media(&media[s.media_index]).unwrap())).collect();
+            let embeds: Vec<_> = prompt.media_spans.iter().map(|s| (s.start, model.encode_media(&media[s.media_index]).unwrap())).collect();
             let mut cache = model.new_cache();
-            let logits = prefill(model, &prompt, embeds, &mut cache).unwrap();
+            let logits = prefill(model, &prompt, &embeds, &mut cache).unwrap();
             let token = iris_engine::sampler::argmax(&logits.flatten_all().unwrap().to_vec1::<f32>().unwrap()) as u32;
             last.push((token, prompt.positions.slice(cache.len(), 1)));
             caches.push(cache);

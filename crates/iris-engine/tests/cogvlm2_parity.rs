@@ -63,7 +63,7 @@ fn cogvlm2_tiny_matches_the_reference_on_every_case() {
 
         // prefill logits, then greedy steps with the language expert and their top-5 logits
         let mut cache = engine.model.new_cache();
-        let mut logits = prefill(engine.model.as_ref(), &prompt, embeds, &mut cache).unwrap().flatten_all().unwrap();
+        let mut logits = prefill(engine.model.as_ref(), &prompt, &embeds, &mut cache).unwrap().flatten_all().unwrap();
         let (d, r) = rel_err(&logits, get(&format!("{id}.logits_last")));
         println!("{id}: logits_last max|diff| = {d:e}, relative {r:e}");
         assert!(r <= 1e-4, "{id}: logits_last relative error {r}");

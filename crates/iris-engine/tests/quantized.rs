@@ -39,7 +39,7 @@ fn forced_logits(engine: &Engine, req: &GenerateRequest, tokens: &[u32]) -> Vec<
     let (prompt, media) = engine.prepare(req).unwrap();
     let embeds: Vec<(usize, Tensor)> = prompt.media_spans.iter().map(|s| (s.start, engine.model.encode_media(&media[s.media_index]).unwrap())).collect();
     let mut cache = engine.model.new_cache();
-    let mut logits = prefill(engine.model.as_ref(), &prompt, embeds, &mut cache).unwrap();
+    let mut logits = prefill(engine.model.as_ref(), &prompt, &embeds, &mut cache).unwrap();
     let mut out = Vec::new();
     for &token in tokens {
         out.push(logits.flatten_all().unwrap().to_vec1::<f32>().unwrap());

@@ -69,7 +69,7 @@ fn qwen2_vl_tiny_matches_transformers_on_every_case() {
 
         // prefill logits, then greedy steps with their top-5 logits
         let mut cache = engine.model.new_cache();
-        let mut logits = prefill(engine.model.as_ref(), &prompt, embeds, &mut cache).unwrap().flatten_all().unwrap();
+        let mut logits = prefill(engine.model.as_ref(), &prompt, &embeds, &mut cache).unwrap().flatten_all().unwrap();
         let (d, r) = rel_err(&logits, get(&format!("{id}.logits_last")));
         println!("{id}: logits_last max|diff| = {d:e}, relative {r:e}");
         assert!(r <= 1e-4, "{id}: logits_last relative error {r}");

@@ -228,7 +228,10 @@ pub trait VisionLanguageModel: Send + Sync {
     /// Runs the vision tower: `[num_tokens, C]` in the model dtype.
     fn encode_media(&self, media: &PreparedMedia) -> Result<Tensor>;
 
-    fn new_cache(&self) -> KvCache;
+    /// An empty KV cache with one layer per decoder layer.
+    fn new_cache(&self) -> KvCache {
+        KvCache::new(self.info().num_layers)
+    }
 
     /// Appends the step to `cache` and returns f32 logits `[1, V]` (or `[T, V]`).
     fn forward(&self, step: &StepInput, cache: &mut KvCache) -> Result<Tensor> {

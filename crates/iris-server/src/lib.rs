@@ -83,7 +83,7 @@ pub async fn serve(listener: tokio::net::TcpListener, engine: Arc<Engine>, mut c
         prepare_slots: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_prepare.max(1))),
         config,
         metrics: metrics::Metrics::default(),
-        created: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+        created: unix_seconds(),
     });
     let app = routes::router(state);
     let result = axum::serve(listener, app)
@@ -95,6 +95,11 @@ pub async fn serve(listener: tokio::net::TcpListener, engine: Arc<Engine>, mut c
         .await;
     let _ = tokio::task::spawn_blocking(move || thread.join()).await;
     result
+}
+
+/// Seconds since the Unix epoch (OpenAI's `created`).
+pub(crate) fn unix_seconds() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// Resolves on SIGINT or SIGTERM.

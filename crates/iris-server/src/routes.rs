@@ -127,7 +127,7 @@ async fn chat(st: Arc<AppState>, body: Body, arrived: Instant) -> Result<Respons
     };
     let meta = CompletionMeta {
         id: format!("chatcmpl-{:016x}{:08x}", rand_id(), arrived.elapsed().subsec_nanos()),
-        created: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+        created: crate::unix_seconds(),
         model: st.config.model_name.clone(),
     };
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();

@@ -11,6 +11,13 @@ pub fn fixture(name: &str) -> PathBuf {
     shared.join("fixtures").join(name)
 }
 
+/// The case `id` of a fixture directory's `cases.json` (a list, or `{"cases": [...]}`).
+pub fn case(dir: &std::path::Path, id: &str) -> serde_json::Value {
+    let cases: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).unwrap()).unwrap();
+    let list = cases.get("cases").unwrap_or(&cases).as_array().unwrap();
+    list.iter().find(|c| c["id"] == id).unwrap_or_else(|| panic!("no case {id} in {}", dir.display())).clone()
+}
+
 /// Runs `iris ARGS`: (exit code, stdout, stderr).
 pub fn iris(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_iris")).args(args).output().unwrap();

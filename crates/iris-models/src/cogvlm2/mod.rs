@@ -97,10 +97,6 @@ impl VisionLanguageModel for CogVlm2 {
         self.vision.forward(&media.pixel_values)
     }
 
-    fn new_cache(&self) -> KvCache {
-        KvCache::new(self.text.num_layers())
-    }
-
     fn forward_batch(&self, steps: &[StepInput], caches: &mut [&mut KvCache]) -> Result<Vec<Tensor>> {
         let embeds = stacked_step_embeds(steps, |ids| self.text.embed(ids), self.info.dtype)?;
         self.text.forward_batch(&embeds, steps, caches)

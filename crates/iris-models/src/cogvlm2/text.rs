@@ -186,10 +186,6 @@ impl TextModel {
         self.embed_tokens.vocab_size()
     }
 
-    pub fn num_layers(&self) -> usize {
-        self.layers.len()
-    }
-
     /// Resident bytes of every weight matrix (both experts, embedding, lm_head).
     pub fn weight_bytes(&self) -> usize {
         let layers: usize = self.layers.iter().map(|l| l.language.weight_bytes() + l.vision.weight_bytes()).sum();

@@ -167,8 +167,4 @@ impl TextModel {
         let mlp = l.down_proj.forward(&silu_mul(&l.gate_proj.forward(&h)?, &l.up_proj.forward(&h)?)?)?;
         Ok((x + mlp)?)
     }
-
-    pub fn num_layers(&self) -> usize {
-        self.layers.len()
-    }
 }
