@@ -1,5 +1,6 @@
 // The web page of a live `iris serve` in headless Chromium (Debian's /usr/bin/chromium driven by
-// playwright-core): upload a fixture image, ask, and watch the answer stream in.
+// playwright-core): upload a fixture image, ask, and watch the answer stream in; follow-ups with a
+// dropped and a pasted image; boxes from a finish chunk drawn over the image.
 // usage: node web_e2e.mjs BASE_URL IMAGE EXPECTED_TEXT API_KEY
 import { chromium } from "playwright-core";
 import { readFileSync } from "node:fs";
@@ -73,6 +74,32 @@ try {
   const errorsShown = await page.$$(".msg.error");
   if (errorsShown.length) fail("an answer failed: " + (await errorsShown[0].textContent()));
   console.log("web page: dropped and pasted images were sent with their turns");
+
+  // grounding: the tiny random model never emits boxes, so this turn's stream is the server's
+  // documented format played back by the browser (text keeps the box tokens; the finish chunk
+  // carries `boxes` in pixels of the 150x100 image). The page must draw them over the image.
+  const chunk = (choice, extra = {}) => "data: " + JSON.stringify({ object: "chat.completion.chunk", choices: [{ index: 0, ...choice }], ...extra }) + "\n\n";
+  const boxText = "<|object_ref_start|>the left half<|object_ref_end|><|box_start|>(100,200),(500,600)<|box_end|>";
+  const box = { label: "the left half", x1: 15, y1: 20, x2: 75, y2: 60 };
+  await page.route("**/v1/chat/completions", (route) => route.fulfill({
+    status: 200,
+    contentType: "text/event-stream",
+    body: chunk({ delta: { role: "assistant" } }) + chunk({ delta: { content: boxText } }) +
+      chunk({ delta: {}, finish_reason: "stop" }, { boxes: [box] }) + "data: [DONE]\n\n",
+  }));
+  await page.fill("#prompt", "Where is the left half?");
+  await page.click("#send");
+  await page.waitForFunction(() => document.querySelectorAll(".msg.assistant .timing").length === 4, null, { timeout: 30000 });
+  await page.unroute("**/v1/chat/completions");
+  const drawn = await page.$$eval("#boxes rect", (rs) => rs.map((r) => ["x", "y", "width", "height"].map((k) => Number(r.getAttribute(k)))));
+  const labels = await page.$$eval("#boxes text", (ts) => ts.map((t) => t.textContent));
+  const viewBox = await page.getAttribute("#boxes", "viewBox");
+  if (JSON.stringify(drawn) !== JSON.stringify([[15, 20, 60, 40]])) fail("boxes drawn: " + JSON.stringify(drawn));
+  if (JSON.stringify(labels) !== JSON.stringify(["the left half"])) fail("box labels: " + JSON.stringify(labels));
+  if (viewBox !== "0 0 150 100") fail("box overlay viewBox (should be the image's pixels): " + viewBox);
+  const shown = await page.textContent(".msg.assistant:last-of-type .text");
+  if (shown !== boxText) fail("the box tokens were not kept in the answer: " + shown);
+  console.log("web page: a streamed box was drawn over the image at its pixel coordinates");
 } finally {
   await browser.close();
 }

@@ -1,7 +1,7 @@
 //! Video files through the FFmpeg libraries (`ffmpeg-next`): probe the best video stream (frame
 //! count, rate, size) without decoding, then decode once from the start, keeping only the frames
 //! the family's `plan_video` asked for, each converted to RGB (swscale) and resized to the planned
-//! size straight away (Pillow-exact bicubic), so memory holds only the planned frames.
+//! size straight away (with the filter the plan names), so memory holds only the planned frames.
 //! Mirrors what qwen-vl-utils does with decord: `len(vr)` frames, `get_avg_fps()`, `get_batch`.
 
 use crate::error::{EngineError, Result};
@@ -101,7 +101,7 @@ pub fn decode_frames(path: &Path, plan: &VideoPlan) -> Result<Vec<RgbImage>> {
         for row in rgb.data(0).chunks(stride).take(h) {
             data.extend_from_slice(&row[..w * 3]);
         }
-        let img = RgbImage::new(w, h, data).resize_bicubic(plan.frame_hw[1], plan.frame_hw[0]);
+        let img = RgbImage::new(w, h, data).resize(plan.filter, plan.frame_hw[1], plan.frame_hw[0]);
         while wanted(frames) == Some(k) {
             frames.push(img.clone());
         }

@@ -3,7 +3,7 @@
 //! logits). Dimension letters: T tokens, C hidden, V vocabulary, N patches.
 
 use crate::error::Result;
-use crate::image::RgbImage;
+use crate::image::{ResizeFilter, RgbImage};
 use candle_core::{DType, Tensor};
 use iris_nn::KvCache;
 
@@ -32,6 +32,8 @@ pub struct VideoPlan {
     pub indices: Vec<usize>,
     /// `[H, W]`
     pub frame_hw: [usize; 2],
+    /// The resize the family's reference applies to decoded frames.
+    pub filter: ResizeFilter,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,6 +4,7 @@
 
 pub mod draw;
 pub mod pillow_resize;
+pub mod torch_resize;
 
 use crate::error::{ModelError, Result};
 
@@ -42,6 +43,34 @@ impl RgbImage {
         let data = pillow_resize::resize_bicubic_rgb8(&self.data, self.width, self.height, new_width, new_height);
         RgbImage::new(new_width, new_height, data)
     }
+
+    /// torchvision's tensor BICUBIC antialias resize (qwen-vl-utils' video frames); identity
+    /// when the size is unchanged, as torchvision returns the input.
+    pub fn resize_bicubic_torchvision(&self, new_width: usize, new_height: usize) -> RgbImage {
+        if new_width == self.width && new_height == self.height {
+            return self.clone();
+        }
+        let data = torch_resize::resize_bicubic_aa_rgb8(&self.data, self.width, self.height, new_width, new_height);
+        RgbImage::new(new_width, new_height, data)
+    }
+
+    /// Resize with the given filter.
+    pub fn resize(&self, filter: ResizeFilter, new_width: usize, new_height: usize) -> RgbImage {
+        match filter {
+            ResizeFilter::PillowBicubic => self.resize_bicubic(new_width, new_height),
+            ResizeFilter::TorchvisionBicubicAntialias => self.resize_bicubic_torchvision(new_width, new_height),
+        }
+    }
+}
+
+/// Which reference resize a preprocessing step mirrors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResizeFilter {
+    /// `PIL.Image.resize(size, BICUBIC)` on uint8 (HF slow image processors, qwen-vl-utils images).
+    PillowBicubic,
+    /// `torchvision.transforms.functional.resize(uint8 tensor, size, BICUBIC, antialias=True)`
+    /// (qwen-vl-utils video frames).
+    TorchvisionBicubicAntialias,
 }
 
 /// Limits checked before any pixel is decoded (decompression bombs).

@@ -5,6 +5,7 @@
 use super::processor::smart_resize_f64;
 use crate::api::{MediaOptions, VideoInfo, VideoPlan};
 use crate::error::{ModelError, Result};
+use crate::image::ResizeFilter;
 
 pub const FRAME_FACTOR: usize = 2;
 pub const FPS: f64 = 2.0;
@@ -62,6 +63,32 @@ pub fn frame_indices(total_frames: usize, n: usize) -> Vec<usize> {
         .collect()
 }
 
+/// Long videos: qwen-vl-utils 0.0.8 floors each frame at `int(min_pixels * 1.05)` pixels, so past
+/// ~3.4 minutes at 2 fps the frames together exceed the total-pixels budget (a 10-minute video
+/// takes 46,080 tokens, beyond Qwen2-VL's 32,768-token context; spec §4.1 worked example). Iris
+/// keeps the reference plan whenever it is within the budget and otherwise samples fewer frames
+/// (the largest even count whose frames fit `total`), with a warning. An explicit per-frame
+/// `max_pixels` replaces the budget in qwen-vl-utils, so it is left alone.
+fn fit_frames_to_budget(n: usize, frame_pixels: usize, total: f64, opts: &MediaOptions) -> Result<usize> {
+    let pairs = n / FRAME_FACTOR;
+    if opts.max_pixels.is_some() || (pairs * frame_pixels) as f64 <= total {
+        return Ok(n);
+    }
+    let fit = ((total / frame_pixels as f64).floor() as usize) * FRAME_FACTOR;
+    if fit < FRAME_FACTOR {
+        return Err(ModelError::Prompt(format!(
+            "total_pixels {total} is smaller than one pair of frames ({} pixels each)",
+            frame_pixels
+        )));
+    }
+    tracing::warn!(
+        "video: {n} frames of {frame_pixels} pixels would take {} tokens, over the total_pixels budget of {} tokens; sampling {fit} frames instead",
+        pairs * frame_pixels / 784,
+        (total / 784.0) as usize
+    );
+    Ok(fit)
+}
+
 /// The frames to decode and the size each is resized to.
 pub fn plan(info: &VideoInfo, opts: &MediaOptions, factor: usize) -> Result<VideoPlan> {
     if info.total_frames == 0 {
@@ -79,7 +106,9 @@ pub fn plan(info: &VideoInfo, opts: &MediaOptions, factor: usize) -> Result<Vide
         return Err(ModelError::Prompt(format!("min_pixels {min_pixels} is larger than the per-frame max_pixels {max_pixels}")));
     }
     let (h, w) = smart_resize_f64(info.height, info.width, factor, min_pixels, max_pixels)?;
-    Ok(VideoPlan { indices: frame_indices(info.total_frames, n), frame_hw: [h, w] })
+    let n = fit_frames_to_budget(n, h * w, total, opts)?;
+    // qwen-vl-utils resizes the decoded frames with torchvision (tensor path), not PIL
+    Ok(VideoPlan { indices: frame_indices(info.total_frames, n), frame_hw: [h, w], filter: ResizeFilter::TorchvisionBicubicAntialias })
 }
 
 #[cfg(test)]
@@ -100,10 +129,18 @@ mod tests {
         let p = plan(&info(60, 30.0, 640, 360), &o, 28).unwrap();
         assert_eq!((p.indices.len(), p.frame_hw), (4, [364, 644]));
         assert_eq!(p.indices, vec![0, 20, 39, 59]);
-        // 10 min @ 30 fps, 720p: 768 frames at 224x420 -> grid (384, 16, 30), 46080 tokens
+        // 10 min @ 30 fps, 720p: the reference plans 768 frames at 224x420 -> grid (384, 16, 30),
+        // 46080 tokens; over the 24576-token budget, so the frame count shrinks to 408 (24480)
         let p = plan(&info(18000, 30.0, 1280, 720), &o, 28).unwrap();
-        assert_eq!((p.indices.len(), p.frame_hw), (768, [224, 420]));
+        assert_eq!((p.indices.len(), p.frame_hw), (408, [224, 420]));
         assert_eq!((p.indices[0], *p.indices.last().unwrap()), (0, 17999));
+        assert!(p.indices.len() / 2 * 224 * 420 / 784 <= 24576);
+        // an explicit per-frame max_pixels replaces the budget, as in qwen-vl-utils
+        let p = plan(&info(18000, 30.0, 1280, 720), &MediaOptions { max_pixels: Some(105_369), ..o }, 28).unwrap();
+        assert_eq!((p.indices.len(), p.frame_hw), (768, [224, 420]));
+        // 3 minutes stays within the budget: the reference plan, untouched
+        let p = plan(&info(5400, 30.0, 1280, 720), &o, 28).unwrap();
+        assert_eq!(p.indices.len(), 360);
     }
 
     #[test]
