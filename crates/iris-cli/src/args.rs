@@ -50,6 +50,13 @@ pub struct PrecisionArgs {
     /// Storage of the vision tower's linear weights (default: as --quant, q8_0 under q4k).
     #[arg(long, value_parser = parse_format)]
     pub quant_vision: Option<WeightFormat>,
+    /// Keep quantized weights here and reuse them on the next load of the same checkpoint
+    /// (default: $IRIS_CACHE_DIR, else $XDG_CACHE_HOME/iris/quant, else ~/.cache/iris/quant).
+    #[arg(long, value_name = "DIR")]
+    pub quant_cache: Option<std::path::PathBuf>,
+    /// Quantize on every load; read and write no cache.
+    #[arg(long, conflicts_with = "quant_cache")]
+    pub no_quant_cache: bool,
 }
 
 fn parse_format_choice(s: &str) -> std::result::Result<FormatChoice, String> {
@@ -73,7 +80,8 @@ impl PrecisionArgs {
 
     pub fn options_from(&self, plan: WeightPlan) -> LoadOptions {
         tracing::info!("{}", plan.summary);
-        LoadOptions { language_format: plan.language, vision_format: plan.vision, ..LoadOptions::new(self.dtype(), Device::Cpu) }
+        let quant_cache = if self.no_quant_cache { None } else { self.quant_cache.clone().or_else(iris_nn::quant::cache::default_dir) };
+        LoadOptions { language_format: plan.language, vision_format: plan.vision, quant_cache, ..LoadOptions::new(self.dtype(), Device::Cpu) }
     }
 }
 

@@ -110,3 +110,34 @@ fn video_and_image_flags_keep_command_line_order() {
         assert_eq!(ids.iter().filter(|&&x| x == video_pad).count(), 420);
     }
 }
+
+#[test]
+fn quantized_weights_are_cached_between_loads() {
+    let cache = std::env::temp_dir().join(format!("iris-quant-cache-cli-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&cache);
+    let model = fixture().join("model");
+    let run = |extra: &[&str]| {
+        let mut args = vec!["run", "--model", model.to_str().unwrap(), "--quant", "q8_0", "--json", "--max-tokens", "8", "--temperature", "0"];
+        args.extend_from_slice(extra);
+        args.push("Describe the weather.");
+        let out = common::iris_command().args(&args).env("IRIS_LOG", "iris_nn=info").output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{stderr}");
+        let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+        (json["token_ids"].clone(), stderr)
+    };
+    let dir = cache.to_str().unwrap();
+    let (first, log) = run(&["--quant-cache", dir]);
+    assert!(log.contains(" 0 matrices read,") && !log.contains(" 0 quantized and stored"), "{log}");
+    let stored = std::fs::read_dir(&cache).unwrap().count();
+    assert!(stored > 0, "nothing was cached");
+    // the second load reads every matrix back and answers the same
+    let (second, log) = run(&["--quant-cache", dir]);
+    assert!(log.contains(&format!("{stored} matrices read, 0 quantized")), "{log}");
+    assert_eq!(first, second);
+    // --no-quant-cache neither reads nor reports a cache
+    let (third, log) = run(&["--no-quant-cache"]);
+    assert!(!log.contains("quantized-weight cache"), "{log}");
+    assert_eq!(first, third);
+    std::fs::remove_dir_all(&cache).unwrap();
+}

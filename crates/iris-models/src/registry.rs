@@ -20,12 +20,14 @@ pub struct LoadOptions {
     /// Generate random weights of the config's architecture in memory with this seed instead of
     /// reading weight files (`iris bench --synthetic`).
     pub synthetic_seed: Option<u64>,
+    /// Directory that keeps quantized weights between loads (None: quantize on every load).
+    pub quant_cache: Option<std::path::PathBuf>,
 }
 
 impl LoadOptions {
     /// Dense weights in `dtype` on `device`.
     pub fn new(dtype: DType, device: Device) -> Self {
-        Self { dtype, device, language_format: None, vision_format: None, synthetic_seed: None }
+        Self { dtype, device, language_format: None, vision_format: None, synthetic_seed: None, quant_cache: None }
     }
 }
 

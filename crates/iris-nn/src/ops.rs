@@ -121,8 +121,7 @@ fn load_matrix(w: &Weights, name: &str, rows: usize, cols: usize, format: Option
         Some(f) => match f.dense_dtype() {
             Some(dtype) => Ok(LinearWeight::Dense(w.store().get(&w.path(name), &[rows, cols], dtype)?)),
             None => {
-                let values = w.get_f32_values(&[rows, cols], name)?;
-                Ok(LinearWeight::Quantized(Arc::new(QuantizedMatrix::quantize(&values, rows, cols, f)?)))
+                Ok(LinearWeight::Quantized(Arc::new(w.store().get_quantized(&w.path(name), &[rows, cols], f)?)))
             }
         },
     }

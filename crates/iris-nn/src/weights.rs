@@ -7,7 +7,8 @@
 //! every read is recorded, and `unconsumed()` reports tensors nothing asked for.
 
 use crate::error::{NnError, Result};
-use crate::quant::WeightFormat;
+use crate::quant::cache::{CacheKey, QuantCache};
+use crate::quant::{QuantizedMatrix, WeightFormat};
 use crate::synthetic::{generate, Init, TensorSpec};
 use candle_core::{DType, Device, Tensor};
 use half::{bf16, f16};
@@ -19,6 +20,9 @@ use std::sync::Mutex;
 struct MappedFile {
     path: PathBuf,
     mmap: Mmap,
+    /// Canonical path, length and modification time (ns): the identity a quantized-weight
+    /// cache entry is checked against.
+    identity: Option<(PathBuf, u64, u128)>,
 }
 
 /// Where one tensor lives: file, dtype, shape and absolute byte range inside the mapping.
@@ -42,6 +46,7 @@ pub struct WeightStore {
     device: Device,
     /// Drop the file pages of a tensor from our resident set once it has been copied out.
     release_pages: bool,
+    quant_cache: Option<QuantCache>,
 }
 
 /// The safetensors files of a checkpoint directory, from the index when there is one.
@@ -122,7 +127,8 @@ impl WeightStore {
                 }
                 index.insert(rename(&name), entry);
             }
-            files.push(MappedFile { path: path.clone(), mmap });
+            let identity = file_identity(path, &file);
+            files.push(MappedFile { path: path.clone(), mmap, identity });
         }
         Ok(Self {
             dir: dir.to_path_buf(),
@@ -131,7 +137,49 @@ impl WeightStore {
             consumed: Mutex::new(HashSet::new()),
             device: device.clone(),
             release_pages: true,
+            quant_cache: None,
         })
+    }
+
+    /// Keeps quantized matrices in (and reads them back from) the cache directory `dir`.
+    pub fn with_quant_cache(mut self, dir: Option<&Path>) -> Self {
+        self.quant_cache = dir.map(|d| QuantCache::new(d.to_path_buf()));
+        self
+    }
+
+    /// `(directory, hits, misses)` of the quantized-weight cache, when there is one.
+    pub fn quant_cache_summary(&self) -> Option<(PathBuf, usize, usize)> {
+        self.quant_cache.as_ref().map(|c| {
+            let (hits, misses) = c.counts();
+            (c.dir().to_path_buf(), hits, misses)
+        })
+    }
+
+    /// `name` `[N, K]` quantized to `format`: from the cache when it holds this exact tensor,
+    /// else decoded and quantized (and then cached).
+    pub fn get_quantized(&self, name: &str, shape: &[usize], format: WeightFormat) -> Result<QuantizedMatrix> {
+        let entry = self.checked_shape(name, shape)?;
+        let [n, k] = shape else {
+            return Err(NnError::Quantization(format!("`{}` has shape {shape:?}; only matrices are quantized", entry.original_name)));
+        };
+        let key = match (&self.quant_cache, entry.generated, &self.files.get(entry.file).and_then(|f| f.identity.clone())) {
+            (Some(_), None, Some((path, len, mtime))) => {
+                Some(CacheKey::new(path, *len, *mtime, &entry.original_name, (entry.start, entry.end), &format!("{:?}", entry.dtype), shape, format))
+            }
+            _ => None,
+        };
+        if let (Some(cache), Some(key)) = (&self.quant_cache, &key) {
+            if let Some(q) = cache.get(key, format, *n, *k) {
+                self.consumed.lock().unwrap().insert(name.to_string());
+                return Ok(q);
+            }
+        }
+        let values = self.get_f32_values(name, shape)?;
+        let q = QuantizedMatrix::quantize(&values, *n, *k, format)?;
+        if let (Some(cache), Some(key)) = (&self.quant_cache, &key) {
+            cache.put(key, &q);
+        }
+        Ok(q)
     }
 
     /// A store whose tensors are generated on demand from `specs` (checkpoint names, renamed by
@@ -159,6 +207,7 @@ impl WeightStore {
             consumed: Mutex::new(HashSet::new()),
             device: device.clone(),
             release_pages: false,
+            quant_cache: None,
         }
     }
 
@@ -277,6 +326,23 @@ impl WeightStore {
         }
         bytes_to_f32(bytes, entry.dtype).ok_or_else(|| self.convert_error(entry, ConvertError::Dtype))
     }
+}
+
+impl Drop for WeightStore {
+    /// Once the model is built (the store is dropped), say what the quantized-weight cache did.
+    fn drop(&mut self) {
+        if let Some((dir, hits, misses)) = self.quant_cache_summary().filter(|(_, h, m)| h + m > 0) {
+            tracing::info!("quantized-weight cache {}: {hits} matrices read, {misses} quantized and stored", dir.display());
+        }
+    }
+}
+
+/// Canonical path, length and modification time (ns since the epoch) of an open file; None
+/// where the platform cannot say (then nothing from this file is cached).
+fn file_identity(path: &Path, file: &std::fs::File) -> Option<(PathBuf, u64, u128)> {
+    let meta = file.metadata().ok()?;
+    let mtime = meta.modified().ok()?.duration_since(std::time::UNIX_EPOCH).ok()?.as_nanos();
+    Some((std::fs::canonicalize(path).ok()?, meta.len(), mtime))
 }
 
 /// Drops the mapping's pages in [start, end) from this process's resident set. The mapping is

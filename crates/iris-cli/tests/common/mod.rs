@@ -18,9 +18,17 @@ pub fn case(dir: &std::path::Path, id: &str) -> serde_json::Value {
     list.iter().find(|c| c["id"] == id).unwrap_or_else(|| panic!("no case {id} in {}", dir.display())).clone()
 }
 
+/// The `iris` binary, with its quantized-weight cache under the test target directory (so tests
+/// never write to the user's cache).
+pub fn iris_command() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_iris"));
+    c.env("IRIS_CACHE_DIR", PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("quant-cache")).env_remove("XDG_CACHE_HOME");
+    c
+}
+
 /// Runs `iris ARGS`: (exit code, stdout, stderr).
 pub fn iris(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_iris")).args(args).output().unwrap();
+    let out = iris_command().args(args).output().unwrap();
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
@@ -40,7 +48,7 @@ pub fn assert_one_line_errors(cases: &[(Vec<&str>, &str)]) {
 pub fn greedy_chat(model: &std::path::Path, script: &str, max_tokens: usize) -> (String, String) {
     use std::io::Write;
     use std::process::Stdio;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_iris"))
+    let mut child = iris_command()
         .args(["chat", "--model", model.to_str().unwrap(), "--max-tokens", &max_tokens.to_string(), "--temperature", "0"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

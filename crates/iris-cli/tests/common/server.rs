@@ -17,7 +17,7 @@ pub struct Server {
 impl Server {
     /// `iris serve --model MODEL --port 0 EXTRA...`, once it prints its address.
     pub fn start(model: &Path, extra: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_iris"))
+        let mut child = super::iris_command()
             .args(["serve", "--model", model.to_str().unwrap(), "--port", "0"])
             .args(extra)
             .env_remove("IRIS_API_KEY")

@@ -38,7 +38,7 @@ impl CogVlm2 {
         let same = |n: &str| n.to_string();
         let store = match opts.synthetic_seed {
             Some(seed) => WeightStore::synthetic(&synthetic::tensor_specs(&cfg), seed, &same, &opts.device),
-            None => WeightStore::open(dir, &same, &opts.device)?,
+            None => WeightStore::open(dir, &same, &opts.device)?.with_quant_cache(opts.quant_cache.as_deref()),
         };
         Self::from_store(cfg, &store, opts)
     }

@@ -59,7 +59,7 @@ impl Qwen2Vl {
         let pre = if pre_path.exists() { PreprocessorConfig::from_file(&pre_path)? } else { PreprocessorConfig::official() };
         let store = match opts.synthetic_seed {
             Some(seed) => WeightStore::synthetic(&synthetic::tensor_specs(&cfg), seed, &canonical_name, &opts.device),
-            None => WeightStore::open(dir, &canonical_name, &opts.device)?,
+            None => WeightStore::open(dir, &canonical_name, &opts.device)?.with_quant_cache(opts.quant_cache.as_deref()),
         };
         Self::from_store(cfg, pre, &store, opts)
     }

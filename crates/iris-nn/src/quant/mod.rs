@@ -9,6 +9,7 @@
 //! as llama.cpp does and use integer dot products (`kernels`); larger inputs dequantize the weight
 //! tile by tile to f32 and use the f32 GEMM, so prefill keeps f32 activations.
 
+pub mod cache;
 pub mod kernels;
 
 use crate::error::{NnError, Result};
@@ -139,6 +140,9 @@ impl fmt::Debug for QuantizedMatrix {
     }
 }
 
+/// Serialized size of one `kernels::Q4KBlock`.
+const Q4K_BLOCK_BYTES: usize = 4 + 8 + 8 + QK_K / 2;
+
 /// Rows encoded per parallel task while quantizing.
 const QUANTIZE_ROWS: usize = 64;
 /// Rows dequantized at once in the large-input path (bounds the f32 scratch).
@@ -242,6 +246,64 @@ impl QuantizedMatrix {
             kernels::dequantize_row(&self.blocks, self.k, id as usize, row);
         }
         Ok(Tensor::from_vec(out, (ids.len(), self.k), device)?)
+    }
+
+    /// The blocks as bytes, little-endian (the cache payload): q8_0 as the `[N*K]` int8 quants
+    /// then the f16 scales; q4_K as 148-byte blocks `d, dmin, sc[8], m[8], qs[128]`.
+    pub fn encode(&self) -> Vec<u8> {
+        match &self.blocks {
+            Blocks::Q8_0 { qs, d } => {
+                let mut out = Vec::with_capacity(qs.len() + 2 * d.len());
+                out.extend(qs.iter().map(|&q| q as u8));
+                out.extend(d.iter().flat_map(|s| s.to_bits().to_le_bytes()));
+                out
+            }
+            Blocks::Q4K(blocks) => {
+                let mut out = Vec::with_capacity(blocks.len() * Q4K_BLOCK_BYTES);
+                for b in blocks {
+                    out.extend(b.dm.iter().flat_map(|s| s.to_bits().to_le_bytes()));
+                    out.extend_from_slice(&b.sc);
+                    out.extend_from_slice(&b.m);
+                    out.extend_from_slice(&b.qs);
+                }
+                out
+            }
+        }
+    }
+
+    /// Inverse of `encode` for a `[n, k]` matrix in `format`; a length that does not fit is an error.
+    pub fn decode(format: WeightFormat, n: usize, k: usize, bytes: &[u8]) -> Result<Self> {
+        let bad = || NnError::Quantization(format!("{} bytes do not hold a [{n}, {k}] {format} matrix", bytes.len()));
+        if !format.is_quantized() || !k.is_multiple_of(format.block_len()) {
+            return Err(bad());
+        }
+        let f16_at = |b: &[u8]| f16::from_bits(u16::from_le_bytes([b[0], b[1]]));
+        let blocks = match format {
+            WeightFormat::Q8_0 => {
+                if bytes.len() != n * k + 2 * (n * k / QK8_0) {
+                    return Err(bad());
+                }
+                let (qs, d) = bytes.split_at(n * k);
+                Blocks::Q8_0 { qs: qs.iter().map(|&q| q as i8).collect(), d: d.chunks_exact(2).map(f16_at).collect() }
+            }
+            WeightFormat::Q4K => {
+                if bytes.len() != n * (k / QK_K) * Q4K_BLOCK_BYTES {
+                    return Err(bad());
+                }
+                let blocks = bytes
+                    .chunks_exact(Q4K_BLOCK_BYTES)
+                    .map(|b| kernels::Q4KBlock {
+                        dm: [f16_at(&b[0..2]), f16_at(&b[2..4])],
+                        sc: b[4..12].try_into().unwrap(),
+                        m: b[12..20].try_into().unwrap(),
+                        qs: b[20..].try_into().unwrap(),
+                    })
+                    .collect();
+                Blocks::Q4K(blocks)
+            }
+            _ => unreachable!("checked above"),
+        };
+        Ok(Self { n, k, blocks })
     }
 
     /// `x [m, K] (f32) -> x W^T [m, N] (f32)`. Up to `INTEGER_KERNEL_MAX_ROWS` rows (batched
