@@ -1,7 +1,7 @@
 //! Decode-kernel benchmark: the bandwidth a plain 2-thread streaming sum reaches on this machine,
 //! next to `Linear::forward` on one token (the GEMV path) for f32/f16/bf16 weights at Qwen2-VL-2B
 //! sizes (an MLP projection and the 151936-row lm_head), and q8_0/q4k `QuantizedMatrix` products.
-//! `cargo run --release -p iris-nn --example gemv_bench`
+//! `cargo run --release -p iris-nn --example gemv_bench [quant]` (`quant`: only the quantized products)
 
 use candle_core::{DType, Device, Tensor};
 use iris_nn::{QuantizedMatrix, WeightFormat};
@@ -31,7 +31,8 @@ fn main() {
     println!("streaming sum (1 GiB, rayon): {best:.1} GB/s");
     drop(buf);
     let dev = Device::Cpu;
-    for dt in [DType::F32, DType::F16, DType::BF16] {
+    let dense: &[DType] = if std::env::args().nth(1).as_deref() == Some("quant") { &[] } else { &[DType::F32, DType::F16, DType::BF16] };
+    for &dt in dense {
         for (n, k) in [(8960usize, 1536usize), (151936, 1536)] {
             let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap().to_dtype(dt).unwrap();
             let lin = iris_nn::Linear::new(w, None);

@@ -182,7 +182,7 @@ mod tests {
         cache.put(&key("a", 1), &q);
         assert!(cache.get(&key("a", 1), WeightFormat::Q8_0, 8, 32).is_some());
         let (hits, misses) = cache.counts();
-        assert_eq!((hits, misses), (4, 5));
+        assert_eq!((hits, misses), (4, 6));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -118,6 +118,8 @@ struct QuantizedRow {
     qs: Vec<i8>,
     /// q4_K only: sum of the quantized values of each 32-value sub-block, in value order.
     sub_sums: Vec<f32>,
+    /// The same sums as integers (for the kernels that apply the mins in the integer domain).
+    sub_sums_i32: Vec<i32>,
 }
 
 /// Symmetric int8 quantization of `x` in blocks of `block`, in value order.
@@ -146,18 +148,19 @@ fn quantize_row(blocks: &Blocks, x: &[f32]) -> QuantizedRow {
     match blocks {
         Blocks::Q8_0 { .. } => {
             let (d, qs) = quantize_blocks(x, QK8_0);
-            QuantizedRow { d, qs, sub_sums: Vec::new() }
+            QuantizedRow { d, qs, sub_sums: Vec::new(), sub_sums_i32: Vec::new() }
         }
         Blocks::Q4K(_) => {
             let (d, natural) = quantize_blocks(x, QK_K);
-            let sub_sums = natural.chunks(32).map(|c| c.iter().map(|&q| q as i32).sum::<i32>() as f32).collect();
+            let sub_sums_i32: Vec<i32> = natural.chunks(32).map(|c| c.iter().map(|&q| q as i32).sum()).collect();
+            let sub_sums = sub_sums_i32.iter().map(|&v| v as f32).collect();
             let mut qs = vec![0i8; natural.len()];
             for (s, chunk) in natural.chunks(QK_K).enumerate() {
                 for (v, &q) in chunk.iter().enumerate() {
                     qs[s * QK_K + q4k_lane_order(v)] = q;
                 }
             }
-            QuantizedRow { d, qs, sub_sums }
+            QuantizedRow { d, qs, sub_sums, sub_sums_i32 }
         }
     }
 }
@@ -415,40 +418,46 @@ mod avx2 {
         }
     }
 
+    /// q4_K: the 6-bit sub-block scales are applied in the integer domain (`madd` with the
+    /// scale broadcast as i16 instead of ones), so each 256-value super-block needs one int->float
+    /// conversion per row instead of eight; mins use the integer sub-block sums. Bounds: a pair
+    /// sum is <= 2*15*127, times a scale <= 63 and summed over 256 values < 2^25, no overflow.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_row_q4k(blocks: &[Q4KBlock], k: usize, o: usize, rows: &[QuantizedRow], cell: &mut [f32]) {
         let per_row = k / QK_K;
         let m = rows.len();
         let nibble = _mm256_set1_epi8(0x0F);
         let mut acc = [_mm256_setzero_ps(); MAX_ROWS];
-        let mut mins = [0f32; MAX_ROWS];
         for (s, blk) in blocks[o * per_row..(o + 1) * per_row].iter().enumerate() {
             let (d, dmin) = (blk.dm[0].to_f32(), blk.dm[1].to_f32());
-            let mut t = [_mm256_setzero_ps(); MAX_ROWS];
+            let mut isum = [_mm256_setzero_si256(); MAX_ROWS];
             for g in 0..4 {
                 let q = _mm256_loadu_si256(blk.qs.as_ptr().add(32 * g) as *const __m256i);
                 let lo = _mm256_and_si256(q, nibble);
                 let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), nibble);
-                let (s_lo, s_hi) = (_mm256_set1_ps(d * blk.sc[2 * g] as f32), _mm256_set1_ps(d * blk.sc[2 * g + 1] as f32));
+                let (sc_lo, sc_hi) = (_mm256_set1_epi16(blk.sc[2 * g] as i16), _mm256_set1_epi16(blk.sc[2 * g + 1] as i16));
                 // values 64g..64g+32 and 64g+32..64g+64 in the kernel activation order
                 let (off_lo, off_hi) = (128 * (g / 2) + 32 * (g % 2), 128 * (g / 2) + 64 + 32 * (g % 2));
                 for r in 0..m {
                     let a = rows[r].qs.as_ptr().add(s * QK_K);
-                    let p_lo = dot_u8_i8(lo, _mm256_loadu_si256(a.add(off_lo) as *const __m256i));
-                    let p_hi = dot_u8_i8(hi, _mm256_loadu_si256(a.add(off_hi) as *const __m256i));
-                    t[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p_lo), s_lo, t[r]);
-                    t[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p_hi), s_hi, t[r]);
+                    let p_lo = _mm256_maddubs_epi16(lo, _mm256_loadu_si256(a.add(off_lo) as *const __m256i));
+                    let p_hi = _mm256_maddubs_epi16(hi, _mm256_loadu_si256(a.add(off_hi) as *const __m256i));
+                    let scaled = _mm256_add_epi32(_mm256_madd_epi16(p_lo, sc_lo), _mm256_madd_epi16(p_hi, sc_hi));
+                    isum[r] = _mm256_add_epi32(isum[r], scaled);
                 }
             }
+            // the 8 mins as i32 lanes, against each row's 8 sub-block sums: m_j * sum_j
+            let mins = _mm256_cvtepu8_epi32(_mm_loadl_epi64(blk.m.as_ptr() as *const __m128i));
             for r in 0..m {
                 let dx = rows[r].d[s];
-                acc[r] = _mm256_fmadd_ps(t[r], _mm256_set1_ps(dx), acc[r]);
-                let sums = &rows[r].sub_sums[8 * s..8 * s + 8];
-                mins[r] += dmin * dx * blk.m.iter().zip(sums).map(|(&mj, &sj)| mj as f32 * sj).sum::<f32>();
+                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[r]), _mm256_set1_ps(d * dx), acc[r]);
+                let sums = _mm256_loadu_si256(rows[r].sub_sums_i32.as_ptr().add(8 * s) as *const __m256i);
+                let min_terms = _mm256_cvtepi32_ps(_mm256_mullo_epi32(mins, sums));
+                acc[r] = _mm256_fnmadd_ps(min_terms, _mm256_set1_ps(dmin * dx), acc[r]);
             }
         }
         for r in 0..m {
-            cell[r] = hsum(acc[r]) - mins[r];
+            cell[r] = hsum(acc[r]);
         }
     }
 }
