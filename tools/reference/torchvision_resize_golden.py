@@ -2,12 +2,14 @@
 applies to sampled video frames (spec shared/specs/qwen2-vl.md §4.1).
 
 Writes crates/iris-models/tests/data/torchvision_resize.safetensors: for each case
-`{name}` a uint8 tensor [H', W', 3] (the resized image). The inputs are not stored; both sides
-generate them from the formulas below (see crates/iris-models/tests/torchvision_resize.rs).
+`{name}_{noise|smooth}` a uint8 tensor [H', W', 3] (the resized image), and the case list as JSON
+in the metadata key `cases`. The inputs are not stored; both sides generate them from the
+formulas below (see crates/iris-models/tests/torchvision_resize.rs).
 
 Run with the reference environment (tools/reference/requirements.txt):
     python tools/reference/torchvision_resize_golden.py
 """
+import json
 import pathlib
 
 import numpy as np
@@ -48,7 +50,8 @@ def main():
             resized = F.resize(frames, [oh, ow], interpolation=InterpolationMode.BICUBIC, antialias=True)
             out[f"{name}_{kind}"] = resized[0].permute(1, 2, 0).contiguous().numpy()
     path = pathlib.Path(__file__).resolve().parents[2] / "crates/iris-models/tests/data/torchvision_resize.safetensors"
-    save_file(out, str(path), metadata={"torch": torch.__version__, "torchvision": __import__("torchvision").__version__})
+    metadata = {"torch": torch.__version__, "torchvision": __import__("torchvision").__version__, "cases": json.dumps(CASES)}
+    save_file(out, str(path), metadata=metadata)
     print(f"wrote {len(out)} cases to {path}")
 
 
