@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 const MAGIC: &[u8; 8] = b"IRISQ\x00\x01\n";
 /// Bump when the encoding or the quantizers change, so old entries stop matching.
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 
 /// Where a quantized matrix comes from, written into its cache file and compared on read.
 #[derive(Debug, Clone)]

@@ -85,6 +85,36 @@ impl Q4KBlock {
     }
 }
 
+/// Rows of a q4_K matrix are stored in groups of four interleaved by super-block (llama.cpp's
+/// "repack" idea): for rows `4g..4g+4`, block `s` of each row sits at `4g*per_row + 4s + i`, so the
+/// 4-row decode kernel reads one contiguous stream. Rows past the last full group keep the plain
+/// row-major order. `n` is implied by `blocks.len() / per_row`.
+pub(crate) fn q4k_block_index(len: usize, per_row: usize, o: usize, s: usize) -> usize {
+    let full_rows = len / per_row / 4 * 4;
+    if o < full_rows {
+        (o / 4) * 4 * per_row + 4 * s + o % 4
+    } else {
+        o * per_row + s
+    }
+}
+
+/// The super-blocks of weight row `o`, in order, as `(s, block)`.
+pub(crate) fn q4k_row(blocks: &[Q4KBlock], per_row: usize, o: usize) -> impl Iterator<Item = (usize, &Q4KBlock)> {
+    (0..per_row).map(move |s| (s, &blocks[q4k_block_index(blocks.len(), per_row, o, s)]))
+}
+
+/// Row-major blocks `[N, per_row]` -> the interleaved storage order of `q4k_block_index`.
+pub(crate) fn q4k_interleave(row_major: Vec<Q4KBlock>, per_row: usize) -> Vec<Q4KBlock> {
+    let mut out = row_major.clone();
+    let n = row_major.len() / per_row;
+    for o in 0..n {
+        for s in 0..per_row {
+            out[q4k_block_index(row_major.len(), per_row, o, s)] = row_major[o * per_row + s];
+        }
+    }
+    out
+}
+
 pub(crate) fn dequantize_row(blocks: &Blocks, k: usize, row: usize, out: &mut [f32]) {
     match blocks {
         Blocks::Q8_0 { qs, d } => {
@@ -99,7 +129,7 @@ pub(crate) fn dequantize_row(blocks: &Blocks, k: usize, row: usize, out: &mut [f
         }
         Blocks::Q4K(blocks) => {
             let per_row = k / QK_K;
-            for (s, blk) in blocks[row * per_row..(row + 1) * per_row].iter().enumerate() {
+            for (s, blk) in q4k_row(blocks, per_row, row) {
                 let (d, dmin) = (blk.dm[0].to_f32(), blk.dm[1].to_f32());
                 for v in 0..QK_K {
                     let j = v / 32;
@@ -207,9 +237,17 @@ pub(crate) fn gemv_with(blocks: &Blocks, n: usize, k: usize, x: &[f32], m: usize
     // [N, m] scratch so each task writes one contiguous range
     let mut by_output = vec![0f32; n * m];
     by_output.par_chunks_mut(ROWS_PER_TASK * m).enumerate().for_each(|(task, dst)| {
-        for (j, cell) in dst.chunks_mut(m).enumerate() {
-            let o = task * ROWS_PER_TASK + j;
-            dot_row(blocks, k, o, &rows, cell, kernel);
+        let first = task * ROWS_PER_TASK;
+        let mut j = 0;
+        // one input row (decode): four interleaved q4_K weight rows per call, one contiguous stream
+        if m == 1 && kernel == Kernel::Avx2 && matches!(blocks, Blocks::Q4K(_)) {
+            while j + 4 <= dst.len() {
+                dot_4_rows_avx2(blocks, k, first + j, &rows[0], &mut dst[j..j + 4]);
+                j += 4;
+            }
+        }
+        for (jj, cell) in dst[j * m..].chunks_mut(m).enumerate() {
+            dot_row(blocks, k, first + j + jj, &rows, cell, kernel);
         }
     });
     // [N, m] -> [m, N]
@@ -218,6 +256,20 @@ pub(crate) fn gemv_with(blocks: &Blocks, n: usize, k: usize, x: &[f32], m: usize
             out[r * n + o] = by_output[o * m + r];
         }
     }
+}
+
+/// q4_K weight rows `o..o+4` (`o % 4 == 0`, a full interleaved group) against one activation row.
+fn dot_4_rows_avx2(blocks: &Blocks, k: usize, o: usize, row: &QuantizedRow, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: only called with Kernel::Avx2, which `Kernel::available` checked.
+        match blocks {
+            Blocks::Q4K(b) => unsafe { avx2::dot_4_rows_q4k(b, k, o, row, out) },
+            Blocks::Q8_0 { .. } => unreachable!("the 4-row kernel is q4_K only"),
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("AVX2 kernels exist only on x86_64: {blocks:?} {k} {o} {} {}", row.d.len(), out.len());
 }
 
 fn dot_row(blocks: &Blocks, k: usize, o: usize, rows: &[QuantizedRow], cell: &mut [f32], kernel: Kernel) {
@@ -255,7 +307,7 @@ fn dot_row_q4k_scalar(blocks: &[Q4KBlock], k: usize, o: usize, rows: &[Quantized
     let per_row = k / QK_K;
     for (c, row) in cell.iter_mut().zip(rows) {
         let mut acc = 0f32;
-        for (s, blk) in blocks[o * per_row..(o + 1) * per_row].iter().enumerate() {
+        for (s, blk) in q4k_row(blocks, per_row, o) {
             let a = &row.qs[s * QK_K..][..QK_K];
             let (mut scaled, mut mins) = (0f32, 0f32);
             for j in 0..8 {
@@ -271,7 +323,7 @@ fn dot_row_q4k_scalar(blocks: &[Q4KBlock], k: usize, o: usize, rows: &[Quantized
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{Q4KBlock, QuantizedRow, MAX_ROWS};
+    use super::{q4k_row, Q4KBlock, QuantizedRow, MAX_ROWS};
     use candle_core::quantized::k_quants::{QK8_0, QK_K};
     use half::f16;
     use std::arch::x86_64::*;
@@ -331,7 +383,7 @@ mod avx512 {
         let idx = [pair_index(0, 2), pair_index(1, 3), pair_index(4, 6), pair_index(5, 7)];
         let mut acc = [_mm512_setzero_ps(); MAX_ROWS];
         let mut min_acc = [_mm256_setzero_ps(); MAX_ROWS];
-        for (s, blk) in blocks[o * per_row..(o + 1) * per_row].iter().enumerate() {
+        for (s, blk) in q4k_row(blocks, per_row, o) {
             let q0 = _mm512_loadu_si512(blk.qs.as_ptr() as *const _);
             let q1 = _mm512_loadu_si512(blk.qs.as_ptr().add(64) as *const _);
             let w = [
@@ -377,7 +429,7 @@ mod avx512 {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{Q4KBlock, QuantizedRow, MAX_ROWS};
+    use super::{q4k_row, Q4KBlock, QuantizedRow, MAX_ROWS};
     use candle_core::quantized::k_quants::{QK8_0, QK_K};
     use half::f16;
     use std::arch::x86_64::*;
@@ -428,7 +480,7 @@ mod avx2 {
         let m = rows.len();
         let nibble = _mm256_set1_epi8(0x0F);
         let mut acc = [_mm256_setzero_ps(); MAX_ROWS];
-        for (s, blk) in blocks[o * per_row..(o + 1) * per_row].iter().enumerate() {
+        for (s, blk) in q4k_row(blocks, per_row, o) {
             let (d, dmin) = (blk.dm[0].to_f32(), blk.dm[1].to_f32());
             let mut isum = [_mm256_setzero_si256(); MAX_ROWS];
             for g in 0..4 {
@@ -458,6 +510,49 @@ mod avx2 {
         }
         for r in 0..m {
             cell[r] = hsum(acc[r]);
+        }
+    }
+
+    /// `dot_row_q4k` for weight rows `o..o+4` and one activation row: the activation vectors are
+    /// loaded once per sub-block pair for all four rows, and the four rows' chains are independent.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_4_rows_q4k(blocks: &[Q4KBlock], k: usize, o: usize, row: &QuantizedRow, out: &mut [f32]) {
+        let per_row = k / QK_K;
+        let nibble = _mm256_set1_epi8(0x0F);
+        let mut acc = [_mm256_setzero_ps(); 4];
+        for s in 0..per_row {
+            // rows o..o+4 (o % 4 == 0) are interleaved: their blocks for super-block s are adjacent
+            let group = &blocks[o * per_row + 4 * s..][..4];
+            let blk: [&Q4KBlock; 4] = std::array::from_fn(|i| &group[i]);
+            let a = row.qs.as_ptr().add(s * QK_K);
+            let mut isum = [_mm256_setzero_si256(); 4];
+            for g in 0..4 {
+                let (off_lo, off_hi) = (128 * (g / 2) + 32 * (g % 2), 128 * (g / 2) + 64 + 32 * (g % 2));
+                let a_lo = _mm256_loadu_si256(a.add(off_lo) as *const __m256i);
+                let a_hi = _mm256_loadu_si256(a.add(off_hi) as *const __m256i);
+                for i in 0..4 {
+                    let q = _mm256_loadu_si256(blk[i].qs.as_ptr().add(32 * g) as *const __m256i);
+                    let lo = _mm256_and_si256(q, nibble);
+                    let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), nibble);
+                    let sc_lo = _mm256_set1_epi16(blk[i].sc[2 * g] as i16);
+                    let sc_hi = _mm256_set1_epi16(blk[i].sc[2 * g + 1] as i16);
+                    let p_lo = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, a_lo), sc_lo);
+                    let p_hi = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, a_hi), sc_hi);
+                    isum[i] = _mm256_add_epi32(isum[i], _mm256_add_epi32(p_lo, p_hi));
+                }
+            }
+            let dx = row.d[s];
+            let sums = _mm256_loadu_si256(row.sub_sums_i32.as_ptr().add(8 * s) as *const __m256i);
+            for i in 0..4 {
+                let (d, dmin) = (blk[i].dm[0].to_f32(), blk[i].dm[1].to_f32());
+                acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[i]), _mm256_set1_ps(d * dx), acc[i]);
+                let mins = _mm256_cvtepu8_epi32(_mm_loadl_epi64(blk[i].m.as_ptr() as *const __m128i));
+                let min_terms = _mm256_cvtepi32_ps(_mm256_mullo_epi32(mins, sums));
+                acc[i] = _mm256_fnmadd_ps(min_terms, _mm256_set1_ps(dmin * dx), acc[i]);
+            }
+        }
+        for i in 0..4 {
+            out[i] = hsum(acc[i]);
         }
     }
 }

@@ -188,7 +188,7 @@ impl QuantizedMatrix {
                         *d = kernels::Q4KBlock::from_ggml(b);
                     }
                 });
-                Blocks::Q4K(out)
+                Blocks::Q4K(kernels::q4k_interleave(out, per_row))
             }
             _ => unreachable!("checked above"),
         };
@@ -249,7 +249,8 @@ impl QuantizedMatrix {
     }
 
     /// The blocks as bytes, little-endian (the cache payload): q8_0 as the `[N*K]` int8 quants
-    /// then the f16 scales; q4_K as 148-byte blocks `d, dmin, sc[8], m[8], qs[128]`.
+    /// then the f16 scales; q4_K as 148-byte blocks `d, dmin, sc[8], m[8], qs[128]` in storage
+    /// order (rows interleaved by four, `kernels::q4k_block_index`).
     pub fn encode(&self) -> Vec<u8> {
         match &self.blocks {
             Blocks::Q8_0 { qs, d } => {
