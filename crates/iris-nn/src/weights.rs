@@ -147,14 +147,6 @@ impl WeightStore {
         self
     }
 
-    /// `(directory, hits, misses)` of the quantized-weight cache, when there is one.
-    pub fn quant_cache_summary(&self) -> Option<(PathBuf, usize, usize)> {
-        self.quant_cache.as_ref().map(|c| {
-            let (hits, misses) = c.counts();
-            (c.dir().to_path_buf(), hits, misses)
-        })
-    }
-
     /// `name` `[N, K]` quantized to `format`: from the cache when it holds this exact tensor,
     /// else decoded and quantized (and then cached).
     pub fn get_quantized(&self, name: &str, shape: &[usize], format: WeightFormat) -> Result<QuantizedMatrix> {
@@ -162,24 +154,27 @@ impl WeightStore {
         let [n, k] = shape else {
             return Err(NnError::Quantization(format!("`{}` has shape {shape:?}; only matrices are quantized", entry.original_name)));
         };
-        let key = match (&self.quant_cache, entry.generated, &self.files.get(entry.file).and_then(|f| f.identity.clone())) {
-            (Some(_), None, Some((path, len, mtime))) => {
-                Some(CacheKey::new(path, *len, *mtime, &entry.original_name, (entry.start, entry.end), &format!("{:?}", entry.dtype), shape, format))
-            }
-            _ => None,
-        };
-        if let (Some(cache), Some(key)) = (&self.quant_cache, &key) {
-            if let Some(q) = cache.get(key, format, *n, *k) {
-                self.consumed.lock().unwrap().insert(name.to_string());
-                return Ok(q);
-            }
+        let cached = self.cache_slot(entry, format);
+        if let Some(q) = cached.as_ref().and_then(|(cache, key)| cache.get(key, format, *n, *k)) {
+            self.finish_read(name, entry);
+            return Ok(q);
         }
-        let values = self.get_f32_values(name, shape)?;
+        let values = self.f32_values(entry)?;
+        self.finish_read(name, entry);
         let q = QuantizedMatrix::quantize(&values, *n, *k, format)?;
-        if let (Some(cache), Some(key)) = (&self.quant_cache, &key) {
+        if let Some((cache, key)) = &cached {
             cache.put(key, &q);
         }
         Ok(q)
+    }
+
+    /// The cache and this tensor's key in it, for tensors read from a file whose identity is
+    /// known (generated tensors are never cached).
+    fn cache_slot(&self, entry: &TensorEntry, format: WeightFormat) -> Option<(&QuantCache, CacheKey)> {
+        let cache = self.quant_cache.as_ref()?;
+        let (path, len, mtime) = self.files.get(entry.file).filter(|_| entry.generated.is_none())?.identity.as_ref()?;
+        let dtype = format!("{:?}", entry.dtype);
+        Some((cache, CacheKey::new(path, *len, *mtime, &entry.original_name, (entry.start, entry.end), &dtype, &entry.shape, format)))
     }
 
     /// A store whose tensors are generated on demand from `specs` (checkpoint names, renamed by
@@ -331,8 +326,11 @@ impl WeightStore {
 impl Drop for WeightStore {
     /// Once the model is built (the store is dropped), say what the quantized-weight cache did.
     fn drop(&mut self) {
-        if let Some((dir, hits, misses)) = self.quant_cache_summary().filter(|(_, h, m)| h + m > 0) {
-            tracing::info!("quantized-weight cache {}: {hits} matrices read, {misses} quantized and stored", dir.display());
+        if let Some(cache) = &self.quant_cache {
+            let (hits, misses) = cache.counts();
+            if hits + misses > 0 {
+                tracing::info!("quantized-weight cache {}: {hits} matrices read, {misses} quantized and stored", cache.dir().display());
+            }
         }
     }
 }

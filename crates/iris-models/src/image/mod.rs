@@ -37,29 +37,19 @@ impl RgbImage {
 
     /// Pillow-exact BICUBIC resize (identity when the size is unchanged, as Pillow returns a copy).
     pub fn resize_bicubic(&self, new_width: usize, new_height: usize) -> RgbImage {
-        if new_width == self.width && new_height == self.height {
-            return self.clone();
-        }
-        let data = pillow_resize::resize_bicubic_rgb8(&self.data, self.width, self.height, new_width, new_height);
-        RgbImage::new(new_width, new_height, data)
+        self.resize(ResizeFilter::PillowBicubic, new_width, new_height)
     }
 
-    /// torchvision's tensor BICUBIC antialias resize (qwen-vl-utils' video frames); identity
-    /// when the size is unchanged, as torchvision returns the input.
-    pub fn resize_bicubic_torchvision(&self, new_width: usize, new_height: usize) -> RgbImage {
-        if new_width == self.width && new_height == self.height {
-            return self.clone();
-        }
-        let data = torch_resize::resize_bicubic_aa_rgb8(&self.data, self.width, self.height, new_width, new_height);
-        RgbImage::new(new_width, new_height, data)
-    }
-
-    /// Resize with the given filter.
+    /// Resize with the given filter; both references return the input when the size is unchanged.
     pub fn resize(&self, filter: ResizeFilter, new_width: usize, new_height: usize) -> RgbImage {
-        match filter {
-            ResizeFilter::PillowBicubic => self.resize_bicubic(new_width, new_height),
-            ResizeFilter::TorchvisionBicubicAntialias => self.resize_bicubic_torchvision(new_width, new_height),
+        if new_width == self.width && new_height == self.height {
+            return self.clone();
         }
+        let data = match filter {
+            ResizeFilter::PillowBicubic => pillow_resize::resize_bicubic_rgb8(&self.data, self.width, self.height, new_width, new_height),
+            ResizeFilter::TorchvisionBicubicAntialias => torch_resize::resize_bicubic_aa_rgb8(&self.data, self.width, self.height, new_width, new_height),
+        };
+        RgbImage::new(new_width, new_height, data)
     }
 }
 

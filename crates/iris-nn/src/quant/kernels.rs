@@ -89,27 +89,29 @@ impl Q4KBlock {
 /// "repack" idea): for rows `4g..4g+4`, block `s` of each row sits at `4g*per_row + 4s + i`, so the
 /// 4-row decode kernel reads one contiguous stream. Rows past the last full group keep the plain
 /// row-major order. `n` is implied by `blocks.len() / per_row`.
-pub(crate) fn q4k_block_index(len: usize, per_row: usize, o: usize, s: usize) -> usize {
+/// Block `s` of row `o` sits at `start + s * stride` for `(start, stride)` returned here.
+fn q4k_row_layout(len: usize, per_row: usize, o: usize) -> (usize, usize) {
     let full_rows = len / per_row / 4 * 4;
     if o < full_rows {
-        (o / 4) * 4 * per_row + 4 * s + o % 4
+        ((o / 4) * 4 * per_row + o % 4, 4)
     } else {
-        o * per_row + s
+        (o * per_row, 1)
     }
 }
 
 /// The super-blocks of weight row `o`, in order, as `(s, block)`.
 pub(crate) fn q4k_row(blocks: &[Q4KBlock], per_row: usize, o: usize) -> impl Iterator<Item = (usize, &Q4KBlock)> {
-    (0..per_row).map(move |s| (s, &blocks[q4k_block_index(blocks.len(), per_row, o, s)]))
+    let (start, stride) = q4k_row_layout(blocks.len(), per_row, o);
+    blocks[start..].iter().step_by(stride).take(per_row).enumerate()
 }
 
-/// Row-major blocks `[N, per_row]` -> the interleaved storage order of `q4k_block_index`.
+/// Row-major blocks `[N, per_row]` -> the interleaved storage order of `q4k_row_layout`.
 pub(crate) fn q4k_interleave(row_major: Vec<Q4KBlock>, per_row: usize) -> Vec<Q4KBlock> {
     let mut out = row_major.clone();
-    let n = row_major.len() / per_row;
-    for o in 0..n {
-        for s in 0..per_row {
-            out[q4k_block_index(row_major.len(), per_row, o, s)] = row_major[o * per_row + s];
+    for (o, row) in row_major.chunks_exact(per_row).enumerate() {
+        let (start, stride) = q4k_row_layout(row_major.len(), per_row, o);
+        for (s, blk) in row.iter().enumerate() {
+            out[start + s * stride] = *blk;
         }
     }
     out
@@ -147,9 +149,7 @@ struct QuantizedRow {
     /// Int8 values in `[-127, 127]`; for q4_K in the kernel's order (`q4k_lane_order`).
     qs: Vec<i8>,
     /// q4_K only: sum of the quantized values of each 32-value sub-block, in value order.
-    sub_sums: Vec<f32>,
-    /// The same sums as integers (for the kernels that apply the mins in the integer domain).
-    sub_sums_i32: Vec<i32>,
+    sub_sums: Vec<i32>,
 }
 
 /// Symmetric int8 quantization of `x` in blocks of `block`, in value order.
@@ -178,19 +178,18 @@ fn quantize_row(blocks: &Blocks, x: &[f32]) -> QuantizedRow {
     match blocks {
         Blocks::Q8_0 { .. } => {
             let (d, qs) = quantize_blocks(x, QK8_0);
-            QuantizedRow { d, qs, sub_sums: Vec::new(), sub_sums_i32: Vec::new() }
+            QuantizedRow { d, qs, sub_sums: Vec::new() }
         }
         Blocks::Q4K(_) => {
             let (d, natural) = quantize_blocks(x, QK_K);
-            let sub_sums_i32: Vec<i32> = natural.chunks(32).map(|c| c.iter().map(|&q| q as i32).sum()).collect();
-            let sub_sums = sub_sums_i32.iter().map(|&v| v as f32).collect();
+            let sub_sums = natural.chunks(32).map(|c| c.iter().map(|&q| q as i32).sum()).collect();
             let mut qs = vec![0i8; natural.len()];
             for (s, chunk) in natural.chunks(QK_K).enumerate() {
                 for (v, &q) in chunk.iter().enumerate() {
                     qs[s * QK_K + q4k_lane_order(v)] = q;
                 }
             }
-            QuantizedRow { d, qs, sub_sums, sub_sums_i32 }
+            QuantizedRow { d, qs, sub_sums }
         }
     }
 }
@@ -238,11 +237,15 @@ pub(crate) fn gemv_with(blocks: &Blocks, n: usize, k: usize, x: &[f32], m: usize
     let mut by_output = vec![0f32; n * m];
     by_output.par_chunks_mut(ROWS_PER_TASK * m).enumerate().for_each(|(task, dst)| {
         let first = task * ROWS_PER_TASK;
+        #[allow(unused_mut)]
         let mut j = 0;
         // one input row (decode): four interleaved q4_K weight rows per call, one contiguous stream
-        if m == 1 && kernel == Kernel::Avx2 && matches!(blocks, Blocks::Q4K(_)) {
+        #[cfg(target_arch = "x86_64")]
+        if let (1, Kernel::Avx2, Blocks::Q4K(b)) = (m, kernel, blocks) {
             while j + 4 <= dst.len() {
-                dot_4_rows_avx2(blocks, k, first + j, &rows[0], &mut dst[j..j + 4]);
+                // SAFETY: Kernel::Avx2 comes from `Kernel::available`; `first + j` is a multiple of
+                // four with four rows left, so it starts a full interleaved group.
+                unsafe { avx2::dot_4_rows_q4k(b, k, first + j, &rows[0], &mut dst[j..j + 4]) };
                 j += 4;
             }
         }
@@ -256,20 +259,6 @@ pub(crate) fn gemv_with(blocks: &Blocks, n: usize, k: usize, x: &[f32], m: usize
             out[r * n + o] = by_output[o * m + r];
         }
     }
-}
-
-/// q4_K weight rows `o..o+4` (`o % 4 == 0`, a full interleaved group) against one activation row.
-fn dot_4_rows_avx2(blocks: &Blocks, k: usize, o: usize, row: &QuantizedRow, out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        // SAFETY: only called with Kernel::Avx2, which `Kernel::available` checked.
-        match blocks {
-            Blocks::Q4K(b) => unsafe { avx2::dot_4_rows_q4k(b, k, o, row, out) },
-            Blocks::Q8_0 { .. } => unreachable!("the 4-row kernel is q4_K only"),
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    unreachable!("AVX2 kernels exist only on x86_64: {blocks:?} {k} {o} {} {}", row.d.len(), out.len());
 }
 
 fn dot_row(blocks: &Blocks, k: usize, o: usize, rows: &[QuantizedRow], cell: &mut [f32], kernel: Kernel) {
@@ -313,7 +302,7 @@ fn dot_row_q4k_scalar(blocks: &[Q4KBlock], k: usize, o: usize, rows: &[Quantized
             for j in 0..8 {
                 let isum: i32 = (32 * j..32 * j + 32).map(|v| blk.q(v) as i32 * a[q4k_lane_order(v)] as i32).sum();
                 scaled += blk.sc[j] as f32 * isum as f32;
-                mins += blk.m[j] as f32 * row.sub_sums[s * 8 + j];
+                mins += blk.m[j] as f32 * row.sub_sums[s * 8 + j] as f32;
             }
             acc += row.d[s] * (blk.dm[0].to_f32() * scaled - blk.dm[1].to_f32() * mins);
         }
@@ -414,7 +403,7 @@ mod avx512 {
                 }
                 let dx = *row.d.get_unchecked(s);
                 acc[r] = _mm512_fmadd_ps(t, _mm512_set1_ps(dx), acc[r]);
-                let sums = _mm256_loadu_ps(row.sub_sums.as_ptr().add(8 * s));
+                let sums = _mm256_cvtepi32_ps(_mm256_loadu_si256(row.sub_sums.as_ptr().add(8 * s) as *const __m256i));
                 min_acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(mins, sums), _mm256_set1_ps(dx), min_acc[r]);
             }
         }
@@ -470,6 +459,58 @@ mod avx2 {
         }
     }
 
+    /// One 64-value group `g` of a q4_K super-block, decoded once for any number of activation
+    /// rows: the low and high nibbles (values 64g..64g+32 and 64g+32..64g+64) and their 6-bit
+    /// scales broadcast as i16.
+    struct Q4kGroup {
+        lo: __m256i,
+        hi: __m256i,
+        sc_lo: __m256i,
+        sc_hi: __m256i,
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn q4k_group(blk: &Q4KBlock, g: usize) -> Q4kGroup {
+        let nibble = _mm256_set1_epi8(0x0F);
+        let q = _mm256_loadu_si256(blk.qs.as_ptr().add(32 * g) as *const __m256i);
+        Q4kGroup {
+            lo: _mm256_and_si256(q, nibble),
+            hi: _mm256_and_si256(_mm256_srli_epi16::<4>(q), nibble),
+            sc_lo: _mm256_set1_epi16(blk.sc[2 * g] as i16),
+            sc_hi: _mm256_set1_epi16(blk.sc[2 * g + 1] as i16),
+        }
+    }
+
+    /// The activations matching group `g` (kernel activation order, `q4k_lane_order`) of the
+    /// super-block starting at `a`.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn q4k_activations(a: *const i8, g: usize) -> (__m256i, __m256i) {
+        let (off_lo, off_hi) = (128 * (g / 2) + 32 * (g % 2), 128 * (g / 2) + 64 + 32 * (g % 2));
+        (_mm256_loadu_si256(a.add(off_lo) as *const __m256i), _mm256_loadu_si256(a.add(off_hi) as *const __m256i))
+    }
+
+    /// Scale-weighted integer dot product of a group with its activations, as 8 i32 lanes.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn q4k_group_dot(w: &Q4kGroup, (a_lo, a_hi): (__m256i, __m256i)) -> __m256i {
+        let p_lo = _mm256_madd_epi16(_mm256_maddubs_epi16(w.lo, a_lo), w.sc_lo);
+        let p_hi = _mm256_madd_epi16(_mm256_maddubs_epi16(w.hi, a_hi), w.sc_hi);
+        _mm256_add_epi32(p_lo, p_hi)
+    }
+
+    /// Adds one super-block to `acc`: `d*dx*isum - dmin*dx*(m_j * sum_j)` over the 8 sub-blocks.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn q4k_accumulate(acc: __m256, isum: __m256i, blk: &Q4KBlock, dx: f32, sub_sums: *const i32) -> __m256 {
+        let (d, dmin) = (blk.dm[0].to_f32(), blk.dm[1].to_f32());
+        let acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(d * dx), acc);
+        let mins = _mm256_cvtepu8_epi32(_mm_loadl_epi64(blk.m.as_ptr() as *const __m128i));
+        let min_terms = _mm256_cvtepi32_ps(_mm256_mullo_epi32(mins, _mm256_loadu_si256(sub_sums as *const __m256i)));
+        _mm256_fnmadd_ps(min_terms, _mm256_set1_ps(dmin * dx), acc)
+    }
+
     /// q4_K: the 6-bit sub-block scales are applied in the integer domain (`madd` with the
     /// scale broadcast as i16 instead of ones), so each 256-value super-block needs one int->float
     /// conversion per row instead of eight; mins use the integer sub-block sums. Bounds: a pair
@@ -478,34 +519,18 @@ mod avx2 {
     pub unsafe fn dot_row_q4k(blocks: &[Q4KBlock], k: usize, o: usize, rows: &[QuantizedRow], cell: &mut [f32]) {
         let per_row = k / QK_K;
         let m = rows.len();
-        let nibble = _mm256_set1_epi8(0x0F);
         let mut acc = [_mm256_setzero_ps(); MAX_ROWS];
         for (s, blk) in q4k_row(blocks, per_row, o) {
-            let (d, dmin) = (blk.dm[0].to_f32(), blk.dm[1].to_f32());
             let mut isum = [_mm256_setzero_si256(); MAX_ROWS];
             for g in 0..4 {
-                let q = _mm256_loadu_si256(blk.qs.as_ptr().add(32 * g) as *const __m256i);
-                let lo = _mm256_and_si256(q, nibble);
-                let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), nibble);
-                let (sc_lo, sc_hi) = (_mm256_set1_epi16(blk.sc[2 * g] as i16), _mm256_set1_epi16(blk.sc[2 * g + 1] as i16));
-                // values 64g..64g+32 and 64g+32..64g+64 in the kernel activation order
-                let (off_lo, off_hi) = (128 * (g / 2) + 32 * (g % 2), 128 * (g / 2) + 64 + 32 * (g % 2));
+                let w = q4k_group(blk, g);
                 for r in 0..m {
-                    let a = rows[r].qs.as_ptr().add(s * QK_K);
-                    let p_lo = _mm256_maddubs_epi16(lo, _mm256_loadu_si256(a.add(off_lo) as *const __m256i));
-                    let p_hi = _mm256_maddubs_epi16(hi, _mm256_loadu_si256(a.add(off_hi) as *const __m256i));
-                    let scaled = _mm256_add_epi32(_mm256_madd_epi16(p_lo, sc_lo), _mm256_madd_epi16(p_hi, sc_hi));
-                    isum[r] = _mm256_add_epi32(isum[r], scaled);
+                    let a = q4k_activations(rows[r].qs.as_ptr().add(s * QK_K), g);
+                    isum[r] = _mm256_add_epi32(isum[r], q4k_group_dot(&w, a));
                 }
             }
-            // the 8 mins as i32 lanes, against each row's 8 sub-block sums: m_j * sum_j
-            let mins = _mm256_cvtepu8_epi32(_mm_loadl_epi64(blk.m.as_ptr() as *const __m128i));
             for r in 0..m {
-                let dx = rows[r].d[s];
-                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[r]), _mm256_set1_ps(d * dx), acc[r]);
-                let sums = _mm256_loadu_si256(rows[r].sub_sums_i32.as_ptr().add(8 * s) as *const __m256i);
-                let min_terms = _mm256_cvtepi32_ps(_mm256_mullo_epi32(mins, sums));
-                acc[r] = _mm256_fnmadd_ps(min_terms, _mm256_set1_ps(dmin * dx), acc[r]);
+                acc[r] = q4k_accumulate(acc[r], isum[r], blk, rows[r].d[s], rows[r].sub_sums.as_ptr().add(8 * s));
             }
         }
         for r in 0..m {
@@ -513,42 +538,24 @@ mod avx2 {
         }
     }
 
-    /// `dot_row_q4k` for weight rows `o..o+4` and one activation row: the activation vectors are
-    /// loaded once per sub-block pair for all four rows, and the four rows' chains are independent.
+    /// `dot_row_q4k` for weight rows `o..o+4` (a full interleaved group, `o % 4 == 0`) and one
+    /// activation row: the activations are loaded once per group for all four rows, the rows'
+    /// blocks are adjacent in memory, and the four accumulation chains are independent.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_4_rows_q4k(blocks: &[Q4KBlock], k: usize, o: usize, row: &QuantizedRow, out: &mut [f32]) {
         let per_row = k / QK_K;
-        let nibble = _mm256_set1_epi8(0x0F);
         let mut acc = [_mm256_setzero_ps(); 4];
         for s in 0..per_row {
-            // rows o..o+4 (o % 4 == 0) are interleaved: their blocks for super-block s are adjacent
             let group = &blocks[o * per_row + 4 * s..][..4];
-            let blk: [&Q4KBlock; 4] = std::array::from_fn(|i| &group[i]);
-            let a = row.qs.as_ptr().add(s * QK_K);
             let mut isum = [_mm256_setzero_si256(); 4];
             for g in 0..4 {
-                let (off_lo, off_hi) = (128 * (g / 2) + 32 * (g % 2), 128 * (g / 2) + 64 + 32 * (g % 2));
-                let a_lo = _mm256_loadu_si256(a.add(off_lo) as *const __m256i);
-                let a_hi = _mm256_loadu_si256(a.add(off_hi) as *const __m256i);
+                let a = q4k_activations(row.qs.as_ptr().add(s * QK_K), g);
                 for i in 0..4 {
-                    let q = _mm256_loadu_si256(blk[i].qs.as_ptr().add(32 * g) as *const __m256i);
-                    let lo = _mm256_and_si256(q, nibble);
-                    let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), nibble);
-                    let sc_lo = _mm256_set1_epi16(blk[i].sc[2 * g] as i16);
-                    let sc_hi = _mm256_set1_epi16(blk[i].sc[2 * g + 1] as i16);
-                    let p_lo = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, a_lo), sc_lo);
-                    let p_hi = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, a_hi), sc_hi);
-                    isum[i] = _mm256_add_epi32(isum[i], _mm256_add_epi32(p_lo, p_hi));
+                    isum[i] = _mm256_add_epi32(isum[i], q4k_group_dot(&q4k_group(&group[i], g), a));
                 }
             }
-            let dx = row.d[s];
-            let sums = _mm256_loadu_si256(row.sub_sums_i32.as_ptr().add(8 * s) as *const __m256i);
             for i in 0..4 {
-                let (d, dmin) = (blk[i].dm[0].to_f32(), blk[i].dm[1].to_f32());
-                acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[i]), _mm256_set1_ps(d * dx), acc[i]);
-                let mins = _mm256_cvtepu8_epi32(_mm_loadl_epi64(blk[i].m.as_ptr() as *const __m128i));
-                let min_terms = _mm256_cvtepi32_ps(_mm256_mullo_epi32(mins, sums));
-                acc[i] = _mm256_fnmadd_ps(min_terms, _mm256_set1_ps(dmin * dx), acc[i]);
+                acc[i] = q4k_accumulate(acc[i], isum[i], &group[i], row.d[s], row.sub_sums.as_ptr().add(8 * s));
             }
         }
         for i in 0..4 {
