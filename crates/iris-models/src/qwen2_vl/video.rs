@@ -154,6 +154,10 @@ mod tests {
         assert!(smart_nframes(1, 30.0, &MediaOptions::default()).unwrap_err().to_string().contains("too few"));
         assert!(plan(&info(0, 30.0, 64, 64), &MediaOptions::default(), 28).unwrap_err().to_string().contains("no frames"));
         assert!(smart_nframes(30, 30.0, &MediaOptions { fps: Some(-1.0), ..Default::default() }).is_err());
+        // a total budget below one pair of frames at the per-frame floor: a named error
+        let tiny = MediaOptions { total_pixels: Some(50_000), ..Default::default() };
+        let e = plan(&info(300, 30.0, 1280, 720), &tiny, 28).unwrap_err().to_string();
+        assert!(e.contains("total_pixels 50000") && e.contains("one pair of frames"), "{e}");
     }
 
     #[test]
