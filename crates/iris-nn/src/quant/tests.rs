@@ -1,7 +1,7 @@
 //! Quantized storage and kernels against their twins: candle's ggml decoders, the scalar integer
 //! kernel, and an f64 product with the dequantized weight.
 
-use super::kernels::{gemv_with, Kernel, MAX_ROWS};
+use super::kernels::{gemv_with, quantize_blocks, quantize_blocks_portable, Kernel, MAX_ROWS};
 use super::INTEGER_KERNEL_MAX_ROWS;
 use super::*;
 use candle_core::quantized::k_quants::{BlockQ4K, BlockQ8_0, GgmlType};
@@ -79,8 +79,9 @@ fn kernels_on_this_cpu_are_reported() {
 
 #[test]
 fn simd_kernels_match_the_scalar_twin_and_the_f64_product() {
-    // K = 96 leaves an odd q8_0 block for the tail path; 1536 and 768 are model-like
-    let cases = [(WeightFormat::Q8_0, 37, 96), (WeightFormat::Q8_0, 70, 1536), (WeightFormat::Q4K, 37, 256), (WeightFormat::Q4K, 70, 1536)];
+    // K = 96 (3 blocks) runs only q8_0's per-block tail, 416 (13) both its 8-block path and the
+    // tail; 1536 is model-like
+    let cases = [(WeightFormat::Q8_0, 37, 96), (WeightFormat::Q8_0, 37, 416), (WeightFormat::Q8_0, 70, 1536), (WeightFormat::Q4K, 37, 256), (WeightFormat::Q4K, 70, 1536)];
     for (format, n, k) in cases {
         let q = QuantizedMatrix::quantize(&pseudo_random(n * k, 2), n, k, format).unwrap();
         for m in [1, 3, MAX_ROWS] {
@@ -159,4 +160,21 @@ fn gather_rows_decodes_embedding_rows() {
     assert_eq!(&rows[..k], &all[7 * k..8 * k]);
     assert_eq!(&rows[k..], &all[2 * k..3 * k]);
     assert!(q.gather_rows(&[10], &Device::Cpu).unwrap_err().to_string().contains("out of range"));
+}
+
+#[test]
+fn activation_quantization_matches_its_portable_twin() {
+    // includes exact .5 ties after scaling (amax 127 gives inv 1) and an all-zero block
+    let mut x = pseudo_random(4096, 9);
+    x[0] = 127.0;
+    for (i, v) in x[1..32].iter_mut().enumerate() {
+        *v = i as f32 - 15.5;
+    }
+    x[64..96].fill(0.0);
+    for block in [32, 256] {
+        let fast = quantize_blocks(&x, block);
+        let slow = quantize_blocks_portable(&x, block);
+        assert_eq!(fast, slow, "block {block}");
+        assert_eq!(slow.1[1], -15 - 1, "-15.5 rounds away from zero");
+    }
 }
