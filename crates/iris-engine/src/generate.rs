@@ -138,13 +138,13 @@ impl Engine {
         let media_embeds = prompt
             .media_spans
             .iter()
-            .map(|span| Ok((span.start, self.model.encode_media(&prepared[span.media_index])?)))
+            .map(|span| Ok((span.start, iris_nn::on_compute_pool(|| self.model.encode_media(&prepared[span.media_index]))?)))
             .collect::<Result<Vec<_>>>()?;
         timings.vision_ms = ms(t1);
 
         let t2 = Instant::now();
         let mut cache = self.model.new_cache();
-        let logits = prefill(self.model.as_ref(), &prompt, &media_embeds, &mut cache)?;
+        let logits = iris_nn::on_compute_pool(|| prefill(self.model.as_ref(), &prompt, &media_embeds, &mut cache))?;
         timings.prefill_ms = ms(t2);
 
         let t3 = Instant::now();
@@ -157,7 +157,7 @@ impl Engine {
             }
             let (Some(token), None) = (step.token, step.finish) else { break };
             let positions = prompt.positions.slice(cache.len(), 1);
-            logits = self.model.forward(&StepInput::decode(&[token], &positions), &mut cache)?;
+            logits = iris_nn::on_compute_pool(|| self.model.forward(&StepInput::decode(&[token], &positions), &mut cache))?;
         }
         timings.decode_ms = ms(t3);
         let out_ids = decoding.token_ids().to_vec();

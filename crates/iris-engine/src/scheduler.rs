@@ -358,7 +358,7 @@ impl Scheduler {
         let (embeds, hit) = match self.encoder_cache.get(&key) {
             Some(e) => (e, true),
             None => {
-                let e = self.engine.model.encode_media(media).map_err(|e| (i, e.to_string()))?;
+                let e = iris_nn::on_compute_pool(|| self.engine.model.encode_media(media)).map_err(|e| (i, e.to_string()))?;
                 self.encoder_cache.insert(key, e.clone());
                 (e, false)
             }
@@ -424,7 +424,7 @@ impl Scheduler {
             self.stats.steps.fetch_add(1, Ordering::Relaxed);
             self.stats.batched_tokens.fetch_add(tokens, Ordering::Relaxed);
             let mut refs: Vec<&mut KvCache> = caches.iter_mut().collect();
-            Ok(self.engine.model.forward_batch(&steps, &mut refs)?)
+            Ok(iris_nn::on_compute_pool(|| self.engine.model.forward_batch(&steps, &mut refs))?)
         })();
         for (&(i, _), cache) in plan.iter().zip(caches) {
             self.running[i].cache = cache;

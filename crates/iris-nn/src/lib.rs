@@ -10,10 +10,12 @@ pub mod kv_cache;
 pub mod ops;
 pub mod quant;
 pub mod synthetic;
+pub mod threads;
 pub mod weights;
 
 pub use error::{NnError, Result};
 pub use kv_cache::{KvCache, LayerKv};
 pub use ops::{Embedding, Linear};
 pub use quant::{QuantizedMatrix, WeightFormat};
+pub use threads::on_compute_pool;
 pub use weights::WeightStore;
