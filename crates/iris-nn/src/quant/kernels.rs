@@ -149,7 +149,7 @@ struct QuantizedRow {
     /// Int8 values in `[-127, 127]`; for q4_K in the kernel's order (`q4k_lane_order`).
     qs: Vec<i8>,
     /// q4_K only: sum of the quantized values of each 32-value sub-block, in value order.
-    sub_sums: Vec<i32>,
+    sub_sums: Vec<i16>,
 }
 
 /// Symmetric int8 quantization of `x` in blocks of `block`, in value order.
@@ -203,7 +203,8 @@ fn quantize_row(blocks: &Blocks, x: &[f32]) -> QuantizedRow {
         }
         Blocks::Q4K(_) => {
             let (d, natural) = quantize_blocks(x, QK_K);
-            let sub_sums = natural.chunks(32).map(|c| c.iter().map(|&q| q as i32).sum()).collect();
+            // |sum| <= 32 * 127, so i16 holds it
+            let sub_sums = natural.chunks(32).map(|c| c.iter().map(|&q| q as i16).sum()).collect();
             let mut qs = vec![0i8; natural.len()];
             for (s, chunk) in natural.chunks(QK_K).enumerate() {
                 for (v, &q) in chunk.iter().enumerate() {
@@ -424,7 +425,7 @@ mod avx512 {
                 }
                 let dx = *row.d.get_unchecked(s);
                 acc[r] = _mm512_fmadd_ps(t, _mm512_set1_ps(dx), acc[r]);
-                let sums = _mm256_cvtepi32_ps(_mm256_loadu_si256(row.sub_sums.as_ptr().add(8 * s) as *const __m256i));
+                let sums = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm_loadu_si128(row.sub_sums.as_ptr().add(8 * s) as *const __m128i)));
                 min_acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(mins, sums), _mm256_set1_ps(dx), min_acc[r]);
             }
         }
@@ -562,13 +563,14 @@ mod avx2 {
     /// Adds one super-block to `acc`: `d*dx*isum - dmin*dx*(m_j * sum_j)` over the 8 sub-blocks.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn q4k_accumulate(acc: __m256, isum: __m256i, blk: &Q4KBlock, dx: f32, sub_sums: *const i32) -> __m256 {
+    unsafe fn q4k_accumulate(acc: __m256, isum: __m256i, blk: &Q4KBlock, dx: f32, sub_sums: *const i16) -> __m256 {
         // [d, dmin] as f16 -> f32 lanes 0 and 1 with one F16C conversion
         let dm = _mm_cvtph_ps(_mm_cvtsi32_si128(std::ptr::read_unaligned(blk.dm.as_ptr() as *const i32)));
         let (d, dmin) = (_mm_cvtss_f32(dm), _mm_cvtss_f32(_mm_movehdup_ps(dm)));
         let acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(d * dx), acc);
-        let mins = _mm256_cvtepu8_epi32(_mm_loadl_epi64(blk.m.as_ptr() as *const __m128i));
-        let min_terms = _mm256_cvtepi32_ps(_mm256_mullo_epi32(mins, _mm256_loadu_si256(sub_sums as *const __m256i)));
+        // eight (min, sub-block sum) i16 pairs -> four i32 lanes (upper four zero); <= 2 * 63 * 4064
+        let mins = _mm_cvtepu8_epi16(_mm_loadl_epi64(blk.m.as_ptr() as *const __m128i));
+        let min_terms = _mm256_cvtepi32_ps(_mm256_zextsi128_si256(_mm_madd_epi16(mins, _mm_loadu_si128(sub_sums as *const __m128i))));
         _mm256_fnmadd_ps(min_terms, _mm256_set1_ps(dmin * dx), acc)
     }
 
