@@ -117,15 +117,35 @@ pub(crate) fn q4k_interleave(row_major: Vec<Q4KBlock>, per_row: usize) -> Vec<Q4
     out
 }
 
+/// Weight row `row` as f32 (the prefill and vision path decodes weight tiles with this).
 pub(crate) fn dequantize_row(blocks: &Blocks, k: usize, row: usize, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("f16c") {
+        // SAFETY: the CPU has AVX2 and F16C (checked above).
+        return unsafe { dequantize_row_avx2(blocks, k, row, out) };
+    }
+    dequantize_row_portable(blocks, k, row, out)
+}
+
+/// `dequantize_row_portable` compiled with AVX2, which LLVM vectorises (the portable build
+/// measured ~9% of vision-encode time in a profile). Same code, same results (tested).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dequantize_row_avx2(blocks: &Blocks, k: usize, row: usize, out: &mut [f32]) {
+    dequantize_row_portable(blocks, k, row, out)
+}
+
+#[inline(always)]
+pub(super) fn dequantize_row_portable(blocks: &Blocks, k: usize, row: usize, out: &mut [f32]) {
     match blocks {
         Blocks::Q8_0 { qs, d } => {
             let per_row = k / QK8_0;
-            for b in 0..per_row {
-                let scale = d[row * per_row + b].to_f32();
-                let base = row * k + b * QK8_0;
-                for i in 0..QK8_0 {
-                    out[b * QK8_0 + i] = scale * qs[base + i] as f32;
+            let scales = &d[row * per_row..(row + 1) * per_row];
+            let values = qs[row * k..(row + 1) * k].chunks_exact(QK8_0);
+            for ((dst, q), scale) in out.chunks_exact_mut(QK8_0).zip(values).zip(scales) {
+                let scale = scale.to_f32();
+                for (o, &v) in dst.iter_mut().zip(q) {
+                    *o = scale * v as f32;
                 }
             }
         }
@@ -133,9 +153,17 @@ pub(crate) fn dequantize_row(blocks: &Blocks, k: usize, row: usize, out: &mut [f
             let per_row = k / QK_K;
             for (s, blk) in q4k_row(blocks, per_row, row) {
                 let (d, dmin) = (blk.dm[0].to_f32(), blk.dm[1].to_f32());
-                for v in 0..QK_K {
-                    let j = v / 32;
-                    out[s * QK_K + v] = d * blk.sc[j] as f32 * blk.q(v) as f32 - dmin * blk.m[j] as f32;
+                // byte `32g + l` of qs holds value `64g + l` (low nibble) and `64g + 32 + l` (high)
+                for g in 0..4 {
+                    let dst = &mut out[s * QK_K + 64 * g..][..64];
+                    let bytes = &blk.qs[32 * g..32 * g + 32];
+                    let (lo_scale, lo_min) = (d * blk.sc[2 * g] as f32, dmin * blk.m[2 * g] as f32);
+                    let (hi_scale, hi_min) = (d * blk.sc[2 * g + 1] as f32, dmin * blk.m[2 * g + 1] as f32);
+                    let (lo, hi) = dst.split_at_mut(32);
+                    for ((l, h), &b) in lo.iter_mut().zip(hi.iter_mut()).zip(bytes) {
+                        *l = lo_scale * (b & 0xF) as f32 - lo_min;
+                        *h = hi_scale * (b >> 4) as f32 - hi_min;
+                    }
                 }
             }
         }

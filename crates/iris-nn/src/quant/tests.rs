@@ -1,7 +1,7 @@
 //! Quantized storage and kernels against their twins: candle's ggml decoders, the scalar integer
 //! kernel, and an f64 product with the dequantized weight.
 
-use super::kernels::{gemv_with, quantize_blocks, quantize_blocks_portable, Kernel, MAX_ROWS};
+use super::kernels::{dequantize_row, dequantize_row_portable, gemv_with, quantize_blocks, quantize_blocks_portable, Kernel, MAX_ROWS};
 use super::INTEGER_KERNEL_MAX_ROWS;
 use super::*;
 use candle_core::quantized::k_quants::{BlockQ4K, BlockQ8_0, GgmlType};
@@ -176,5 +176,20 @@ fn activation_quantization_matches_its_portable_twin() {
         let slow = quantize_blocks_portable(&x, block);
         assert_eq!(fast, slow, "block {block}");
         assert_eq!(slow.1[1], -15 - 1, "-15.5 rounds away from zero");
+    }
+}
+
+#[test]
+fn weight_decoding_matches_its_portable_twin() {
+    // 9 rows: two interleaved q4_K groups of four and one plain row
+    let (n, k) = (9, 512);
+    for format in [WeightFormat::Q8_0, WeightFormat::Q4K] {
+        let q = QuantizedMatrix::quantize(&pseudo_random(n * k, 4), n, k, format).unwrap();
+        for row in 0..n {
+            let (mut fast, mut slow) = (vec![0f32; k], vec![0f32; k]);
+            dequantize_row(&q.blocks, k, row, &mut fast);
+            dequantize_row_portable(&q.blocks, k, row, &mut slow);
+            assert_eq!(fast, slow, "{format} row {row}");
+        }
     }
 }
