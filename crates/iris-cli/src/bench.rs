@@ -46,6 +46,11 @@ pub struct BenchArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Measure accuracy instead of speed: decode --new-tokens greedily with dense f32 weights,
+    /// replay those tokens with the chosen --quant / --dtype, and report each step's top-1
+    /// agreement and logit error (the reference does not stop at end-of-sequence tokens).
+    #[arg(long)]
+    pub accuracy: bool,
 }
 
 /// Peak resident set size of this process (`VmHWM`), in bytes.
@@ -124,18 +129,21 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         }
         (None, None) => bail!("give --model DIR or --synthetic PRESET"),
     };
-    let result = run(&args, &dir, &opts, image, &model_name);
+    let result = if args.accuracy { crate::accuracy::run(&args, &dir, &opts, image, &model_name) } else { run(&args, &dir, &opts, image, &model_name) };
     if scratch {
         let _ = std::fs::remove_dir_all(&dir);
     }
     result
 }
 
-fn run(args: &BenchArgs, dir: &Path, opts: &iris_models::LoadOptions, image: Option<(usize, usize)>, model_name: &str) -> Result<()> {
-    let t0 = Instant::now();
-    let engine = Engine::load(dir, opts).with_context(|| format!("loading {model_name}"))?;
-    let load_s = t0.elapsed().as_secs_f64();
+/// A weight format as reported: its name, or `dense` (weights kept in the compute dtype).
+pub fn format_name(format: Option<iris_nn::WeightFormat>) -> String {
+    format.map(|f| f.to_string()).unwrap_or_else(|| "dense".into())
+}
 
+/// The benchmark question (`--prompt-tokens` words, with the generated `--image` if any) as a
+/// greedy request, and the scratch path of its image file (for the caller to remove).
+pub fn bench_request(args: &BenchArgs, image: Option<(usize, usize)>) -> Result<(GenerateRequest, PathBuf)> {
     const WORDS: [&str; 10] = [" apple", " river", " house", " green", " small", " music", " table", " light", " water", " story"];
     let question: String = "Describe".to_string() + &(0..args.prompt_tokens.saturating_sub(1)).map(|i| WORDS[i % WORDS.len()]).collect::<String>();
     let mut content = Vec::new();
@@ -147,9 +155,18 @@ fn run(args: &BenchArgs, dir: &Path, opts: &iris_models::LoadOptions, image: Opt
     }
     content.push(json!({"type": "text", "text": question}));
     let messages = json!([{"role": "user", "content": content}]);
-    let req = GenerateRequest::greedy(parse_messages(&messages, None)?, args.new_tokens);
-    let out = engine.generate(&req, &mut |_| {})?;
+    Ok((GenerateRequest::greedy(parse_messages(&messages, None)?, args.new_tokens), image_path))
+}
+
+fn run(args: &BenchArgs, dir: &Path, opts: &iris_models::LoadOptions, image: Option<(usize, usize)>, model_name: &str) -> Result<()> {
+    let t0 = Instant::now();
+    let engine = Engine::load(dir, opts).with_context(|| format!("loading {model_name}"))?;
+    let load_s = t0.elapsed().as_secs_f64();
+
+    let (req, image_path) = bench_request(args, image)?;
+    let out = engine.generate(&req, &mut |_| {});
     let _ = std::fs::remove_file(&image_path);
+    let out = out?;
 
     let t = &out.timings;
     let info = engine.model.info();
@@ -162,8 +179,8 @@ fn run(args: &BenchArgs, dir: &Path, opts: &iris_models::LoadOptions, image: Opt
         "model": model_name,
         "family": info.family,
         "dtype": format!("{:?}", info.dtype).to_lowercase(),
-        "language_format": opts.language_format.map(|f| f.to_string()).unwrap_or_else(|| "dense".into()),
-        "vision_format": opts.vision_format.map(|f| f.to_string()).unwrap_or_else(|| "dense".into()),
+        "language_format": format_name(opts.language_format),
+        "vision_format": format_name(opts.vision_format),
         "quantized_kernel": format!("{:?}", iris_nn::quant::kernels::Kernel::best()),
         "threads": rayon_threads(),
         "image": args.image,

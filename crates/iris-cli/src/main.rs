@@ -1,5 +1,6 @@
 //! `iris`: run vision-language models (Qwen2-VL, ...) from the command line.
 
+mod accuracy;
 mod args;
 mod bench;
 mod chat;
@@ -13,23 +14,6 @@ use clap::{Parser, Subcommand};
 // zeroed afresh (21% of vision-tower time in `clear_page`); mimalloc keeps and reuses them.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// `mi_option_purge_delay` in mimalloc's `mi_option_e` (mimalloc.h; not exported by the crate).
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-
-/// mimalloc returns freed pages to the kernel 10 ms after the last free; a vision layer or a
-/// prefill chunk takes longer than that, so each one re-faulted and re-zeroed the previous one's
-/// activation buffers. Keeping them for a second made prefill 13% faster (44 -> 50 tok/s,
-/// Qwen2-VL-2B q4k) for ~0.1 GB more peak RSS. The option is set only if it still holds
-/// mimalloc's documented default, i.e. the index above names the option we mean.
-fn keep_freed_pages_for_a_second() {
-    // SAFETY: plain getters/setters of mimalloc's global options.
-    unsafe {
-        if libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) == 10 {
-            libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 1000);
-        }
-    }
-}
 
 #[derive(Parser)]
 #[command(name = "iris", version, about = "Fast, exact vision-language model inference")]
@@ -53,7 +37,6 @@ enum Command {
 }
 
 fn main() {
-    keep_freed_pages_for_a_second();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("IRIS_LOG").unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)

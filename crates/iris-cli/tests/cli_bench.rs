@@ -29,3 +29,30 @@ fn bench_reports_json_and_rejects_bad_options() {
     assert_ne!(code, 0);
     assert!(stderr.lines().next().unwrap().contains("unknown weight format `q3`"), "{stderr}");
 }
+
+#[test]
+fn bench_accuracy_compares_each_step_with_dense_f32() {
+    let model = common::fixture("qwen2-vl-tiny").join("model");
+    let m = model.to_str().unwrap();
+    let run = |quant: &str| {
+        let (code, stdout, stderr) = common::iris(&["bench", "--model", m, "--image", "56x56", "--prompt-tokens", "5", "--new-tokens", "6", "--quant", quant, "--accuracy", "--json"]);
+        assert_eq!(code, 0, "{stderr}");
+        serde_json::from_str::<serde_json::Value>(stdout.trim()).unwrap()
+    };
+    // dense f32 against itself: the same computation on the same thread pool, so identical logits
+    let same = run("f32");
+    assert_eq!((same["steps"].as_u64(), same["top1_agreements"].as_u64()), (Some(6), Some(6)), "{same}");
+    assert_eq!(same["max_relative_logit_error"], 0.0, "{same}");
+    let q8 = run("q8_0");
+    println!("q8_0 against f32 on the tiny fixture: {q8}");
+    assert_eq!(q8["language_format"], "q8_0");
+    assert_eq!(q8["per_step_relative_logit_error"].as_array().map(Vec::len), Some(6));
+    let err = q8["max_relative_logit_error"].as_f64().unwrap();
+    // the tiny model's random weights amplify q8_0's weight error (iris-engine tests/quantized.rs)
+    assert!(err > 0.0 && err < 0.15, "{q8}");
+    for d in q8["disagreements"].as_array().unwrap() {
+        assert_ne!(d["reference_token"], d["candidate_token"], "{q8}");
+        // a flip needs a logit error of at least half the reference's top-2 gap
+        assert!(d["max_abs_error"].as_f64().unwrap() * 2.0 >= d["reference_gap"].as_f64().unwrap(), "{q8}");
+    }
+}

@@ -2,6 +2,7 @@
 //! OpenAI-style messages into model inputs, samples and streams text. It reaches model families
 //! only through `iris_models::api`.
 
+pub mod accuracy;
 pub mod checkpoint;
 pub mod decoding;
 pub mod encoder_cache;

@@ -6,7 +6,9 @@
 //! loops (every projection, norm and activation), so running the whole step on a pool worker,
 //! where nested loops split with plain `join`, removes that per-loop hand-off.
 
-/// Runs `step` on a worker of the global rayon pool (at once if this thread already is one).
+/// Runs `step` on a worker of the global rayon pool, or in place if this thread is already a
+/// worker of some rayon pool. Workers have rayon's default 2 MiB stack (the CLI main thread
+/// has 8 MiB); model steps keep tensors on the heap.
 pub fn on_compute_pool<R: Send>(step: impl FnOnce() -> R + Send) -> R {
     rayon::scope(|_| step())
 }

@@ -1,0 +1,106 @@
+//! AVX512-VNNI twins of the integer kernels in `kernels/mod.rs`: `vpdpbusd` multiplies 64 weight
+//! bytes by 64 activation bytes per instruction. Compiled on every x86-64 build, selected only
+//! where the CPU has AVX512F/BW/VNNI; tested against the scalar twin there.
+
+use super::{q4k_row, Q4KBlock, QuantizedRow, MAX_ROWS};
+use candle_core::quantized::k_quants::{QK8_0, QK_K};
+use half::f16;
+use std::arch::x86_64::*;
+
+/// Lanes 0-7 take element `a`, lanes 8-15 element `b`.
+#[target_feature(enable = "avx512f")]
+unsafe fn pair_index(a: i32, b: i32) -> __m512i {
+    _mm512_setr_epi32(a, a, a, a, a, a, a, a, b, b, b, b, b, b, b, b)
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
+pub unsafe fn dot_row_q8_0(qs: &[i8], d: &[f16], k: usize, o: usize, rows: &[QuantizedRow], cell: &mut [f32]) {
+    let per_row = k / QK8_0;
+    let pairs = per_row / 2;
+    let m = rows.len();
+    let wq = qs.as_ptr().add(o * k);
+    let wd = d.as_ptr().add(o * per_row) as *const u16;
+    let idx = pair_index(0, 1);
+    let zero = _mm512_setzero_si512();
+    let mut acc = [_mm512_setzero_ps(); MAX_ROWS];
+    for p in 0..pairs {
+        let w = _mm512_loadu_si512(wq.add(64 * p) as *const _);
+        // vpdpbusd takes one unsigned operand: |w| unsigned times x with w's sign moved onto x
+        let abs_w = _mm512_abs_epi8(w);
+        let negative = _mm512_movepi8_mask(w);
+        let wd2 = _mm_cvtph_ps(_mm_cvtsi32_si128((wd.add(2 * p) as *const i32).read_unaligned()));
+        for r in 0..m {
+            let row = &rows[r];
+            let xv = _mm512_loadu_si512(row.qs.as_ptr().add(64 * p) as *const _);
+            let signed_x = _mm512_mask_sub_epi8(xv, negative, zero, xv);
+            let dot = _mm512_dpbusd_epi32(zero, abs_w, signed_x);
+            let xd2 = _mm_castsi128_ps(_mm_loadl_epi64(row.d.as_ptr().add(2 * p) as *const __m128i));
+            let scale = _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(_mm_mul_ps(wd2, xd2)));
+            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, acc[r]);
+        }
+    }
+    for r in 0..m {
+        let mut total = _mm512_reduce_add_ps(acc[r]);
+        if per_row % 2 == 1 {
+            let b = per_row - 1;
+            let w = std::slice::from_raw_parts(wq.add(b * QK8_0), QK8_0);
+            let a = &rows[r].qs[b * QK8_0..][..QK8_0];
+            let isum: i32 = w.iter().zip(a).map(|(&p, &q)| p as i32 * q as i32).sum();
+            total += d[o * per_row + b].to_f32() * rows[r].d[b] * isum as f32;
+        }
+        cell[r] = total;
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
+pub unsafe fn dot_row_q4k(blocks: &[Q4KBlock], k: usize, o: usize, rows: &[QuantizedRow], cell: &mut [f32]) {
+    let per_row = k / QK_K;
+    let m = rows.len();
+    let nibble = _mm512_set1_epi8(0x0F);
+    let zero = _mm512_setzero_si512();
+    // activation vector v (0..4) covers sub-blocks (0,2), (1,3), (4,6), (5,7)
+    let idx = [pair_index(0, 2), pair_index(1, 3), pair_index(4, 6), pair_index(5, 7)];
+    let mut acc = [_mm512_setzero_ps(); MAX_ROWS];
+    let mut min_acc = [_mm256_setzero_ps(); MAX_ROWS];
+    for (s, blk) in q4k_row(blocks, per_row, o) {
+        let q0 = _mm512_loadu_si512(blk.qs.as_ptr() as *const _);
+        let q1 = _mm512_loadu_si512(blk.qs.as_ptr().add(64) as *const _);
+        let w = [
+            _mm512_and_si512(q0, nibble),
+            _mm512_and_si512(_mm512_srli_epi16::<4>(q0), nibble),
+            _mm512_and_si512(q1, nibble),
+            _mm512_and_si512(_mm512_srli_epi16::<4>(q1), nibble),
+        ];
+        let dm = _mm_cvtph_ps(_mm_cvtsi32_si128((blk.dm.as_ptr() as *const i32).read_unaligned()));
+        let d = _mm256_broadcastss_ps(dm);
+        let dmin = _mm256_broadcastss_ps(_mm_movehdup_ps(dm));
+        let sc = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(blk.sc.as_ptr() as *const _))), d);
+        let mins = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(blk.m.as_ptr() as *const _))), dmin);
+        let sc512 = _mm512_castps256_ps512(sc);
+        let scales = [
+            _mm512_permutexvar_ps(idx[0], sc512),
+            _mm512_permutexvar_ps(idx[1], sc512),
+            _mm512_permutexvar_ps(idx[2], sc512),
+            _mm512_permutexvar_ps(idx[3], sc512),
+        ];
+        for r in 0..m {
+            let row = &rows[r];
+            let a = row.qs.as_ptr().add(s * QK_K);
+            let mut t = _mm512_setzero_ps();
+            for v in 0..4 {
+                let dot = _mm512_dpbusd_epi32(zero, w[v], _mm512_loadu_si512(a.add(64 * v) as *const _));
+                t = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scales[v], t);
+            }
+            let dx = *row.d.get_unchecked(s);
+            acc[r] = _mm512_fmadd_ps(t, _mm512_set1_ps(dx), acc[r]);
+            let sums = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm_loadu_si128(row.sub_sums.as_ptr().add(8 * s) as *const __m128i)));
+            min_acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(mins, sums), _mm256_set1_ps(dx), min_acc[r]);
+        }
+    }
+    for r in 0..m {
+        let mins = _mm256_add_ps(min_acc[r], _mm256_permute2f128_ps::<1>(min_acc[r], min_acc[r]));
+        let mins = _mm256_hadd_ps(mins, mins);
+        let mins = _mm256_hadd_ps(mins, mins);
+        cell[r] = _mm512_reduce_add_ps(acc[r]) - _mm256_cvtss_f32(mins);
+    }
+}
