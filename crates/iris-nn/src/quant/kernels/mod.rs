@@ -233,10 +233,12 @@ fn quantize_row(blocks: &Blocks, x: &[f32]) -> QuantizedRow {
             let (d, natural) = quantize_blocks(x, QK_K);
             // |sum| <= 32 * 127, so i16 holds it
             let sub_sums = natural.chunks(32).map(|c| c.iter().map(|&q| q as i16).sum()).collect();
+            // `q4k_lane_order` moves whole runs of 32 values, so copy runs rather than values
             let mut qs = vec![0i8; natural.len()];
-            for (s, chunk) in natural.chunks(QK_K).enumerate() {
-                for (v, &q) in chunk.iter().enumerate() {
-                    qs[s * QK_K + q4k_lane_order(v)] = q;
+            for (dst, src) in qs.chunks_exact_mut(QK_K).zip(natural.chunks_exact(QK_K)) {
+                for run in (0..QK_K).step_by(32) {
+                    let to = q4k_lane_order(run);
+                    dst[to..to + 32].copy_from_slice(&src[run..run + 32]);
                 }
             }
             QuantizedRow { d, qs, sub_sums }
@@ -283,8 +285,14 @@ pub(crate) fn gemv(blocks: &Blocks, n: usize, k: usize, x: &[f32], m: usize, out
 pub(crate) fn gemv_with(blocks: &Blocks, n: usize, k: usize, x: &[f32], m: usize, out: &mut [f32], kernel: Kernel) {
     assert!((1..=MAX_ROWS).contains(&m) && x.len() == m * k && out.len() == m * n);
     let rows: Vec<QuantizedRow> = x.chunks(k).map(|r| quantize_row(blocks, r)).collect();
-    // [N, m] scratch so each task writes one contiguous range
-    let mut by_output = vec![0f32; n * m];
+    // [N, m] layout so each task writes one contiguous range; for one row that is `out` itself
+    let mut scratch = Vec::new();
+    let by_output: &mut [f32] = if m == 1 {
+        out
+    } else {
+        scratch.resize(n * m, 0f32);
+        &mut scratch
+    };
     by_output.par_chunks_mut(ROWS_PER_TASK * m).enumerate().for_each(|(task, dst)| {
         let first = task * ROWS_PER_TASK;
         #[allow(unused_mut)]
@@ -304,9 +312,11 @@ pub(crate) fn gemv_with(blocks: &Blocks, n: usize, k: usize, x: &[f32], m: usize
         }
     });
     // [N, m] -> [m, N]
-    for o in 0..n {
-        for r in 0..m {
-            out[r * n + o] = by_output[o * m + r];
+    if m > 1 {
+        for o in 0..n {
+            for r in 0..m {
+                out[r * n + o] = scratch[o * m + r];
+            }
         }
     }
 }
