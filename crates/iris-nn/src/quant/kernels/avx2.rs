@@ -13,6 +13,25 @@ unsafe fn hsum(v: __m256) -> f32 {
     _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps::<1>(s, s)))
 }
 
+/// Calls `$kernel::<M>(args)` with `M = $rows` (1..=MAX_ROWS): with the row count known at
+/// compile time the per-row accumulators live in registers instead of a stack array indexed at
+/// run time.
+macro_rules! for_row_count {
+    ($rows:expr, $kernel:ident, $($arg:expr),*) => {
+        match $rows {
+            1 => $kernel::<1>($($arg),*),
+            2 => $kernel::<2>($($arg),*),
+            3 => $kernel::<3>($($arg),*),
+            4 => $kernel::<4>($($arg),*),
+            5 => $kernel::<5>($($arg),*),
+            6 => $kernel::<6>($($arg),*),
+            7 => $kernel::<7>($($arg),*),
+            8 => $kernel::<8>($($arg),*),
+            m => unreachable!("{m} activation rows (at most {MAX_ROWS})"),
+        }
+    };
+}
+
 /// How far ahead of the weight stream the decode kernels prefetch. Without it the 4-row q4_K
 /// kernel streamed 17 GB/s from DRAM (`gemv_bench`) against a ~28 GB/s streaming sum; 1, 2, 4
 /// and 8 KiB ahead measured 21.0, 22.0, 22.3 and 22.4-22.9 GB/s, 16 KiB 19.5-21. Addresses are
@@ -29,13 +48,17 @@ unsafe fn dot_u8_i8(u: __m256i, s: __m256i) -> __m256i {
 /// q8_0 x q8_0: eight blocks at a time share one F16C conversion of their weight scales and
 /// one multiply by each row's activation scales; each block then picks its lane with a
 /// permute. The remaining `per_row % 8` blocks take the per-block path.
-#[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_row_q8_0(qs: &[i8], d: &[f16], k: usize, o: usize, rows: &[QuantizedRow], cell: &mut [f32]) {
+    for_row_count!(rows.len(), dot_row_q8_0_rows, qs, d, k, o, rows, cell)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_row_q8_0_rows<const M: usize>(qs: &[i8], d: &[f16], k: usize, o: usize, rows: &[QuantizedRow], cell: &mut [f32]) {
     let per_row = k / QK8_0;
-    let m = rows.len();
+    let rows: &[QuantizedRow; M] = rows.try_into().expect("M activation rows");
     let wq = qs.as_ptr().add(o * k);
     let wd = &d[o * per_row..(o + 1) * per_row];
-    let mut acc = [_mm256_setzero_ps(); MAX_ROWS];
+    let mut acc = [_mm256_setzero_ps(); M];
     let block_dot = |b: usize, w: __m256i, r: usize| {
         let x = _mm256_loadu_si256(rows[r].qs.as_ptr().add(b * QK8_0) as *const __m256i);
         // maddubs takes one unsigned operand: |w| times x with w's sign moved onto x
@@ -44,8 +67,8 @@ pub unsafe fn dot_row_q8_0(qs: &[i8], d: &[f16], k: usize, o: usize, rows: &[Qua
     let full = per_row / 8 * 8;
     for b0 in (0..full).step_by(8) {
         let w_scales = _mm256_cvtph_ps(_mm_loadu_si128(wd.as_ptr().add(b0) as *const __m128i));
-        let mut scales = [_mm256_setzero_ps(); MAX_ROWS];
-        for r in 0..m {
+        let mut scales = [_mm256_setzero_ps(); M];
+        for r in 0..M {
             scales[r] = _mm256_mul_ps(w_scales, _mm256_loadu_ps(rows[r].d.as_ptr().add(b0)));
         }
         for j in 0..8 {
@@ -56,7 +79,7 @@ pub unsafe fn dot_row_q8_0(qs: &[i8], d: &[f16], k: usize, o: usize, rows: &[Qua
                 _mm_prefetch::<_MM_HINT_T0>(wq.wrapping_add(b * QK8_0 + PREFETCH_AHEAD));
             }
             let lane = _mm256_set1_epi32(j as i32);
-            for r in 0..m {
+            for r in 0..M {
                 acc[r] = _mm256_fmadd_ps(block_dot(b, w, r), _mm256_permutevar8x32_ps(scales[r], lane), acc[r]);
             }
         }
@@ -64,11 +87,11 @@ pub unsafe fn dot_row_q8_0(qs: &[i8], d: &[f16], k: usize, o: usize, rows: &[Qua
     for (b, dw) in wd.iter().enumerate().skip(full) {
         let w = _mm256_loadu_si256(wq.add(b * QK8_0) as *const __m256i);
         let dw = dw.to_f32();
-        for r in 0..m {
+        for r in 0..M {
             acc[r] = _mm256_fmadd_ps(block_dot(b, w, r), _mm256_set1_ps(dw * rows[r].d[b]), acc[r]);
         }
     }
-    for r in 0..m {
+    for r in 0..M {
         cell[r] = hsum(acc[r]);
     }
 }
@@ -147,26 +170,30 @@ unsafe fn q4k_accumulate(acc: __m256, isum: __m256i, blk: &Q4KBlock, dx: f32, su
 /// scale broadcast as i16 instead of ones), so each 256-value super-block needs one int->float
 /// conversion per row instead of eight; mins use the integer sub-block sums. Bounds: a pair
 /// sum is <= 2*15*127, times a scale <= 63 and summed over 256 values < 2^25, no overflow.
-#[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn dot_row_q4k(blocks: &[Q4KBlock], k: usize, o: usize, rows: &[QuantizedRow], cell: &mut [f32]) {
+    for_row_count!(rows.len(), dot_row_q4k_rows, blocks, k, o, rows, cell)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_row_q4k_rows<const M: usize>(blocks: &[Q4KBlock], k: usize, o: usize, rows: &[QuantizedRow], cell: &mut [f32]) {
     let per_row = k / QK_K;
-    let m = rows.len();
-    let mut acc = [_mm256_setzero_ps(); MAX_ROWS];
+    let rows: &[QuantizedRow; M] = rows.try_into().expect("M activation rows");
+    let mut acc = [_mm256_setzero_ps(); M];
     for (s, blk) in q4k_row(blocks, per_row, o) {
-        let mut isum = [_mm256_setzero_si256(); MAX_ROWS];
+        let mut isum = [_mm256_setzero_si256(); M];
         let scales = q4k_scales(blk);
         for g in 0..4 {
             let w = q4k_group(blk, scales, g);
-            for r in 0..m {
+            for r in 0..M {
                 let a = q4k_activations(rows[r].qs.as_ptr().add(s * QK_K), g);
                 isum[r] = _mm256_add_epi32(isum[r], q4k_group_dot(&w, a));
             }
         }
-        for r in 0..m {
+        for r in 0..M {
             acc[r] = q4k_accumulate(acc[r], isum[r], blk, rows[r].d[s], rows[r].sub_sums.as_ptr().add(8 * s));
         }
     }
-    for r in 0..m {
+    for r in 0..M {
         cell[r] = hsum(acc[r]);
     }
 }
