@@ -2,7 +2,8 @@
 //! against dense f32): greedy or teacher-forced on given tokens, then per-step top-1 agreement
 //! and logit error. Used by the quantization tests and `iris bench --accuracy`.
 
-use crate::generate::{prefill, Engine, GenerateRequest};
+use crate::generate::{encode_media_spans, prefill, Engine, GenerateRequest};
+use crate::sampler::argmax;
 use crate::Result;
 use iris_models::StepInput;
 
@@ -20,13 +21,13 @@ pub fn step_logits(engine: &Engine, req: &GenerateRequest, forced: Option<&[u32]
     let (prompt, media) = engine.prepare(req)?;
     let model = engine.model.as_ref();
     iris_nn::on_compute_pool(|| {
-        let embeds = prompt.media_spans.iter().map(|s| Ok((s.start, model.encode_media(&media[s.media_index])?))).collect::<Result<Vec<_>>>()?;
+        let embeds = encode_media_spans(model, &prompt, &media)?;
         let mut cache = model.new_cache();
         let mut logits = prefill(model, &prompt, &embeds, &mut cache)?;
         let (mut all, mut tokens) = (Vec::with_capacity(steps), Vec::with_capacity(steps));
         for i in 0..steps {
             let row = logits.flatten_all()?.to_vec1::<f32>()?;
-            let token = forced.and_then(|f| f.get(i).copied()).unwrap_or_else(|| top2(&row).0 as u32);
+            let token = forced.and_then(|f| f.get(i).copied()).unwrap_or_else(|| argmax(&row) as u32);
             all.push(row);
             tokens.push(token);
             if i + 1 == steps {
@@ -40,9 +41,9 @@ pub fn step_logits(engine: &Engine, req: &GenerateRequest, forced: Option<&[u32]
     })
 }
 
-/// `(argmax, top-1 minus top-2 logit)`.
+/// `(argmax, top-1 minus top-2 logit)`, with the sampler's greedy choice as the argmax.
 pub fn top2(v: &[f32]) -> (usize, f32) {
-    let best = (0..v.len()).max_by(|&a, &b| v[a].total_cmp(&v[b])).unwrap_or(0);
+    let best = argmax(v);
     let second = (0..v.len()).filter(|&i| i != best).map(|i| v[i]).fold(f32::MIN, f32::max);
     (best, v[best] - second)
 }

@@ -135,11 +135,7 @@ impl Engine {
         timings.preprocess_ms = ms(t0);
 
         let t1 = Instant::now();
-        let media_embeds = prompt
-            .media_spans
-            .iter()
-            .map(|span| Ok((span.start, iris_nn::on_compute_pool(|| self.model.encode_media(&prepared[span.media_index]))?)))
-            .collect::<Result<Vec<_>>>()?;
+        let media_embeds = iris_nn::on_compute_pool(|| encode_media_spans(self.model.as_ref(), &prompt, &prepared))?;
         timings.vision_ms = ms(t1);
 
         let t2 = Instant::now();
@@ -203,6 +199,11 @@ pub fn prompt_step<'a>(prompt: &'a PromptInputs, start: usize, end: usize, posit
         all_logits: false,
         next_token_type: prompt.token_types.get(end).copied(),
     })
+}
+
+/// The vision embeddings of each media span of `prompt`, as `(first token, [tokens, C])`.
+pub fn encode_media_spans(model: &dyn VisionLanguageModel, prompt: &PromptInputs, media: &[iris_models::PreparedMedia]) -> Result<Vec<(usize, candle_core::Tensor)>> {
+    prompt.media_spans.iter().map(|span| Ok((span.start, model.encode_media(&media[span.media_index])?))).collect()
 }
 
 /// Runs the prompt through the model in chunks; returns the last token's logits `[1, V]`.

@@ -6,7 +6,7 @@
 //! cancellation freeing resources, and the encoder cache on a repeated image.
 
 use candle_core::{DType, Device};
-use iris_engine::generate::prefill;
+use iris_engine::generate::{encode_media_spans, prefill};
 use iris_engine::scheduler::{Job, SchedulerConfig, SchedulerHandle, SeqEvent, SeqSummary, SubmitError};
 use iris_engine::{Engine, GenerateRequest, SamplingParams};
 use iris_models::{LoadOptions, PromptOptions, StepInput};
@@ -134,7 +134,7 @@ fn batched_forward_matches_one_sequence_forwards() {
         let mut last = Vec::new();
         for (_, req) in &reqs {
             let (prompt, media) = engine.prepare(req).unwrap();
-            let embeds: Vec<_> = prompt.media_spans.iter().map(|s| (s.start, model.encode_media(&media[s.media_index]).unwrap())).collect();
+            let embeds = encode_media_spans(model, &prompt, &media).unwrap();
             let mut cache = model.new_cache();
             let logits = prefill(model, &prompt, &embeds, &mut cache).unwrap();
             let token = iris_engine::sampler::argmax(&logits.flatten_all().unwrap().to_vec1::<f32>().unwrap()) as u32;

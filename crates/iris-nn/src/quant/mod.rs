@@ -250,7 +250,7 @@ impl QuantizedMatrix {
 
     /// The blocks as bytes, little-endian (the cache payload): q8_0 as the `[N*K]` int8 quants
     /// then the f16 scales; q4_K as 148-byte blocks `d, dmin, sc[8], m[8], qs[128]` in storage
-    /// order (rows interleaved by four, `kernels::q4k_block_index`).
+    /// order (rows interleaved by four, see `kernels::q4k_row_layout`).
     pub fn encode(&self) -> Vec<u8> {
         match &self.blocks {
             Blocks::Q8_0 { qs, d } => {

@@ -120,8 +120,8 @@ pub(crate) fn q4k_interleave(row_major: Vec<Q4KBlock>, per_row: usize) -> Vec<Q4
 /// Weight row `row` as f32 (the prefill and vision path decodes weight tiles with this).
 pub(crate) fn dequantize_row(blocks: &Blocks, k: usize, row: usize, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("f16c") {
-        // SAFETY: the CPU has AVX2 and F16C (checked above).
+    if Kernel::best() != Kernel::Scalar {
+        // SAFETY: a non-scalar kernel means the CPU has AVX2 and F16C (`Kernel::available`).
         return unsafe { dequantize_row_avx2(blocks, k, row, out) };
     }
     dequantize_row_portable(blocks, k, row, out)
@@ -183,8 +183,8 @@ struct QuantizedRow {
 /// Symmetric int8 quantization of `x` in blocks of `block`, in value order.
 pub(super) fn quantize_blocks(x: &[f32], block: usize) -> (Vec<f32>, Vec<i8>) {
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has AVX2 (checked above).
+    if Kernel::best() != Kernel::Scalar {
+        // SAFETY: a non-scalar kernel means the CPU has AVX2 (`Kernel::available`).
         return unsafe { quantize_blocks_avx2(x, block) };
     }
     quantize_blocks_portable(x, block)
@@ -255,12 +255,14 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    /// The fastest kernel this CPU supports.
+    /// The fastest kernel this CPU supports (detected once; every product asks).
     pub fn best() -> Kernel {
-        Self::available().last().copied().unwrap_or(Kernel::Scalar)
+        static BEST: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
+        *BEST.get_or_init(|| Self::available().last().copied().unwrap_or(Kernel::Scalar))
     }
 
-    /// Every kernel this CPU can run, slowest first.
+    /// Every kernel this CPU can run, slowest first. Every kernel but `Scalar` implies AVX2,
+    /// FMA and F16C.
     pub fn available() -> Vec<Kernel> {
         let mut out = vec![Kernel::Scalar];
         #[cfg(target_arch = "x86_64")]
