@@ -15,6 +15,17 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Hands the pages mimalloc keeps for reuse back to the kernel. mimalloc purges a thread's freed
+/// pages only when that thread allocates again, so after a burst of requests the idle compute
+/// threads kept their activation pages: the server's RSS stayed ~100 MiB above its baseline for
+/// good. `iris serve` calls this when its scheduler runs out of work.
+pub fn release_cached_memory() {
+    // SAFETY: mi_collect only walks the calling thread's own heap and the shared arenas.
+    rayon::broadcast(|_| unsafe { libmimalloc_sys::mi_collect(true) });
+    unsafe { libmimalloc_sys::mi_collect(true) };
+    tracing::debug!("idle: released the allocator's cached pages");
+}
+
 #[derive(Parser)]
 #[command(name = "iris", version, about = "Fast, exact vision-language model inference")]
 struct Cli {

@@ -5,7 +5,7 @@ use crate::args::ModelArgs;
 use anyhow::{Context, Result};
 use clap::Args;
 use iris_engine::checkpoint::resolve_model;
-use iris_engine::scheduler::SchedulerConfig;
+use iris_engine::scheduler::{IdleHook, SchedulerConfig};
 use iris_engine::weight_plan::available_memory;
 use iris_engine::Engine;
 use iris_server::ServerConfig;
@@ -78,6 +78,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         kv_budget_bytes: kv_budget,
         step_tokens: a.prefill_chunk.max(1),
         encoder_cache_bytes: a.encoder_cache_mb << 20,
+        on_idle: Some(IdleHook(Arc::new(crate::release_cached_memory))),
     };
     let config = ServerConfig {
         model_name: a.served_model_name.unwrap_or_else(|| a.model.model.clone()),

@@ -94,6 +94,19 @@ fn rss_kib(pid: u32) -> u64 {
     status.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).unwrap().parse().unwrap()
 }
 
+/// Nothing stuck: every sequence ended and released its KV reservation.
+fn wait_until_idle(server: &Server) {
+    let t0 = Instant::now();
+    loop {
+        let m = server.get_text("/metrics");
+        if ["iris_running_sequences 0", "iris_queue_depth 0", "iris_kv_reserved_bytes 0"].iter().all(|n| m.contains(n)) {
+            return;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "sequences left running:\n{m}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn thirty_two_streaming_clients_with_cancellations() {
     let python = tools().join(".venv/bin/python");
@@ -103,23 +116,17 @@ fn thirty_two_streaming_clients_with_cancellations() {
     let seconds = std::env::var("IRIS_LOADTEST_SECONDS").unwrap_or_else(|_| "20".into());
     let (model, image, _) = fixture();
     let server = Server::start(&model, &["--max-queue", "16"]);
-    // warm up so the baseline includes the allocator's steady state
-    run(Command::new(&python).arg(tools().join("loadtest.py")).args([&server.base, "--clients", "4", "--seconds", "3", "--image", image.to_str().unwrap()]));
+    // warm up at the same concurrency so the baseline includes the allocator's steady state for
+    // this load (thread heaps of every worker; 4 clients left it ~100 MiB short), and what is
+    // measured after the long run is growth with the number of requests served
+    run(Command::new(&python).arg(tools().join("loadtest.py")).args([&server.base, "--clients", "32", "--seconds", "5", "--cancel-rate", "0.25", "--image", image.to_str().unwrap()]));
+    wait_until_idle(&server);
     let baseline = rss_kib(server.pid());
     let out = run(Command::new(&python).arg(tools().join("loadtest.py")).args([&server.base, "--clients", "32", "--seconds", &seconds, "--cancel-rate", "0.25", "--image", image.to_str().unwrap()]));
     let report: Value = serde_json::from_str(out.trim().lines().last().unwrap()).unwrap();
     assert_eq!(report["errors"], 0, "{report}");
     assert!(report["completed"].as_u64().unwrap() > 0 && report["cancelled"].as_u64().unwrap() > 0, "{report}");
-    // nothing stuck: every sequence ended and released its KV reservation
-    let t0 = Instant::now();
-    loop {
-        let m = server.get_text("/metrics");
-        if ["iris_running_sequences 0", "iris_queue_depth 0", "iris_kv_reserved_bytes 0"].iter().all(|n| m.contains(n)) {
-            break;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(30), "sequences left running:\n{m}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until_idle(&server);
     let after = rss_kib(server.pid());
     println!("RSS: baseline {} MiB, after the load test {} MiB", baseline / 1024, after / 1024);
     assert!(after <= baseline + baseline / 2 + 64 * 1024, "RSS grew from {baseline} KiB to {after} KiB");

@@ -32,11 +32,24 @@ pub struct SchedulerConfig {
     /// Prompt tokens prefilled per step, over all sequences.
     pub step_tokens: usize,
     pub encoder_cache_bytes: usize,
+    /// Run on the model thread each time the scheduler runs out of work, before it blocks.
+    pub on_idle: Option<IdleHook>,
 }
 
 impl Default for SchedulerConfig {
     fn default() -> Self {
-        Self { max_running: 8, max_waiting: 64, kv_budget_bytes: 2 << 30, step_tokens: 512, encoder_cache_bytes: 512 << 20 }
+        Self { max_running: 8, max_waiting: 64, kv_budget_bytes: 2 << 30, step_tokens: 512, encoder_cache_bytes: 512 << 20, on_idle: None }
+    }
+}
+
+/// What the embedding program does when the server goes idle, e.g. hand the allocator's cached
+/// pages back to the kernel (the engine itself does not know the allocator).
+#[derive(Clone)]
+pub struct IdleHook(pub Arc<dyn Fn() + Send + Sync>);
+
+impl std::fmt::Debug for IdleHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("IdleHook")
     }
 }
 
@@ -231,11 +244,17 @@ impl Scheduler {
     }
 
     fn run(mut self, rx: mpsc::Receiver<Command>) {
+        let mut stepped_since_idle = false;
         loop {
             // block only when idle
             if self.running.is_empty() && self.waiting.is_empty() {
                 if self.drain_deadline.is_some() {
                     return;
+                }
+                if std::mem::take(&mut stepped_since_idle) {
+                    if let Some(hook) = &self.config.on_idle {
+                        (hook.0)();
+                    }
                 }
                 match rx.recv() {
                     Ok(cmd) => self.take(cmd),
@@ -254,6 +273,7 @@ impl Scheduler {
             if self.running.is_empty() {
                 continue;
             }
+            stepped_since_idle = true;
             // a bug in one step must not take the server down: fail the batch, keep serving
             if let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(|| self.step())) {
                 let msg = panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();

@@ -3,15 +3,15 @@
 //! small enough that prompts are split and interleave with other sequences' decode steps, produce
 //! exactly the greedy tokens of `Engine::generate` run one at a time (which the parity tests tie to
 //! the reference). Also: the batched forward against one-sequence forwards, KV admission,
-//! cancellation freeing resources, and the encoder cache on a repeated image.
+//! cancellation freeing resources, the encoder cache on a repeated image, and the idle hook.
 
 use candle_core::{DType, Device};
 use iris_engine::generate::{encode_media_spans, prefill};
-use iris_engine::scheduler::{Job, SchedulerConfig, SchedulerHandle, SeqEvent, SeqSummary, SubmitError};
+use iris_engine::scheduler::{IdleHook, Job, SchedulerConfig, SchedulerHandle, SeqEvent, SeqSummary, SubmitError};
 use iris_engine::{Engine, GenerateRequest, SamplingParams};
 use iris_models::{LoadOptions, PromptOptions, StepInput};
 use serde_json::Value;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
@@ -223,4 +223,21 @@ fn repeated_image_reuses_the_encoder_output() {
     assert_eq!((summaries[0].cached_media, summaries[1].cached_media), (0, 1));
     assert_eq!(summaries[0].text, summaries[1].text);
     assert_eq!(handle.stats().encoder_cache_hits.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn the_idle_hook_runs_once_when_the_work_runs_out() {
+    let (engine, reqs) = load("qwen2-vl-tiny");
+    let idle = Arc::new(AtomicUsize::new(0));
+    let counter = idle.clone();
+    let hook = IdleHook(Arc::new(move || {
+        counter.fetch_add(1, Ordering::SeqCst);
+    }));
+    let config = SchedulerConfig { on_idle: Some(hook), ..SchedulerConfig::default() };
+    let (out, handle) = run_batched(&engine, &[&reqs[0].1, &reqs[1].1], config);
+    assert!(out.iter().all(|o| o.summary.is_some()));
+    wait_until(|| idle.load(Ordering::SeqCst) >= 1);
+    std::thread::sleep(Duration::from_millis(100));
+    // once per idle period, not per step or per finished sequence
+    assert_eq!(idle.load(Ordering::SeqCst), 1, "after {} steps", handle.stats().steps.load(Ordering::SeqCst));
 }
