@@ -145,8 +145,11 @@ const Q4K_BLOCK_BYTES: usize = 4 + 8 + 8 + QK_K / 2;
 
 /// Rows encoded per parallel task while quantizing.
 const QUANTIZE_ROWS: usize = 64;
-/// Rows dequantized at once in the large-input path (bounds the f32 scratch).
-const DEQUANT_TILE_ROWS: usize = 2048;
+/// Rows dequantized at once in the large-input path. A 512-row tile of a 1536-wide weight is 3 MiB,
+/// small enough to stay in cache between its decode and the GEMM's packing: on Qwen2-VL-2B q4k a
+/// 300-token prefill ran at 51.7 tok/s with 2048-row tiles and 53.3 with 512 (256: 49.7), and
+/// peaked 60 MB lower.
+const DEQUANT_TILE_ROWS: usize = 512;
 
 impl QuantizedMatrix {
     /// Encodes an f32 `[N, K]` matrix given as a flat slice. `format` must be q8_0 or q4k and
@@ -328,13 +331,12 @@ impl QuantizedMatrix {
         }
         // prefill: f32 activations against f32 tiles of the weight
         let mut pieces = Vec::new();
-        let mut scratch = Vec::new();
         for start in (0..self.n).step_by(DEQUANT_TILE_ROWS) {
             let len = DEQUANT_TILE_ROWS.min(self.n - start);
-            scratch.resize(len * self.k, 0f32);
-            self.dequantize_rows(start, len, &mut scratch);
-            // [len, K] -> matmul with [m, K]^T... -> [m, len]
-            let tile = Tensor::from_slice(&scratch, (len, self.k), x.device())?;
+            let mut tile = vec![0f32; len * self.k];
+            self.dequantize_rows(start, len, &mut tile);
+            // the tensor takes the buffer (no copy); [m, K] x [len, K]^T -> [m, len]
+            let tile = Tensor::from_vec(tile, (len, self.k), x.device())?;
             pieces.push(x.matmul(&tile.t()?)?);
         }
         Ok(Tensor::cat(&pieces, 1)?)

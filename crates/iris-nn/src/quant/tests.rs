@@ -2,7 +2,7 @@
 //! kernel, and an f64 product with the dequantized weight.
 
 use super::kernels::{dequantize_row, dequantize_row_portable, gemv_with, quantize_blocks, quantize_blocks_portable, Kernel, MAX_ROWS};
-use super::INTEGER_KERNEL_MAX_ROWS;
+use super::{DEQUANT_TILE_ROWS, INTEGER_KERNEL_MAX_ROWS};
 use super::*;
 use candle_core::quantized::k_quants::{BlockQ4K, BlockQ8_0, GgmlType};
 
@@ -128,7 +128,8 @@ fn inputs_over_eight_rows_run_in_passes_of_eight() {
 #[test]
 fn large_inputs_use_f32_activations() {
     for format in [WeightFormat::Q8_0, WeightFormat::Q4K] {
-        let (n, k, m) = (300, 512, INTEGER_KERNEL_MAX_ROWS + 1);
+        // a full weight tile and a partial one
+        let (n, k, m) = (DEQUANT_TILE_ROWS + 88, 512, INTEGER_KERNEL_MAX_ROWS + 1);
         let q = QuantizedMatrix::quantize(&pseudo_random(n * k, 4), n, k, format).unwrap();
         let x = pseudo_random(m * k, 5);
         let got: Vec<f32> = q.matmul_t(&Tensor::from_slice(&x, (m, k), &Device::Cpu).unwrap()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
