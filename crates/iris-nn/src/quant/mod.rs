@@ -329,17 +329,21 @@ impl QuantizedMatrix {
             }
             return Ok(Tensor::from_vec(out, (m, self.n), x.device())?);
         }
-        // prefill: f32 activations against f32 tiles of the weight
-        let mut pieces = Vec::new();
+        // prefill: f32 activations against f32 tiles of the weight, each tile's columns written
+        // straight into the output (collecting the tiles and concatenating held the output twice)
+        let mut out = vec![0f32; m * self.n];
         for start in (0..self.n).step_by(DEQUANT_TILE_ROWS) {
             let len = DEQUANT_TILE_ROWS.min(self.n - start);
             let mut tile = vec![0f32; len * self.k];
             self.dequantize_rows(start, len, &mut tile);
             // the tensor takes the buffer (no copy); [m, K] x [len, K]^T -> [m, len]
             let tile = Tensor::from_vec(tile, (len, self.k), x.device())?;
-            pieces.push(x.matmul(&tile.t()?)?);
+            let piece: Vec<f32> = x.matmul(&tile.t()?)?.flatten_all()?.to_vec1()?;
+            for (dst, src) in out.chunks_exact_mut(self.n).zip(piece.chunks_exact(len)) {
+                dst[start..start + len].copy_from_slice(src);
+            }
         }
-        Ok(Tensor::cat(&pieces, 1)?)
+        Ok(Tensor::from_vec(out, (m, self.n), x.device())?)
     }
 }
 
