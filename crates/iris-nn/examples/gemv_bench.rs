@@ -49,7 +49,8 @@ fn main() {
     }
     println!("quantized kernel: {:?}", iris_nn::quant::kernels::Kernel::best());
     for format in [WeightFormat::Q8_0, WeightFormat::Q4K] {
-        for (n, k) in [(8960usize, 1536usize), (1536, 8960), (151936, 1536)] {
+        // (256, 1536): a k/v projection, small enough that per-call overhead shows
+        for (n, k) in [(8960usize, 1536usize), (1536, 8960), (151936, 1536), (256, 1536)] {
             let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
             let q = QuantizedMatrix::quantize_tensor(&w, format).unwrap();
             drop(w);
@@ -62,7 +63,7 @@ fn main() {
                     q.matmul_t(&x).unwrap();
                 }
                 let s = t.elapsed().as_secs_f64() / iters as f64;
-                println!("{format} [{m}, {k}] x [{n}, {k}]^T: {:.2} ms, {:.1} GB/s", s * 1e3, q.size_in_bytes() as f64 / s / 1e9);
+                println!("{format} [{m}, {k}] x [{n}, {k}]^T: {:.3} ms, {:.1} GB/s", s * 1e3, q.size_in_bytes() as f64 / s / 1e9);
             }
         }
         // The cases above fit in L3 (except the head); decode streams every layer from DRAM once,
