@@ -14,9 +14,25 @@ try {
   const errors = [];
   page.on("pageerror", (e) => errors.push(e.message));
   page.on("request", (r) => { if (!r.url().startsWith(base)) errors.push("external request: " + r.url()); });
+  // The page asks for the model list on load, before the key is typed, and again when the key
+  // changes. Hold the keyless answer back until after the keyed one: a stale "missing API key"
+  // must not overwrite the model line (CI once saw exactly that race).
+  const deferred = () => { let resolve; const p = new Promise((r) => { resolve = r; }); return [p, resolve]; };
+  const [keyedAnswered, keyedDone] = deferred();
+  const [staleAnswered, staleDone] = deferred();
+  const hasKey = (request) => !!request.headers()["authorization"];
+  page.on("requestfinished", (r) => { if (r.url().endsWith("/v1/models") && hasKey(r)) keyedDone(); });
+  await page.route("**/v1/models", async (route) => {
+    if (hasKey(route.request())) { await route.continue(); return; }
+    await keyedAnswered;
+    await route.continue();
+    setTimeout(staleDone, 300);
+  });
   await page.goto(base + "/");
   await page.fill("#api_key", key);
   await page.dispatchEvent("#api_key", "change");
+  await staleAnswered;
+  await page.unroute("**/v1/models");
   await page.waitForFunction(() => !document.getElementById("model").textContent.includes("connecting"));
   const model = await page.textContent("#model");
   if (!model.includes("qwen2_vl") && !model.includes("qwen2-vl")) fail("model line: " + model);
