@@ -36,7 +36,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, causal: Option<usize>, scal
         // [KVH, G, len, D] -> [KVH, G*len, D]
         let q_c = q.narrow(2, t0, len)?.contiguous()?.reshape((kvh, groups * len, d))?;
         // [KVH, G*len, D] x [KVH, D, S'] -> [KVH, G*len, S']
-        let scores = (q_c.matmul(&k_c.t()?)? * scale)?.to_dtype(DType::F32)?;
+        let scores = crate::inplace::scale(q_c.matmul(&k_c.t()?)?, scale)?.to_dtype(DType::F32)?;
         let scores = match causal {
             Some(offset) => {
                 let mask = causal_mask(len, visible, offset + t0, q.device())?;
@@ -46,6 +46,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, causal: Option<usize>, scal
             None => scores,
         };
         let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
+        drop(scores);
         // [KVH, G*len, S'] x [KVH, S', D] -> [KVH, G*len, D] -> [KVH, G, len, D]
         let o = probs.matmul(&v_c.contiguous()?)?.reshape((kvh, groups, len, d))?;
         outs.push(o);

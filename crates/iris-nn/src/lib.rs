@@ -6,6 +6,7 @@
 pub mod attention;
 pub mod error;
 pub mod gemv;
+pub mod inplace;
 pub mod kv_cache;
 pub mod ops;
 pub mod quant;

@@ -101,7 +101,8 @@ impl Linear {
             LinearWeight::Quantized(q) => q.matmul_t(&x2)?.to_dtype(x.dtype())?,
         };
         if let Some(b) = &self.bias {
-            y = y.broadcast_add(b)?;
+            // `y` is the product just computed: nothing else holds its buffer
+            y = crate::inplace::add_bias(y, b)?;
         }
         let mut out_dims = dims;
         *out_dims.last_mut().unwrap() = self.out_dim();
@@ -254,20 +255,6 @@ impl LayerNorm {
     }
 }
 
-/// `x * sigmoid(1.702 x)` (transformers `QuickGELUActivation`).
-pub fn quick_gelu(x: &Tensor) -> Result<Tensor> {
-    Ok((x * candle_nn::ops::sigmoid(&(x * 1.702)?)?)?)
-}
-
-/// Exact erf GELU (`nn.GELU()` default).
-pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
-    Ok(x.gelu_erf()?)
-}
-
-/// `silu(gate) * up`.
-pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
-    Ok((candle_nn::ops::silu(gate)? * up)?)
-}
 
 /// Largest absolute difference between two tensors, in f32 (test and diagnostics helper).
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f32> {

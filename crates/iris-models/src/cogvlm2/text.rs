@@ -13,7 +13,8 @@ use candle_core::{DType, Device, Tensor};
 use crate::api::StepInput;
 use crate::common::{logit_rows, split_rows, stacked_positions};
 use iris_nn::attention::batched_cached_attention;
-use iris_nn::ops::{silu_mul, Embedding, Linear, RmsNorm};
+use iris_nn::inplace::silu_mul;
+use iris_nn::ops::{Embedding, Linear, RmsNorm};
 use iris_nn::weights::Weights;
 use iris_nn::{KvCache, LayerKv};
 
@@ -41,7 +42,10 @@ impl Expert {
     }
 
     fn mlp(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(self.down_proj.forward(&silu_mul(&self.gate_proj.forward(x)?, &self.up_proj.forward(x)?)?)?)
+        let (gate, up) = (self.gate_proj.forward(x)?, self.up_proj.forward(x)?);
+        let act = silu_mul(gate, &up)?;
+        drop(up);
+        Ok(self.down_proj.forward(&act)?)
     }
 
     fn weight_bytes(&self) -> usize {
@@ -119,7 +123,9 @@ impl Routing {
                     parts.push(f(&layer.language, &x.index_select(language, 0)?)?);
                 }
                 parts.push(f(&layer.vision, &x.index_select(vision, 0)?)?);
-                Ok(Tensor::cat(&parts, 0)?.index_select(inverse, 0)?)
+                let joined = Tensor::cat(&parts, 0)?;
+                drop(parts);
+                Ok(joined.index_select(inverse, 0)?)
             }
         }
     }
@@ -239,20 +245,34 @@ impl TextModel {
         for (i, layer) in self.layers.iter().enumerate() {
             let (cos, sin) = &tables[layer.rope];
             let mut kvs: Vec<&mut LayerKv> = caches.iter_mut().map(|c| &mut c.layers[i]).collect();
-            x = self.layer_forward(layer, &x, &routing, cos, sin, &lens, &mut kvs)?;
+            x = self.layer_forward(layer, x, &routing, cos, sin, &lens, &mut kvs)?;
         }
         let (x, counts) = logit_rows(&x, steps)?;
         let x = self.norm.forward(&x)?;
         split_rows(&self.lm_head.forward(&x)?.to_dtype(DType::F32)?, &counts)
     }
 
+    /// One decoder layer. Takes `x` by value and drops each activation once used (a 2341-token
+    /// image prompt's MLP buffers are ~130 MiB each).
     #[allow(clippy::too_many_arguments)]
-    fn layer_forward(&self, l: &DecoderLayer, x: &Tensor, routing: &Routing, cos: &Tensor, sin: &Tensor, lens: &[usize], kvs: &mut [&mut LayerKv]) -> Result<Tensor> {
+    fn layer_forward(&self, l: &DecoderLayer, x: Tensor, routing: &Routing, cos: &Tensor, sin: &Tensor, lens: &[usize], kvs: &mut [&mut LayerKv]) -> Result<Tensor> {
+        let attn = self.attention(l, &x, routing, cos, sin, lens, kvs)?;
+        let x = (x + routing.apply(&attn, l, |e, a| Ok(e.dense.forward(a)?))?)?;
+        drop(attn);
+        let h = l.post_attention_layernorm.forward(&x)?;
+        let mlp = routing.apply(&h, l, |e, a| e.mlp(a))?;
+        drop(h);
+        Ok((x + mlp)?)
+    }
+
+    /// Causal self-attention (the expert's q/k/v) over each step's cache, before `dense`:
+    /// `[T, C] -> [T, C]`.
+    #[allow(clippy::too_many_arguments)]
+    fn attention(&self, l: &DecoderLayer, x: &Tensor, routing: &Routing, cos: &Tensor, sin: &Tensor, lens: &[usize], kvs: &mut [&mut LayerKv]) -> Result<Tensor> {
         let (t, c) = x.dims2()?;
         let hd = self.cfg.head_dim();
         let (nh, nkv) = (self.cfg.num_attention_heads, self.cfg.num_kv_heads);
-        let h = l.input_layernorm.forward(x)?;
-        let qkv = routing.apply(&h, l, |e, a| Ok(e.query_key_value.forward(a)?))?;
+        let qkv = routing.apply(&l.input_layernorm.forward(x)?, l, |e, a| Ok(e.query_key_value.forward(a)?))?;
         // [T, heads*D] -> [T, heads, D] -> [1, heads, T, D]
         let split = |start: usize, heads: usize| -> Result<Tensor> {
             Ok(qkv.narrow(1, start * hd, heads * hd)?.reshape((t, heads, hd))?.transpose(0, 1)?.contiguous()?.unsqueeze(0)?)
@@ -260,13 +280,11 @@ impl TextModel {
         let q = candle_nn::rotary_emb::rope(&split(0, nh)?, cos, sin)?.squeeze(0)?;
         let k = candle_nn::rotary_emb::rope(&split(nh, nkv)?, cos, sin)?.squeeze(0)?;
         let v = split(nh + nkv, nkv)?.squeeze(0)?;
+        drop(qkv);
         // plain causal attention over everything, image tokens included
         let o = batched_cached_attention(&q, &k, &v, lens, kvs, 1.0 / (hd as f64).sqrt())?;
         // [H, T, D] -> [T, H, D] -> [T, C]
-        let o = o.transpose(0, 1)?.contiguous()?.reshape((t, c))?;
-        let x = (x + routing.apply(&o, l, |e, a| Ok(e.dense.forward(a)?))?)?;
-        let h = l.post_attention_layernorm.forward(&x)?;
-        Ok((&x + routing.apply(&h, l, |e, a| e.mlp(a))?)?)
+        Ok(o.transpose(0, 1)?.contiguous()?.reshape((t, c))?)
     }
 }
 

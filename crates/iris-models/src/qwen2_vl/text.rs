@@ -10,7 +10,8 @@ use candle_core::{DType, Device, Tensor};
 use crate::api::StepInput;
 use crate::common::{logit_rows, split_rows, stacked_positions};
 use iris_nn::attention::batched_cached_attention;
-use iris_nn::ops::{silu_mul, Embedding, Linear, RmsNorm};
+use iris_nn::inplace::silu_mul;
+use iris_nn::ops::{Embedding, Linear, RmsNorm};
 use iris_nn::weights::Weights;
 use iris_nn::{KvCache, LayerKv};
 
@@ -139,32 +140,43 @@ impl TextModel {
         let mut x = embeds.clone();
         for (i, layer) in self.layers.iter().enumerate() {
             let mut kvs: Vec<&mut LayerKv> = caches.iter_mut().map(|c| &mut c.layers[i]).collect();
-            x = self.layer_forward(layer, &x, &cos, &sin, &lens, &mut kvs)?;
+            x = self.layer_forward(layer, x, &cos, &sin, &lens, &mut kvs)?;
         }
         let (x, counts) = logit_rows(&x, steps)?;
         let x = self.norm.forward(&x)?;
         split_rows(&self.lm_head.forward(&x)?.to_dtype(DType::F32)?, &counts)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn layer_forward(&self, l: &DecoderLayer, x: &Tensor, cos: &Tensor, sin: &Tensor, lens: &[usize], kvs: &mut [&mut LayerKv]) -> Result<Tensor> {
+    /// One decoder layer. Takes `x` by value and drops each activation once used, so a long
+    /// prefill holds one MLP-wide buffer at a time instead of four.
+    fn layer_forward(&self, l: &DecoderLayer, x: Tensor, cos: &Tensor, sin: &Tensor, lens: &[usize], kvs: &mut [&mut LayerKv]) -> Result<Tensor> {
+        let attn = self.attention(l, &x, cos, sin, lens, kvs)?;
+        let x = (x + l.o_proj.forward(&attn)?)?;
+        drop(attn);
+        let h = l.post_attention_layernorm.forward(&x)?;
+        let (gate, up) = (l.gate_proj.forward(&h)?, l.up_proj.forward(&h)?);
+        drop(h);
+        let act = silu_mul(gate, &up)?;
+        drop(up);
+        let mlp = l.down_proj.forward(&act)?;
+        drop(act);
+        Ok((x + mlp)?)
+    }
+
+    /// Self-attention with M-RoPE over each step's cache, before `o_proj`: `[T, C] -> [T, C]`.
+    fn attention(&self, l: &DecoderLayer, x: &Tensor, cos: &Tensor, sin: &Tensor, lens: &[usize], kvs: &mut [&mut LayerKv]) -> Result<Tensor> {
         let (t, c) = x.dims2()?;
         let hd = self.cfg.head_dim();
         let (nh, nkv) = (self.cfg.num_attention_heads, self.cfg.num_key_value_heads);
         let h = l.input_layernorm.forward(x)?;
         // [T, H*D] -> [T, H, D] -> [1, H, T, D]
         let split = |y: Tensor, heads: usize| -> Result<Tensor> { Ok(y.reshape((t, heads, hd))?.transpose(0, 1)?.contiguous()?.unsqueeze(0)?) };
-        let q = split(l.q_proj.forward(&h)?, nh)?;
-        let k = split(l.k_proj.forward(&h)?, nkv)?;
+        let q = candle_nn::rotary_emb::rope(&split(l.q_proj.forward(&h)?, nh)?, cos, sin)?.squeeze(0)?;
+        let k = candle_nn::rotary_emb::rope(&split(l.k_proj.forward(&h)?, nkv)?, cos, sin)?.squeeze(0)?;
         let v = split(l.v_proj.forward(&h)?, nkv)?.squeeze(0)?;
-        let q = candle_nn::rotary_emb::rope(&q, cos, sin)?.squeeze(0)?;
-        let k = candle_nn::rotary_emb::rope(&k, cos, sin)?.squeeze(0)?;
+        drop(h);
         let o = batched_cached_attention(&q, &k, &v, lens, kvs, 1.0 / (hd as f64).sqrt())?;
         // [H, T, D] -> [T, H, D] -> [T, C]
-        let o = o.transpose(0, 1)?.contiguous()?.reshape((t, c))?;
-        let x = (x + l.o_proj.forward(&o)?)?;
-        let h = l.post_attention_layernorm.forward(&x)?;
-        let mlp = l.down_proj.forward(&silu_mul(&l.gate_proj.forward(&h)?, &l.up_proj.forward(&h)?)?)?;
-        Ok((x + mlp)?)
+        Ok(o.transpose(0, 1)?.contiguous()?.reshape((t, c))?)
     }
 }

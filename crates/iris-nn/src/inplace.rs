@@ -1,0 +1,238 @@
+//! Element-wise steps that overwrite a fresh activation buffer instead of allocating new ones.
+//!
+//! Why: peak memory. `x * sigmoid(1.702 * x)` on a `[1024, 5120]` f32 vision MLP activation
+//! holds four 20 MiB buffers at once; a bias add holds two. Done in place, each holds one. The
+//! arithmetic is candle 0.11's own scalar formula for each op (`Affine`, `Sigmoid`, `Silu`,
+//! `GeluErf`, binary `Mul`/`Add`), so the results are bit-identical to the out-of-place twins the tests
+//! compare against.
+//!
+//! Every function here takes its input by value and may write into its buffer: pass only a
+//! tensor nothing else still reads (a fresh matmul output, not a view of a weight or of a tensor
+//! used later). Where the in-place path does not apply (not CPU, not contiguous, another dtype)
+//! the out-of-place formula runs instead, with the same result.
+
+use crate::error::Result;
+use candle_core::{CpuStorage, DType, InplaceOp1, InplaceOp2, Layout, Tensor};
+use half::{bf16, f16};
+
+fn in_place_ok(x: &Tensor, dtype: Option<DType>) -> bool {
+    x.device().is_cpu() && x.is_contiguous() && dtype.is_none_or(|d| x.dtype() == d)
+}
+
+/// The contiguous slice a layout views in a storage.
+fn span(l: &Layout) -> std::ops::Range<usize> {
+    l.start_offset()..l.start_offset() + l.shape().elem_count()
+}
+
+fn bad_storage(op: &str) -> candle_core::Error {
+    candle_core::Error::Msg(format!("{op}: unsupported storage (expected contiguous CPU f32/bf16/f16)"))
+}
+
+/// `y + bias` broadcast over rows: `y [.., N]`, `bias [N]` (same dtype).
+pub fn add_bias(y: Tensor, bias: &Tensor) -> Result<Tensor> {
+    let n = bias.elem_count();
+    if in_place_ok(&y, Some(bias.dtype())) && bias.is_contiguous() && y.dims().last() == Some(&n) && n > 0 {
+        y.inplace_op2(bias, &AddRowBias)?;
+        return Ok(y);
+    }
+    Ok(y.broadcast_add(bias)?)
+}
+
+struct AddRowBias;
+
+fn add_rows<T: Copy + std::ops::Add<Output = T>>(dst: &mut [T], bias: &[T]) {
+    for row in dst.chunks_exact_mut(bias.len()) {
+        for (d, &b) in row.iter_mut().zip(bias) {
+            *d = *d + b;
+        }
+    }
+}
+
+impl InplaceOp2 for AddRowBias {
+    fn name(&self) -> &'static str {
+        "add-row-bias"
+    }
+
+    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<()> {
+        let (r1, r2) = (span(l1), span(l2));
+        match (s1, s2) {
+            (CpuStorage::F32(d), CpuStorage::F32(b)) => add_rows(&mut d[r1], &b[r2]),
+            (CpuStorage::BF16(d), CpuStorage::BF16(b)) => add_rows::<bf16>(&mut d[r1], &b[r2]),
+            (CpuStorage::F16(d), CpuStorage::F16(b)) => add_rows::<f16>(&mut d[r1], &b[r2]),
+            _ => return Err(bad_storage(self.name())),
+        }
+        Ok(())
+    }
+}
+
+/// QuickGELU `x * sigmoid(1.702 x)`.
+pub fn quick_gelu(x: Tensor) -> Result<Tensor> {
+    if in_place_ok(&x, Some(DType::F32)) {
+        x.inplace_op1(&QuickGelu)?;
+        return Ok(x);
+    }
+    Ok((&x * candle_nn::ops::sigmoid(&(&x * 1.702)?)?)?)
+}
+
+struct QuickGelu;
+
+impl InplaceOp1 for QuickGelu {
+    fn name(&self) -> &'static str {
+        "quick-gelu"
+    }
+
+    fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> candle_core::Result<()> {
+        let CpuStorage::F32(d) = s else { return Err(bad_storage(self.name())) };
+        for v in &mut d[span(l)] {
+            // candle: affine `v * mul + add`, then sigmoid `(exp(-a) + 1).recip()`, then `v * s`
+            let a = *v * 1.702f32 + 0.0;
+            *v *= ((-a).exp() + 1.0).recip();
+        }
+        Ok(())
+    }
+}
+
+/// Exact erf GELU (`nn.GELU()` default).
+pub fn gelu_erf(x: Tensor) -> Result<Tensor> {
+    if in_place_ok(&x, Some(DType::F32)) {
+        x.inplace_op1(&GeluErf)?;
+        return Ok(x);
+    }
+    Ok(x.gelu_erf()?)
+}
+
+struct GeluErf;
+
+impl InplaceOp1 for GeluErf {
+    fn name(&self) -> &'static str {
+        "gelu-erf"
+    }
+
+    fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> candle_core::Result<()> {
+        let CpuStorage::F32(d) = s else { return Err(bad_storage(self.name())) };
+        for v in &mut d[span(l)] {
+            *v = (candle_core::cpu::erf::erf_f32(*v * std::f32::consts::FRAC_1_SQRT_2) + 1.) * 0.5 * *v;
+        }
+        Ok(())
+    }
+}
+
+/// SwiGLU's `silu(gate) * up`, written into `gate`'s buffer.
+pub fn silu_mul(gate: Tensor, up: &Tensor) -> Result<Tensor> {
+    if in_place_ok(&gate, Some(DType::F32)) && up.is_contiguous() && up.dtype() == DType::F32 && up.shape() == gate.shape() {
+        gate.inplace_op2(up, &SiluMul)?;
+        return Ok(gate);
+    }
+    Ok((candle_nn::ops::silu(&gate)? * up)?)
+}
+
+struct SiluMul;
+
+impl InplaceOp2 for SiluMul {
+    fn name(&self) -> &'static str {
+        "silu-mul"
+    }
+
+    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<()> {
+        let (CpuStorage::F32(g), CpuStorage::F32(u)) = (s1, s2) else { return Err(bad_storage(self.name())) };
+        for (g, &u) in g[span(l1)].iter_mut().zip(&u[span(l2)]) {
+            // candle's silu `v / (1 + exp(-v))`, then the product
+            *g = *g / (1.0 + (-*g).exp()) * u;
+        }
+        Ok(())
+    }
+}
+
+/// `x * factor` (candle's `Tensor * f64`).
+pub fn scale(x: Tensor, factor: f64) -> Result<Tensor> {
+    if in_place_ok(&x, Some(DType::F32)) {
+        x.inplace_op1(&Scale(factor as f32))?;
+        return Ok(x);
+    }
+    Ok((x * factor)?)
+}
+
+struct Scale(f32);
+
+impl InplaceOp1 for Scale {
+    fn name(&self) -> &'static str {
+        "scale"
+    }
+
+    fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> candle_core::Result<()> {
+        let CpuStorage::F32(d) = s else { return Err(bad_storage(self.name())) };
+        for v in &mut d[span(l)] {
+            *v = *v * self.0 + 0.0;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn same_bits(a: &Tensor, b: &Tensor) -> bool {
+        let (a, b) = (a.to_dtype(DType::F32).unwrap(), b.to_dtype(DType::F32).unwrap());
+        let (a, b) = (a.flatten_all().unwrap().to_vec1::<f32>().unwrap(), b.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        a.len() == b.len() && a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits() || (*x == 0.0 && *y == 0.0))
+    }
+
+    fn input(dtype: DType) -> Tensor {
+        // a wide range: saturating sigmoid tails, zeros, negatives
+        (Tensor::randn(0f32, 4.0, (7, 33), &Device::Cpu).unwrap()).to_dtype(dtype).unwrap()
+    }
+
+    #[test]
+    fn in_place_steps_are_bit_identical_to_candle_ops() {
+        let x = input(DType::F32);
+        let slow = (&x * candle_nn::ops::sigmoid(&(&x * 1.702).unwrap()).unwrap()).unwrap();
+        assert!(same_bits(&quick_gelu(x.copy().unwrap()).unwrap(), &slow), "quick_gelu");
+
+        assert!(same_bits(&gelu_erf(x.copy().unwrap()).unwrap(), &x.gelu_erf().unwrap()), "gelu_erf");
+
+        let (g, u) = (input(DType::F32), input(DType::F32));
+        let slow = (candle_nn::ops::silu(&g).unwrap() * &u).unwrap();
+        assert!(same_bits(&silu_mul(g.copy().unwrap(), &u).unwrap(), &slow), "silu_mul");
+
+        let slow = (&x * 0.125).unwrap();
+        assert!(same_bits(&scale(x.copy().unwrap(), 0.125).unwrap(), &slow), "scale");
+
+        for dtype in [DType::F32, DType::BF16, DType::F16] {
+            let y = input(dtype);
+            let b = Tensor::randn(0f32, 1.0, 33, &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
+            let slow = y.broadcast_add(&b).unwrap();
+            assert!(same_bits(&add_bias(y.copy().unwrap(), &b).unwrap(), &slow), "add_bias {dtype:?}");
+        }
+    }
+
+    #[test]
+    fn views_and_other_dtypes_take_the_out_of_place_path() {
+        // a transposed (non-contiguous) input must not be written through its strides
+        let x = input(DType::F32);
+        let before = x.copy().unwrap();
+        let t = x.t().unwrap();
+        let out = quick_gelu(t.clone()).unwrap();
+        let slow = (&t * candle_nn::ops::sigmoid(&(&t * 1.702).unwrap()).unwrap()).unwrap();
+        assert!(same_bits(&out, &slow));
+        assert!(same_bits(&x, &before), "the viewed buffer was left alone");
+        // bf16 keeps the reference's per-op rounding
+        let xb = input(DType::BF16);
+        let slow = (&xb * candle_nn::ops::sigmoid(&(&xb * 1.702).unwrap()).unwrap()).unwrap();
+        assert!(same_bits(&quick_gelu(xb).unwrap(), &slow));
+    }
+
+    #[test]
+    fn a_narrowed_buffer_is_written_only_in_its_window() {
+        // a contiguous narrow of a larger buffer starts at an offset: only its rows change
+        let y = input(DType::F32);
+        let before = y.copy().unwrap();
+        let rows = y.narrow(0, 2, 3).unwrap();
+        let b = Tensor::ones(33, DType::F32, &Device::Cpu).unwrap();
+        let out = add_bias(rows, &b).unwrap();
+        assert!(same_bits(&out, &(before.narrow(0, 2, 3).unwrap() + 1.0).unwrap()));
+        assert!(same_bits(&y.narrow(0, 0, 2).unwrap(), &before.narrow(0, 0, 2).unwrap()));
+        assert!(same_bits(&y.narrow(0, 5, 2).unwrap(), &before.narrow(0, 5, 2).unwrap()));
+    }
+}
