@@ -1,58 +1,57 @@
 //! Scaled dot-product attention for CPU inference: grouped-query heads without copying K/V, an
 //! optional causal offset (prefill after cached tokens), query chunking so the score matrix stays
 //! bounded (a 9217-token ViT or a 16k-token prompt never materialises all heads' T x S scores),
-//! softmax in f32 as the reference does. `attention_slow` is the plain formula it is tested against.
+//! softmax in f32 as the reference does (fused with the scale and the causal mask, `softmax.rs`).
+//! `attention_slow` is the plain formula it is tested against.
 
 use crate::error::Result;
 use crate::kv_cache::LayerKv;
+use crate::softmax::{scaled_softmax, CausalRows};
 use candle_core::{DType, Tensor, D};
 
-/// Upper bound on the f32 score block computed at once. 16 MiB splits a 1024-patch ViT layer's
-/// 64 MiB of scores into four query chunks: 40 MB less peak memory for a 448² image, same speed.
+/// Upper bound on the f32 score block computed at once. 16 MiB holds four heads of a 1024-patch
+/// ViT layer's scores (64 MiB in all): 40 MB less peak memory for a 448² image, same speed.
 pub const DEFAULT_SCORE_BYTES: usize = 16 << 20;
 
 /// `q [H, T, D]`, `k`/`v` `[KVH, S, D]` with `H % KVH == 0` -> `[H, T, D]`.
 /// With `causal = Some(offset)`, query `t` sits at absolute position `offset + t` and sees keys
 /// `0..=offset + t`; with `None` every query sees every key.
+///
+/// Scores are computed in blocks of at most `max_score_bytes`: as many query rows of one KV head
+/// group as fit, and several KV heads at once when a whole head's rows fit. Blocking by head
+/// first keeps each block's matmuls large: a 9217-token ViT layer with 16 heads gets 455-row
+/// blocks from 16 MiB instead of 28-row blocks across all heads (9.0 s vs 13.0 s a layer here).
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, causal: Option<usize>, scale: f64, max_score_bytes: usize) -> Result<Tensor> {
     let (h, t, d) = q.dims3()?;
     let (kvh, s, _) = k.dims3()?;
     let groups = h / kvh;
     // [H, T, D] -> [KVH, G, T, D]
     let q = q.reshape((kvh, groups, t, d))?;
-    let row_bytes = kvh * groups * s * 4;
-    let chunk = (max_score_bytes / row_bytes.max(1)).clamp(1, t.max(1));
-    let mut outs = Vec::with_capacity(t.div_ceil(chunk));
-    let mut t0 = 0;
-    while t0 < t {
-        let len = chunk.min(t - t0);
-        // keys visible to the last query of this chunk
-        let visible = match causal {
-            Some(offset) => (offset + t0 + len).min(s),
-            None => s,
-        };
-        let k_c = k.narrow(1, 0, visible)?;
-        let v_c = v.narrow(1, 0, visible)?;
-        // [KVH, G, len, D] -> [KVH, G*len, D]
-        let q_c = q.narrow(2, t0, len)?.contiguous()?.reshape((kvh, groups * len, d))?;
-        // [KVH, G*len, D] x [KVH, D, S'] -> [KVH, G*len, S']
-        let scores = crate::inplace::scale(q_c.matmul(&k_c.t()?)?, scale)?.to_dtype(DType::F32)?;
-        let scores = match causal {
-            Some(offset) => {
-                let mask = causal_mask(len, visible, offset + t0, q.device())?;
-                // [KVH, G*len, S'] -> [KVH, G, len, S'] + [len, S']
-                scores.reshape((kvh, groups, len, visible))?.broadcast_add(&mask)?.reshape((kvh, groups * len, visible))?
-            }
-            None => scores,
-        };
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
-        drop(scores);
-        // [KVH, G*len, S'] x [KVH, S', D] -> [KVH, G*len, D] -> [KVH, G, len, D]
-        let o = probs.matmul(&v_c.contiguous()?)?.reshape((kvh, groups, len, d))?;
-        outs.push(o);
-        t0 += len;
+    let head_row_bytes = groups * s * 4;
+    let rows = (max_score_bytes / head_row_bytes.max(1)).clamp(1, t.max(1));
+    let heads_per_block = if rows == t { (max_score_bytes / (head_row_bytes * t).max(1)).clamp(1, kvh) } else { 1 };
+    let mut head_blocks = Vec::with_capacity(kvh.div_ceil(heads_per_block));
+    for h0 in (0..kvh).step_by(heads_per_block) {
+        let hb = heads_per_block.min(kvh - h0);
+        let mut outs = Vec::with_capacity(t.div_ceil(rows));
+        for t0 in (0..t).step_by(rows) {
+            let len = rows.min(t - t0);
+            // keys visible to the last query of this chunk
+            let visible = causal.map_or(s, |offset| (offset + t0 + len).min(s));
+            let k_c = k.narrow(0, h0, hb)?.narrow(1, 0, visible)?;
+            let v_c = v.narrow(0, h0, hb)?.narrow(1, 0, visible)?.contiguous()?;
+            // [hb, G, len, D] -> [hb, G*len, D]
+            let q_c = q.narrow(0, h0, hb)?.narrow(2, t0, len)?.contiguous()?.reshape((hb, groups * len, d))?;
+            // [hb, G*len, D] x [hb, D, S'] -> [hb, G*len, S']
+            let scores = q_c.matmul(&k_c.t()?)?.to_dtype(DType::F32)?;
+            let mask = causal.map(|offset| CausalRows { first_position: offset + t0, rows_per_query_block: len });
+            let probs = scaled_softmax(scores, scale, mask)?.to_dtype(v.dtype())?;
+            // [hb, G*len, S'] x [hb, S', D] -> [hb, G*len, D] -> [hb, G, len, D]
+            outs.push(probs.matmul(&v_c)?.reshape((hb, groups, len, d))?);
+        }
+        head_blocks.push(if outs.len() == 1 { outs.pop().unwrap() } else { Tensor::cat(&outs, 2)? });
     }
-    let o = if outs.len() == 1 { outs.pop().unwrap() } else { Tensor::cat(&outs, 2)? };
+    let o = if head_blocks.len() == 1 { head_blocks.pop().unwrap() } else { Tensor::cat(&head_blocks, 0)? };
     // [KVH, G, T, D] -> [H, T, D]
     Ok(o.reshape((h, t, d))?)
 }
@@ -108,13 +107,15 @@ mod tests {
     #[test]
     fn chunked_gqa_attention_matches_slow_twin() {
         let dev = Device::Cpu;
-        for (h, kvh, t, s, causal) in [(4, 2, 7, 7, Some(0)), (6, 2, 3, 10, Some(7)), (4, 4, 9, 9, None), (8, 1, 1, 5, Some(4))] {
+        for (h, kvh, t, s, causal) in [(4, 2, 7, 7, Some(0)), (6, 2, 3, 10, Some(7)), (4, 4, 9, 9, None), (8, 1, 1, 5, Some(4)), (6, 3, 5, 12, Some(7)), (4, 4, 20, 20, None)] {
             let q = Tensor::randn(0f32, 1.0, (h, t, 16), &dev).unwrap();
             let k = Tensor::randn(0f32, 1.0, (kvh, s, 16), &dev).unwrap();
             let v = Tensor::randn(0f32, 1.0, (kvh, s, 16), &dev).unwrap();
             let slow = attention_slow(&q, &k, &v, causal, 0.25).unwrap();
-            // a tiny score budget forces one query row per chunk
-            for budget in [DEFAULT_SCORE_BYTES, 1] {
+            // budgets for: everything at once, one query row per block, two rows of one head,
+            // two whole heads per block
+            let head_row = (h / kvh) * s * 4;
+            for budget in [DEFAULT_SCORE_BYTES, 1, 2 * head_row, 2 * head_row * t] {
                 let fast = attention(&q, &k, &v, causal, 0.25, budget).unwrap();
                 let d = max_abs_diff(&fast, &slow).unwrap();
                 println!("attention h={h} kvh={kvh} t={t} s={s} causal={causal:?} budget={budget}: max|diff| = {d:e}");

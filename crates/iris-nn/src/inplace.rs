@@ -143,31 +143,6 @@ impl InplaceOp2 for SiluMul {
     }
 }
 
-/// `x * factor` (candle's `Tensor * f64`).
-pub fn scale(x: Tensor, factor: f64) -> Result<Tensor> {
-    if in_place_ok(&x, Some(DType::F32)) {
-        x.inplace_op1(&Scale(factor as f32))?;
-        return Ok(x);
-    }
-    Ok((x * factor)?)
-}
-
-struct Scale(f32);
-
-impl InplaceOp1 for Scale {
-    fn name(&self) -> &'static str {
-        "scale"
-    }
-
-    fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> candle_core::Result<()> {
-        let CpuStorage::F32(d) = s else { return Err(bad_storage(self.name())) };
-        for v in &mut d[span(l)] {
-            *v = *v * self.0 + 0.0;
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,9 +170,6 @@ mod tests {
         let (g, u) = (input(DType::F32), input(DType::F32));
         let slow = (candle_nn::ops::silu(&g).unwrap() * &u).unwrap();
         assert!(same_bits(&silu_mul(g.copy().unwrap(), &u).unwrap(), &slow), "silu_mul");
-
-        let slow = (&x * 0.125).unwrap();
-        assert!(same_bits(&scale(x.copy().unwrap(), 0.125).unwrap(), &slow), "scale");
 
         for dtype in [DType::F32, DType::BF16, DType::F16] {
             let y = input(dtype);

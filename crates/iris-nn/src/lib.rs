@@ -10,6 +10,7 @@ pub mod inplace;
 pub mod kv_cache;
 pub mod ops;
 pub mod quant;
+pub mod softmax;
 pub mod synthetic;
 pub mod threads;
 pub mod weights;
