@@ -1,6 +1,7 @@
 //! Times `iris_nn::attention::attention` on vision-tower shapes (full attention, f32) for several
 //! score-block budgets: how much the query chunking costs against one big block.
 //! usage: cargo run --release -p iris-nn --example attention_bench [heads tokens head_dim]
+//!        cargo run --release -p iris-nn --example attention_bench decode [heads kv_heads cached head_dim]
 
 use candle_core::{Device, Tensor};
 use iris_nn::attention::attention;
@@ -8,6 +9,9 @@ use std::time::Instant;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    if std::env::args().nth(1).as_deref() == Some("decode") {
+        return decode(&args);
+    }
     let (h, n, d) = match args[..] {
         [h, n, d] => (h, n, d),
         // CogVLM2's EVA2-CLIP-E at 1344x1344: 16 heads, 9217 tokens, head_dim 112
@@ -27,5 +31,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let rows = ((budget_mib << 20) / (n * 4)).clamp(1, n);
         println!("score budget {budget_mib:>3} MiB ({rows:>4} query rows of one head per block): {s:.2} s, {:.0} GFLOP/s (checksum {:.3})", flop / s / 1e9, o.sum_all()?.to_scalar::<f32>()?);
     }
+    Ok(())
+}
+
+/// One decode step's attention (one query per head over a long cache), as a decoder layer runs
+/// it: default CogVLM2's language model after a 1344² image prompt (32 heads, 8 KV heads, 2341
+/// cached tokens, head_dim 128).
+fn decode(args: &[usize]) -> Result<(), Box<dyn std::error::Error>> {
+    let (h, kvh, s, d) = match args[..] {
+        [h, kvh, s, d] => (h, kvh, s, d),
+        _ => (32, 8, 2341, 128),
+    };
+    let dev = Device::Cpu;
+    let q = Tensor::randn(0f32, 1.0, (h, 1, d), &dev)?;
+    let k = Tensor::randn(0f32, 1.0, (kvh, s, d), &dev)?;
+    let v = Tensor::randn(0f32, 1.0, (kvh, s, d), &dev)?;
+    let steps = 200;
+    let t = Instant::now();
+    for _ in 0..steps {
+        attention(&q, &k, &v, Some(s - 1), 1.0 / (d as f64).sqrt(), iris_nn::attention::DEFAULT_SCORE_BYTES)?;
+    }
+    let per = t.elapsed().as_secs_f64() / steps as f64;
+    println!("decode attention q [{h}, 1, {d}] over k/v [{kvh}, {s}, {d}]: {:.3} ms per call (K+V {:.1} MB)", per * 1e3, (2 * kvh * s * d * 4) as f64 / 1e6);
     Ok(())
 }

@@ -21,7 +21,15 @@ pub const DEFAULT_SCORE_BYTES: usize = 16 << 20;
 /// group as fit, and several KV heads at once when a whole head's rows fit. Blocking by head
 /// first keeps each block's matmuls large: a 9217-token ViT layer with 16 heads gets 455-row
 /// blocks from 16 MiB instead of 28-row blocks across all heads (9.0 s vs 13.0 s a layer here).
+/// Decode-sized steps (a few query rows per KV head, f32 on CPU) take `decode_attention`.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, causal: Option<usize>, scale: f64, max_score_bytes: usize) -> Result<Tensor> {
+    match crate::decode_attention::decode_attention(q, k, v, causal, scale)? {
+        Some(o) => Ok(o),
+        None => blocked_attention(q, k, v, causal, scale, max_score_bytes),
+    }
+}
+
+fn blocked_attention(q: &Tensor, k: &Tensor, v: &Tensor, causal: Option<usize>, scale: f64, max_score_bytes: usize) -> Result<Tensor> {
     let (h, t, d) = q.dims3()?;
     let (kvh, s, _) = k.dims3()?;
     let groups = h / kvh;
@@ -116,11 +124,14 @@ mod tests {
             // two whole heads per block
             let head_row = (h / kvh) * s * 4;
             for budget in [DEFAULT_SCORE_BYTES, 1, 2 * head_row, 2 * head_row * t] {
-                let fast = attention(&q, &k, &v, causal, 0.25, budget).unwrap();
+                let fast = blocked_attention(&q, &k, &v, causal, 0.25, budget).unwrap();
                 let d = max_abs_diff(&fast, &slow).unwrap();
                 println!("attention h={h} kvh={kvh} t={t} s={s} causal={causal:?} budget={budget}: max|diff| = {d:e}");
                 assert!(d < 1e-5, "{d}");
             }
+            // and through the dispatch (the decode path for these few rows)
+            let d = max_abs_diff(&attention(&q, &k, &v, causal, 0.25, DEFAULT_SCORE_BYTES).unwrap(), &slow).unwrap();
+            assert!(d < 1e-5, "{d}");
         }
     }
 }

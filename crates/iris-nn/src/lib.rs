@@ -4,6 +4,7 @@
 //! reference operation order, chunked multi-head attention, rotary embedding and the KV cache.
 
 pub mod attention;
+pub mod decode_attention;
 pub mod error;
 pub mod gemv;
 pub mod inplace;

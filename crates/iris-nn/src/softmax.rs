@@ -22,7 +22,8 @@ pub struct CausalRows {
 }
 
 impl CausalRows {
-    fn visible(&self, row: usize, keys: usize) -> usize {
+    /// Keys row `row` sees among `keys`.
+    pub(crate) fn visible(&self, row: usize, keys: usize) -> usize {
         (self.first_position + row % self.rows_per_query_block + 1).min(keys)
     }
 }
@@ -67,11 +68,11 @@ impl InplaceOp1 for ScaledSoftmax {
         let keys = layout.dims().last().copied().unwrap_or(1).max(1);
         let start = layout.start_offset();
         let scores = &mut data[start..start + layout.shape().elem_count()];
-        let avx2 = is_x86_feature_detected_avx2_fma();
+        let avx2 = avx2_fma_detected();
         let one_row = |(r, row): (usize, &mut [f32])| {
             let visible = self.causal.map_or(keys, |c| c.visible(r, keys));
             let (seen, masked) = row.split_at_mut(visible);
-            softmax_row(seen, self.scale, avx2);
+            softmax_row_in_place(seen, self.scale, avx2);
             masked.fill(0.0);
         };
         // a decode step's few short rows are not worth waking the pool for
@@ -84,7 +85,7 @@ impl InplaceOp1 for ScaledSoftmax {
     }
 }
 
-fn is_x86_feature_detected_avx2_fma() -> bool {
+pub(crate) fn avx2_fma_detected() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
@@ -95,8 +96,9 @@ fn is_x86_feature_detected_avx2_fma() -> bool {
     }
 }
 
-/// One row in place: `exp((x - max) * scale) / sum`. `scale > 0` keeps the argmax.
-fn softmax_row(row: &mut [f32], scale: f32, avx2: bool) {
+/// One row in place: `exp((x - max) * scale) / sum`. `scale > 0` keeps the argmax. `avx2`:
+/// what `avx2_fma_detected` returned.
+pub(crate) fn softmax_row_in_place(row: &mut [f32], scale: f32, avx2: bool) {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     #[cfg(target_arch = "x86_64")]
     if avx2 {
@@ -197,7 +199,7 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn vector_exp_is_within_two_ulp_of_expf() {
-        if !is_x86_feature_detected_avx2_fma() {
+        if !avx2_fma_detected() {
             println!("skipped: no AVX2+FMA on this CPU");
             return;
         }
