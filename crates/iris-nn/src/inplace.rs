@@ -14,6 +14,22 @@
 use crate::error::Result;
 use candle_core::{CpuStorage, DType, InplaceOp1, InplaceOp2, Layout, Tensor};
 use half::{bf16, f16};
+use rayon::prelude::*;
+
+/// Elements per parallel task. candle runs its element-wise ops across the pool; so must these
+/// (a CogVLM2 ViT MLP activation is 141 M values).
+const CHUNK: usize = 1 << 16;
+
+/// `f` over `data` in chunks of about `CHUNK` elements, a multiple of `unit` each, in parallel
+/// when there is more than one chunk.
+fn for_each_chunk<T: Send>(data: &mut [T], unit: usize, f: impl Fn(&mut [T]) + Sync + Send) {
+    let chunk = (CHUNK / unit.max(1)).max(1) * unit.max(1);
+    if data.len() <= chunk {
+        f(data);
+    } else {
+        data.par_chunks_mut(chunk).for_each(f);
+    }
+}
 
 fn in_place_ok(x: &Tensor, dtype: Option<DType>) -> bool {
     x.device().is_cpu() && x.is_contiguous() && dtype.is_none_or(|d| x.dtype() == d)
@@ -40,12 +56,14 @@ pub fn add_bias(y: Tensor, bias: &Tensor) -> Result<Tensor> {
 
 struct AddRowBias;
 
-fn add_rows<T: Copy + std::ops::Add<Output = T>>(dst: &mut [T], bias: &[T]) {
-    for row in dst.chunks_exact_mut(bias.len()) {
-        for (d, &b) in row.iter_mut().zip(bias) {
-            *d = *d + b;
+fn add_rows<T: Copy + Send + Sync + std::ops::Add<Output = T>>(dst: &mut [T], bias: &[T]) {
+    for_each_chunk(dst, bias.len(), |rows| {
+        for row in rows.chunks_exact_mut(bias.len()) {
+            for (d, &b) in row.iter_mut().zip(bias) {
+                *d = *d + b;
+            }
         }
-    }
+    });
 }
 
 impl InplaceOp2 for AddRowBias {
@@ -83,11 +101,13 @@ impl InplaceOp1 for QuickGelu {
 
     fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> candle_core::Result<()> {
         let CpuStorage::F32(d) = s else { return Err(bad_storage(self.name())) };
-        for v in &mut d[span(l)] {
-            // candle: affine `v * mul + add`, then sigmoid `(exp(-a) + 1).recip()`, then `v * s`
-            let a = *v * 1.702f32 + 0.0;
-            *v *= ((-a).exp() + 1.0).recip();
-        }
+        for_each_chunk(&mut d[span(l)], 1, |c| {
+            for v in c {
+                // candle: affine `v * mul + add`, then sigmoid `(exp(-a) + 1).recip()`, then `v * s`
+                let a = *v * 1.702f32 + 0.0;
+                *v *= ((-a).exp() + 1.0).recip();
+            }
+        });
         Ok(())
     }
 }
@@ -110,9 +130,11 @@ impl InplaceOp1 for GeluErf {
 
     fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> candle_core::Result<()> {
         let CpuStorage::F32(d) = s else { return Err(bad_storage(self.name())) };
-        for v in &mut d[span(l)] {
-            *v = (candle_core::cpu::erf::erf_f32(*v * std::f32::consts::FRAC_1_SQRT_2) + 1.) * 0.5 * *v;
-        }
+        for_each_chunk(&mut d[span(l)], 1, |c| {
+            for v in c {
+                *v = (candle_core::cpu::erf::erf_f32(*v * std::f32::consts::FRAC_1_SQRT_2) + 1.) * 0.5 * *v;
+            }
+        });
         Ok(())
     }
 }
@@ -135,9 +157,17 @@ impl InplaceOp2 for SiluMul {
 
     fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<()> {
         let (CpuStorage::F32(g), CpuStorage::F32(u)) = (s1, s2) else { return Err(bad_storage(self.name())) };
-        for (g, &u) in g[span(l1)].iter_mut().zip(&u[span(l2)]) {
-            // candle's silu `v / (1 + exp(-v))`, then the product
-            *g = *g / (1.0 + (-*g).exp()) * u;
+        let (g, u) = (&mut g[span(l1)], &u[span(l2)]);
+        let silu_mul = |(g, u): (&mut [f32], &[f32])| {
+            for (g, &u) in g.iter_mut().zip(u) {
+                // candle's silu `v / (1 + exp(-v))`, then the product
+                *g = *g / (1.0 + (-*g).exp()) * u;
+            }
+        };
+        if g.len() <= CHUNK {
+            silu_mul((g, u));
+        } else {
+            g.par_chunks_mut(CHUNK).zip(u.par_chunks(CHUNK)).for_each(silu_mul);
         }
         Ok(())
     }
@@ -157,6 +187,20 @@ mod tests {
     fn input(dtype: DType) -> Tensor {
         // a wide range: saturating sigmoid tails, zeros, negatives
         (Tensor::randn(0f32, 4.0, (7, 33), &Device::Cpu).unwrap()).to_dtype(dtype).unwrap()
+    }
+
+    #[test]
+    fn buffers_split_across_the_pool_give_the_same_bits() {
+        // 3.5 parallel chunks, rows of 1000 not dividing the chunk size
+        let x = Tensor::randn(0f32, 4.0, (229, 1000), &Device::Cpu).unwrap();
+        let slow = (&x * candle_nn::ops::sigmoid(&(&x * 1.702).unwrap()).unwrap()).unwrap();
+        assert!(same_bits(&quick_gelu(x.copy().unwrap()).unwrap(), &slow), "quick_gelu");
+        assert!(same_bits(&gelu_erf(x.copy().unwrap()).unwrap(), &x.gelu_erf().unwrap()), "gelu_erf");
+        let u = Tensor::randn(0f32, 4.0, (229, 1000), &Device::Cpu).unwrap();
+        let slow = (candle_nn::ops::silu(&x).unwrap() * &u).unwrap();
+        assert!(same_bits(&silu_mul(x.copy().unwrap(), &u).unwrap(), &slow), "silu_mul");
+        let b = Tensor::randn(0f32, 1.0, 1000, &Device::Cpu).unwrap();
+        assert!(same_bits(&add_bias(x.copy().unwrap(), &b).unwrap(), &x.broadcast_add(&b).unwrap()), "add_bias");
     }
 
     #[test]
