@@ -10,7 +10,7 @@
 //! (its twin in the tests); only the summation order differs.
 
 use crate::error::Result;
-use crate::softmax::{softmax_row_in_place, CausalRows};
+use crate::softmax::{softmax_scores_row, CausalRows};
 use candle_core::{CpuStorage, DType, Storage, Tensor};
 use rayon::prelude::*;
 
@@ -22,8 +22,8 @@ pub const MAX_ROWS_PER_KV_HEAD: usize = 32;
 /// stride), f32 on CPU -> `Some([H, T, D])`; `None` when the inputs do not fit this path.
 pub fn decode_attention(q: &Tensor, k: &Tensor, v: &Tensor, causal: Option<usize>, scale: f64) -> Result<Option<Tensor>> {
     let (h, t, d) = q.dims3()?;
-    let (kvh, s, _) = k.dims3()?;
-    if kvh == 0 || h % kvh != 0 || s == 0 {
+    let (kvh, s, k_dim) = k.dims3()?;
+    if kvh == 0 || h % kvh != 0 || s == 0 || k_dim != d {
         return Ok(None);
     }
     let groups = h / kvh;
@@ -88,7 +88,6 @@ unsafe fn head_attention_avx2(q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], 
 fn head_attention(q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], sh: HeadShape, causal: Option<usize>, scale: f32, avx2: bool) {
     let HeadShape { rows, t, d, s } = sh;
     let mask = causal.map(|offset| CausalRows { first_position: offset, rows_per_query_block: t });
-    let visible = |r: usize| mask.map_or(s, |m| m.visible(r, s));
     // scores [rows, S]: each key row is read once for all query rows
     let mut scores = vec![0f32; rows * s];
     for (j, key) in k.chunks_exact(d).enumerate() {
@@ -96,11 +95,8 @@ fn head_attention(q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], sh: HeadShap
             scores[r * s + j] = dot(&q[r * d..(r + 1) * d], key);
         }
     }
-    for r in 0..rows {
-        let row = &mut scores[r * s..(r + 1) * s];
-        let (seen, masked) = row.split_at_mut(visible(r));
-        softmax_row_in_place(seen, scale, avx2);
-        masked.fill(0.0);
+    for (r, row) in scores.chunks_exact_mut(s).enumerate() {
+        softmax_scores_row(row, r, scale, mask, avx2);
     }
     // out [rows, D] = probs [rows, S] x V [S, D]: each value row is read once
     out.fill(0.0);

@@ -3,8 +3,8 @@
 //! Why: peak memory. `x * sigmoid(1.702 * x)` on a `[1024, 5120]` f32 vision MLP activation
 //! holds four 20 MiB buffers at once; a bias add holds two. Done in place, each holds one. The
 //! arithmetic is candle 0.11's own scalar formula for each op (`Affine`, `Sigmoid`, `Silu`,
-//! `GeluErf`, binary `Mul`/`Add`), so the results are bit-identical to the out-of-place twins the tests
-//! compare against.
+//! `GeluErf`, binary `Mul`/`Add`), so the results are bit-identical to the out-of-place twins
+//! the tests compare against.
 //!
 //! Every function here takes its input by value and may write into its buffer: pass only a
 //! tensor nothing else still reads (a fresh matmul output, not a view of a weight or of a tensor
@@ -31,8 +31,8 @@ fn for_each_chunk<T: Send>(data: &mut [T], unit: usize, f: impl Fn(&mut [T]) + S
     }
 }
 
-fn in_place_ok(x: &Tensor, dtype: Option<DType>) -> bool {
-    x.device().is_cpu() && x.is_contiguous() && dtype.is_none_or(|d| x.dtype() == d)
+fn in_place_ok(x: &Tensor, dtype: DType) -> bool {
+    x.device().is_cpu() && x.is_contiguous() && x.dtype() == dtype
 }
 
 /// The contiguous slice a layout views in a storage.
@@ -47,7 +47,7 @@ fn bad_storage(op: &str) -> candle_core::Error {
 /// `y + bias` broadcast over rows: `y [.., N]`, `bias [N]` (same dtype).
 pub fn add_bias(y: Tensor, bias: &Tensor) -> Result<Tensor> {
     let n = bias.elem_count();
-    if in_place_ok(&y, Some(bias.dtype())) && bias.is_contiguous() && y.dims().last() == Some(&n) && n > 0 {
+    if in_place_ok(&y, bias.dtype()) && bias.is_contiguous() && y.dims().last() == Some(&n) && n > 0 {
         y.inplace_op2(bias, &AddRowBias)?;
         return Ok(y);
     }
@@ -83,65 +83,49 @@ impl InplaceOp2 for AddRowBias {
     }
 }
 
+/// An element-wise f32 function written over the buffer.
+struct F32Map<F> {
+    name: &'static str,
+    f: F,
+}
+
+impl<F: Fn(f32) -> f32 + Sync + Send> InplaceOp1 for F32Map<F> {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> candle_core::Result<()> {
+        let CpuStorage::F32(d) = s else { return Err(bad_storage(self.name)) };
+        for_each_chunk(&mut d[span(l)], 1, |c| c.iter_mut().for_each(|v| *v = (self.f)(*v)));
+        Ok(())
+    }
+}
+
+/// `map` over a fresh contiguous CPU f32 `x` in place, else `out_of_place(&x)`.
+fn map_f32<F: Fn(f32) -> f32 + Sync + Send>(x: Tensor, map: F32Map<F>, out_of_place: impl FnOnce(&Tensor) -> candle_core::Result<Tensor>) -> Result<Tensor> {
+    if in_place_ok(&x, DType::F32) {
+        x.inplace_op1(&map)?;
+        return Ok(x);
+    }
+    Ok(out_of_place(&x)?)
+}
+
 /// QuickGELU `x * sigmoid(1.702 x)`.
 pub fn quick_gelu(x: Tensor) -> Result<Tensor> {
-    if in_place_ok(&x, Some(DType::F32)) {
-        x.inplace_op1(&QuickGelu)?;
-        return Ok(x);
-    }
-    Ok((&x * candle_nn::ops::sigmoid(&(&x * 1.702)?)?)?)
+    // candle: affine `v * mul + add`, then sigmoid `(exp(-a) + 1).recip()`, then `v * s`
+    let f = |v: f32| v * ((-(v * 1.702f32 + 0.0)).exp() + 1.0).recip();
+    map_f32(x, F32Map { name: "quick-gelu", f }, |x| x * candle_nn::ops::sigmoid(&(x * 1.702)?)?)
 }
 
-struct QuickGelu;
-
-impl InplaceOp1 for QuickGelu {
-    fn name(&self) -> &'static str {
-        "quick-gelu"
-    }
-
-    fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> candle_core::Result<()> {
-        let CpuStorage::F32(d) = s else { return Err(bad_storage(self.name())) };
-        for_each_chunk(&mut d[span(l)], 1, |c| {
-            for v in c {
-                // candle: affine `v * mul + add`, then sigmoid `(exp(-a) + 1).recip()`, then `v * s`
-                let a = *v * 1.702f32 + 0.0;
-                *v *= ((-a).exp() + 1.0).recip();
-            }
-        });
-        Ok(())
-    }
-}
-
-/// Exact erf GELU (`nn.GELU()` default).
+/// Exact erf GELU (`nn.GELU()` default), candle's `GeluErf` formula.
 pub fn gelu_erf(x: Tensor) -> Result<Tensor> {
-    if in_place_ok(&x, Some(DType::F32)) {
-        x.inplace_op1(&GeluErf)?;
-        return Ok(x);
-    }
-    Ok(x.gelu_erf()?)
-}
-
-struct GeluErf;
-
-impl InplaceOp1 for GeluErf {
-    fn name(&self) -> &'static str {
-        "gelu-erf"
-    }
-
-    fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> candle_core::Result<()> {
-        let CpuStorage::F32(d) = s else { return Err(bad_storage(self.name())) };
-        for_each_chunk(&mut d[span(l)], 1, |c| {
-            for v in c {
-                *v = (candle_core::cpu::erf::erf_f32(*v * std::f32::consts::FRAC_1_SQRT_2) + 1.) * 0.5 * *v;
-            }
-        });
-        Ok(())
-    }
+    let f = |v: f32| (candle_core::cpu::erf::erf_f32(v * std::f32::consts::FRAC_1_SQRT_2) + 1.) * 0.5 * v;
+    map_f32(x, F32Map { name: "gelu-erf", f }, |x| x.gelu_erf())
 }
 
 /// SwiGLU's `silu(gate) * up`, written into `gate`'s buffer.
 pub fn silu_mul(gate: Tensor, up: &Tensor) -> Result<Tensor> {
-    if in_place_ok(&gate, Some(DType::F32)) && up.is_contiguous() && up.dtype() == DType::F32 && up.shape() == gate.shape() {
+    if in_place_ok(&gate, DType::F32) && up.is_contiguous() && up.dtype() == DType::F32 && up.shape() == gate.shape() {
         gate.inplace_op2(up, &SiluMul)?;
         return Ok(gate);
     }

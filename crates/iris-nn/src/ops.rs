@@ -255,7 +255,6 @@ impl LayerNorm {
     }
 }
 
-
 /// Largest absolute difference between two tensors, in f32 (test and diagnostics helper).
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
     let d = (a.to_dtype(DType::F32)? - b.to_dtype(DType::F32)?)?.abs()?;

@@ -69,12 +69,7 @@ impl InplaceOp1 for ScaledSoftmax {
         let start = layout.start_offset();
         let scores = &mut data[start..start + layout.shape().elem_count()];
         let avx2 = avx2_fma_detected();
-        let one_row = |(r, row): (usize, &mut [f32])| {
-            let visible = self.causal.map_or(keys, |c| c.visible(r, keys));
-            let (seen, masked) = row.split_at_mut(visible);
-            softmax_row_in_place(seen, self.scale, avx2);
-            masked.fill(0.0);
-        };
+        let one_row = |(r, row): (usize, &mut [f32])| softmax_scores_row(row, r, self.scale, self.causal, avx2);
         // a decode step's few short rows are not worth waking the pool for
         if scores.len() < 1 << 15 {
             scores.chunks_mut(keys).enumerate().for_each(one_row);
@@ -96,26 +91,38 @@ pub(crate) fn avx2_fma_detected() -> bool {
     }
 }
 
-/// One row in place: `exp((x - max) * scale) / sum`. `scale > 0` keeps the argmax. `avx2`:
-/// what `avx2_fma_detected` returned.
-pub(crate) fn softmax_row_in_place(row: &mut [f32], scale: f32, avx2: bool) {
+/// Score row `r` in place: the softmax over the keys it sees, the masked keys 0. `avx2`: what
+/// `avx2_fma_detected` returned.
+pub(crate) fn softmax_scores_row(row: &mut [f32], r: usize, scale: f32, causal: Option<CausalRows>, avx2: bool) {
+    let visible = causal.map_or(row.len(), |c| c.visible(r, row.len()));
+    let (seen, masked) = row.split_at_mut(visible);
+    softmax_row_in_place(seen, scale, avx2);
+    masked.fill(0.0);
+}
+
+/// One row in place: `exp((x - max) * scale) / sum`. `scale > 0` keeps the argmax.
+fn softmax_row_in_place(row: &mut [f32], scale: f32, avx2: bool) {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     #[cfg(target_arch = "x86_64")]
-    if avx2 {
-        // SAFETY: AVX2 and FMA were detected at run time.
-        let sum = unsafe { avx2::exp_shifted_in_place(row, max, scale) };
-        let inv = 1.0 / sum;
-        row.iter_mut().for_each(|v| *v *= inv);
-        return;
-    }
-    let _ = avx2;
+    // SAFETY: `avx2` says AVX2 and FMA were detected at run time.
+    let sum = if avx2 { unsafe { avx2::exp_shifted_in_place(row, max, scale) } } else { exp_shifted_in_place(row, max, scale) };
+    #[cfg(not(target_arch = "x86_64"))]
+    let sum = {
+        let _ = avx2;
+        exp_shifted_in_place(row, max, scale)
+    };
+    let inv = 1.0 / sum;
+    row.iter_mut().for_each(|v| *v *= inv);
+}
+
+/// Replaces each `v` by `exp((v - max) * scale)` and returns their sum (scalar `expf`).
+fn exp_shifted_in_place(row: &mut [f32], max: f32, scale: f32) -> f32 {
     let mut sum = 0.0f32;
     for v in row.iter_mut() {
         *v = ((*v - max) * scale).exp();
         sum += *v;
     }
-    let inv = 1.0 / sum;
-    row.iter_mut().for_each(|v| *v *= inv);
+    sum
 }
 
 #[cfg(target_arch = "x86_64")]
