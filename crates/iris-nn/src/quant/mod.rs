@@ -6,10 +6,12 @@
 //! on x86 (2-2.3x the memory), which breaks the memory budget this crate is built for.
 //!
 //! Products: decode-sized inputs (m <= `kernels::MAX_ROWS`) quantize the activations per block
-//! as llama.cpp does and use integer dot products (`kernels`); larger inputs dequantize the weight
-//! tile by tile to f32 and use the f32 GEMM, so prefill keeps f32 activations.
+//! as llama.cpp does and use integer dot products (`kernels`); larger inputs do the same in an
+//! int8 GEMM on AVX512-VNNI CPUs (`gemm`), and elsewhere dequantize the weight tile by tile to
+//! f32 and use the f32 GEMM (f32 activations).
 
 pub mod cache;
+mod gemm;
 pub mod kernels;
 
 use crate::error::{NnError, Result};
@@ -311,8 +313,9 @@ impl QuantizedMatrix {
     }
 
     /// `x [m, K] (f32) -> x W^T [m, N] (f32)`. Up to `INTEGER_KERNEL_MAX_ROWS` rows (batched
-    /// decode, short prompts) run the integer kernels in passes of `MAX_ROWS` rows; more rows
-    /// decode weight tiles to f32 once and use the f32 GEMM.
+    /// decode, short prompts) run the integer kernels in passes of `MAX_ROWS` rows; more rows run
+    /// the int8 GEMM where the CPU has AVX512-VNNI (`gemm`), else decode weight tiles to f32 once
+    /// and use the f32 GEMM.
     pub fn matmul_t(&self, x: &Tensor) -> Result<Tensor> {
         let (m, k) = x.dims2()?;
         if k != self.k {
@@ -329,8 +332,20 @@ impl QuantizedMatrix {
             }
             return Ok(Tensor::from_vec(out, (m, self.n), x.device())?);
         }
-        // prefill: f32 activations against f32 tiles of the weight, each tile's columns written
-        // straight into the output (collecting the tiles and concatenating held the output twice)
+        if gemm::available() && x.device().is_cpu() {
+            let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
+            let mut out = vec![0f32; m * self.n];
+            gemm::gemm_with(&self.blocks, self.n, self.k, &xs, m, &mut out, kernels::Kernel::best());
+            return Ok(Tensor::from_vec(out, (m, self.n), x.device())?);
+        }
+        self.matmul_t_f32_tiles(&x)
+    }
+
+    /// Prefill without VNNI: f32 activations against f32 tiles of the weight, each tile's columns
+    /// written straight into the output (collecting the tiles and concatenating held the output
+    /// twice).
+    fn matmul_t_f32_tiles(&self, x: &Tensor) -> Result<Tensor> {
+        let m = x.dim(0)?;
         let mut out = vec![0f32; m * self.n];
         for start in (0..self.n).step_by(DEQUANT_TILE_ROWS) {
             let len = DEQUANT_TILE_ROWS.min(self.n - start);

@@ -126,16 +126,48 @@ fn inputs_over_eight_rows_run_in_passes_of_eight() {
 }
 
 #[test]
-fn large_inputs_use_f32_activations() {
+fn large_inputs_without_vnni_use_f32_tiles() {
     for format in [WeightFormat::Q8_0, WeightFormat::Q4K] {
         // a full weight tile and a partial one
         let (n, k, m) = (DEQUANT_TILE_ROWS + 88, 512, INTEGER_KERNEL_MAX_ROWS + 1);
         let q = QuantizedMatrix::quantize(&pseudo_random(n * k, 4), n, k, format).unwrap();
         let x = pseudo_random(m * k, 5);
-        let got: Vec<f32> = q.matmul_t(&Tensor::from_slice(&x, (m, k), &Device::Cpu).unwrap()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let xt = Tensor::from_slice(&x, (m, k), &Device::Cpu).unwrap();
+        let got: Vec<f32> = q.matmul_t_f32_tiles(&xt).unwrap().flatten_all().unwrap().to_vec1().unwrap();
         let err = max_rel(&got, &reference(&q, &x, m));
-        println!("{format} m={m}: rel diff vs f64 product {err:e}");
+        println!("{format} m={m}: f32 tiles rel diff vs f64 product {err:e}");
         assert!(err < 1e-5, "{format}: {err}");
+    }
+}
+
+#[test]
+fn int8_gemm_matches_its_scalar_twin_and_the_f64_product() {
+    // 70 columns: two full panel pairs and a partial one; 13 rows: three full tiles and one row
+    let (n, m) = (70, 13);
+    for (format, k) in [(WeightFormat::Q8_0, 96), (WeightFormat::Q8_0, 1536), (WeightFormat::Q4K, 512)] {
+        let q = QuantizedMatrix::quantize(&pseudo_random(n * k, 10), n, k, format).unwrap();
+        let x = pseudo_random(m * k, 11);
+        let mut slow = vec![0f32; m * n];
+        gemm::gemm_with(&q.blocks, n, k, &x, m, &mut slow, Kernel::Scalar);
+        let exact = reference(&q, &x, m);
+        let vs_exact = max_rel(&slow, &exact);
+        println!("{format} [{n}, {k}] m={m}: int8 GEMM (scalar) rel diff vs f64 product {vs_exact:e}");
+        assert!(vs_exact < 1.5e-2, "{format}: {vs_exact}");
+        if format == WeightFormat::Q8_0 {
+            // q8_0 decode quantizes activations the same way: same products up to summation order
+            let mut gemv_out = vec![0f32; n];
+            gemv_with(&q.blocks, n, k, &x[..k], 1, &mut gemv_out, Kernel::Scalar);
+            let vs_gemv = max_rel(&slow[..n], &gemv_out);
+            println!("{format} [{n}, {k}]: int8 GEMM row 0 rel diff vs the decode kernel {vs_gemv:e}");
+            assert!(vs_gemv < 1e-5, "{format}: {vs_gemv}");
+        }
+        for kernel in Kernel::available().into_iter().filter(|&k| k == Kernel::Avx512Vnni) {
+            let mut fast = vec![0f32; m * n];
+            gemm::gemm_with(&q.blocks, n, k, &x, m, &mut fast, kernel);
+            let twin = max_rel(&fast, &slow);
+            println!("{format} [{n}, {k}] m={m}: int8 GEMM {kernel:?} rel diff vs scalar twin {twin:e}");
+            assert!(twin < 1e-6, "{format}: {kernel:?} {twin}");
+        }
     }
 }
 
@@ -177,6 +209,16 @@ fn activation_quantization_matches_its_portable_twin() {
         let slow = quantize_blocks_portable(&x, block);
         assert_eq!(fast, slow, "block {block}");
         assert_eq!(slow.1[1], -15 - 1, "-15.5 rounds away from zero");
+    }
+}
+
+#[test]
+fn round_half_away_is_round() {
+    let mut values = pseudo_random(100_000, 12).into_iter().map(|v| v * 300.0).collect::<Vec<_>>();
+    values.extend((-600..=600).map(|i| i as f32 * 0.25));
+    values.extend([0.49999997, -0.49999997, 8388607.5, -8388607.5, 16777215.0, f32::MIN_POSITIVE, -0.0]);
+    for v in values {
+        assert_eq!(super::kernels::round_half_away(v).to_bits(), v.round().to_bits(), "{v}");
     }
 }
 

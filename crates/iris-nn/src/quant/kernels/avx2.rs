@@ -1,7 +1,7 @@
 //! AVX2 twins of the integer kernels in `kernels/mod.rs` (`maddubs` on 32 bytes) and the 4-row
 //! q4_K decode kernel over interleaved rows; tested against the scalar twin.
 
-use super::{q4k_row, Q4KBlock, QuantizedRow, MAX_ROWS};
+use super::{q4k_row, Q4KBlock, QuantizedRow, MAX_ROWS, PREFETCH_AHEAD};
 use candle_core::quantized::k_quants::{QK8_0, QK_K};
 use half::f16;
 use std::arch::x86_64::*;
@@ -31,13 +31,6 @@ macro_rules! for_row_count {
         }
     };
 }
-
-/// How far ahead of the weight stream the decode kernels prefetch. Without it the 4-row q4_K
-/// kernel streamed 17 GB/s from DRAM (`gemv_bench`) against a ~28 GB/s streaming sum; 1, 2, 4
-/// and 8 KiB ahead measured 21.0, 22.0, 22.3 and 22.4-22.9 GB/s, 16 KiB 19.5-21. Addresses are
-/// formed with `wrapping_add`: near the end of a matrix they point past its allocation, which a
-/// prefetch may do but `add` may not.
-const PREFETCH_AHEAD: usize = 8192;
 
 /// 32 unsigned x 32 signed bytes -> 8 i32 lanes (no overflow: |products| <= 2 * 255 * 127).
 #[target_feature(enable = "avx2")]

@@ -1,0 +1,42 @@
+//! Prefill/vision product benchmark: `QuantizedMatrix::matmul_t` on many rows (the int8 GEMM on
+//! AVX512-VNNI CPUs, f32 weight tiles elsewhere) next to candle's f32 matmul with the weight
+//! already dequantized (the f32 path's GEMM alone), at Qwen2-VL-2B sizes: the vision MLP on 1024
+//! patches and the language MLP on a 307-token prompt. Prints GFLOP/s (2 * m * N * K per product).
+//! `cargo run --release -p iris-nn --example gemm_bench`
+
+use candle_core::{Device, Tensor};
+use iris_nn::{QuantizedMatrix, WeightFormat};
+use std::time::Instant;
+
+fn best_of<F: FnMut()>(runs: usize, mut f: F) -> f64 {
+    (0..runs)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+fn main() {
+    let dev = Device::Cpu;
+    println!("quantized kernel: {:?}", iris_nn::quant::kernels::Kernel::best());
+    // (label, m, N, K)
+    let shapes = [("vision fc1", 1024, 5120, 1280), ("vision fc2", 1024, 1280, 5120), ("lm gate", 307, 8960, 1536), ("lm down", 307, 1536, 8960)];
+    for (label, m, n, k) in shapes {
+        let x = Tensor::randn(0f32, 1.0, (m, k), &dev).unwrap();
+        let w = Tensor::randn(0f32, 0.05, (n, k), &dev).unwrap();
+        let flops = 2.0 * (m * n * k) as f64;
+        let dense = best_of(3, || {
+            x.matmul(&w.t().unwrap()).unwrap();
+        });
+        println!("{label} [{m}, {k}] x [{n}, {k}]^T f32 matmul: {:.1} ms, {:.0} GFLOP/s", dense * 1e3, flops / dense / 1e9);
+        for format in [WeightFormat::Q8_0, WeightFormat::Q4K] {
+            let q = QuantizedMatrix::quantize_tensor(&w, format).unwrap();
+            let t = best_of(3, || {
+                q.matmul_t(&x).unwrap();
+            });
+            println!("{label} [{m}, {k}] x [{n}, {k}]^T {format} matmul_t: {:.1} ms, {:.0} GFLOP/s", t * 1e3, flops / t / 1e9);
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! Many-row products (prefill, the vision tower) with int8 activations on AVX512-VNNI:
+//! `[m, K] x W^T` for q8_0 and q4_K weights. The f32 path decodes weight tiles to f32 and runs
+//! an f32 GEMM, bound by FMA throughput (16 multiply-adds per instruction); `vpdpbusd` does 64.
+//! Activations are quantized to int8 per 32-value block, as llama.cpp does for its quantized
+//! matmuls: for q8_0 exactly the decode kernels' recipe; for q4_K finer than decode's 256-value
+//! blocks (the weight's sub-blocks are 32 values, so finer costs nothing here).
+//!
+//! Each task repacks 32 weight columns ("a panel pair") into the layout `vpdpbusd` wants: for
+//! block `b` and group `g` of four values, one 64-byte vector per 16 columns holding those four
+//! bytes of each column. Weights become unsigned bytes in both formats, so one kernel serves both:
+//!   q4_K: byte `q` (0..15),      block scale `d*sc[j]`, block min `dmin*m[j]`;
+//!   q8_0: byte `q + 128` (0..255), block scale `d`,     block min `128*d`,
+//! and a block contributes `dx * (scale * sum(byte * xq) - min * sum(xq))`, `xq` the activation
+//! quants and `dx` their scale. `tile_scalar` is the plain twin of the AVX-512 tile kernel.
+
+use super::kernels::{self, q4k_row, Kernel};
+use super::Blocks;
+use candle_core::quantized::k_quants::{QK8_0, QK_K};
+use rayon::prelude::*;
+
+/// Values per scale block: a q8_0 block, a q4_K sub-block.
+pub(crate) const BLOCK: usize = 32;
+/// Output columns per task (two 16-lane vectors).
+pub(crate) const PAIR: usize = 32;
+/// Activation rows per tile.
+pub(crate) const TILE_ROWS: usize = 4;
+
+/// `[m, K]` activations quantized per `BLOCK` values.
+pub(crate) struct Activations {
+    /// `[m, K]` int8 quants in `[-127, 127]`.
+    pub qs: Vec<i8>,
+    /// `[m, K / BLOCK]` scales.
+    pub dx: Vec<f32>,
+    /// `[m, K / BLOCK]` `dx * sum(quants of the block)`, for the min term.
+    pub dx_sum: Vec<f32>,
+}
+
+impl Activations {
+    pub fn quantize(x: &[f32], k: usize) -> Self {
+        let blocks = k / BLOCK;
+        let rows = x.len() / k;
+        let mut qs = vec![0i8; x.len()];
+        let mut dx = vec![0f32; rows * blocks];
+        let mut dx_sum = vec![0f32; rows * blocks];
+        qs.par_chunks_mut(k).zip(dx.par_chunks_mut(blocks)).zip(dx_sum.par_chunks_mut(blocks)).zip(x.par_chunks(k)).for_each(
+            |(((q, d), ds), src)| {
+                let (scales, quants) = kernels::quantize_blocks(src, BLOCK);
+                q.copy_from_slice(&quants);
+                d.copy_from_slice(&scales);
+                for ((s, block), scale) in ds.iter_mut().zip(quants.chunks_exact(BLOCK)).zip(&scales) {
+                    *s = scale * block.iter().map(|&v| v as i32).sum::<i32>() as f32;
+                }
+            },
+        );
+        Self { qs, dx, dx_sum }
+    }
+}
+
+/// 32 weight columns in the `vpdpbusd` layout (see the module doc).
+pub(crate) struct PanelPair {
+    /// `[K / BLOCK][8 groups][2 halves][16 columns][4 bytes]`
+    pub bytes: Vec<u8>,
+    /// `[K / BLOCK][32 columns]`
+    pub scale: Vec<f32>,
+    /// `[K / BLOCK][32 columns]`
+    pub min: Vec<f32>,
+}
+
+/// Where byte `i` (0..BLOCK) of column `c` (0..PAIR) of block `b` sits in `PanelPair::bytes`:
+/// `[b][g = i / 4][c / 16][c % 16][i % 4]`, i.e. `b * 1024 + g * 128 + 4 * c + i % 4`.
+fn panel_byte(b: usize, c: usize, i: usize) -> usize {
+    b * BLOCK * PAIR + (i / 4) * 4 * PAIR + 4 * c + i % 4
+}
+
+impl PanelPair {
+    /// Columns `first..first + PAIR` of the weight; columns past `n` are zero.
+    pub fn pack(blocks: &Blocks, n: usize, k: usize, first: usize) -> Self {
+        let nb = k / BLOCK;
+        let mut out = Self { bytes: vec![0; nb * BLOCK * PAIR], scale: vec![0.0; nb * PAIR], min: vec![0.0; nb * PAIR] };
+        for col in 0..PAIR.min(n - first) {
+            let o = first + col;
+            // one block's 32 bytes of this column, moved four at a time
+            let mut put = |b: usize, bytes: [u8; BLOCK], scale: f32, min: f32| {
+                for g in 0..BLOCK / 4 {
+                    let at = panel_byte(b, col, 4 * g);
+                    out.bytes[at..at + 4].copy_from_slice(&bytes[4 * g..4 * g + 4]);
+                }
+                out.scale[b * PAIR + col] = scale;
+                out.min[b * PAIR + col] = min;
+            };
+            match blocks {
+                Blocks::Q8_0 { qs, d } => {
+                    for b in 0..nb {
+                        let q = &qs[o * k + b * QK8_0..][..QK8_0];
+                        let d = d[o * nb + b].to_f32();
+                        put(b, std::array::from_fn(|i| (q[i] as u8) ^ 0x80), d, 128.0 * d);
+                    }
+                }
+                Blocks::Q4K(q4k) => {
+                    for (s, blk) in q4k_row(q4k, k / QK_K, o) {
+                        let (d, dmin) = (blk.dm[0].to_f32(), blk.dm[1].to_f32());
+                        for j in 0..QK_K / BLOCK {
+                            // sub-block j: nibble j % 2 of bytes 32 * (j / 2) .. + 32
+                            let q = &blk.qs[32 * (j / 2)..][..32];
+                            let shift = 4 * (j % 2);
+                            let bytes = std::array::from_fn(|i| (q[i] >> shift) & 0xF);
+                            put(s * (QK_K / BLOCK) + j, bytes, d * blk.sc[j] as f32, dmin * blk.m[j] as f32);
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Output rows of one tile: `out[r]` points at column `first` of output row `r`.
+pub(crate) struct TileRows<'a> {
+    pub acts: &'a Activations,
+    pub k: usize,
+    /// First activation row of the tile.
+    pub row: usize,
+    /// Rows in the tile (1..=TILE_ROWS).
+    pub rows: usize,
+}
+
+/// Plain twin of the AVX-512 tile: `out[r * PAIR + c]` for the tile's rows and 32 columns, with
+/// the same per-block integer dot products and the same float operation order.
+pub(crate) fn tile_scalar(panel: &PanelPair, t: &TileRows, out: &mut [f32]) {
+    let nb = t.k / BLOCK;
+    for r in 0..t.rows {
+        let x = &t.acts.qs[(t.row + r) * t.k..][..t.k];
+        for c in 0..PAIR {
+            let mut acc = 0f32;
+            for b in 0..nb {
+                let mut dot = 0i32;
+                for i in 0..BLOCK {
+                    let byte = panel.bytes[panel_byte(b, c, i)];
+                    dot += byte as i32 * x[b * BLOCK + i] as i32;
+                }
+                let dx = t.acts.dx[(t.row + r) * nb + b];
+                acc = (dot as f32).mul_add(panel.scale[b * PAIR + c] * dx, acc);
+                acc = (-panel.min[b * PAIR + c]).mul_add(t.acts.dx_sum[(t.row + r) * nb + b], acc);
+            }
+            out[r * PAIR + c] = acc;
+        }
+    }
+}
+
+/// Raw output pointer shared by the tasks, each of which writes its own columns.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: tasks write disjoint column ranges of the output (see `gemm_with`).
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// A method, so closures capture the `Sync` wrapper rather than its raw pointer field.
+    fn at(self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}
+
+/// `out[r * n + o] = sum_i x[r * k + i] * W[o, i]` for `m` rows of `x` (any `m`), int8
+/// activations. `kernel` picks the tile kernel: AVX-512 VNNI, or the scalar twin otherwise.
+pub(crate) fn gemm_with(blocks: &Blocks, n: usize, k: usize, x: &[f32], m: usize, out: &mut [f32], kernel: Kernel) {
+    assert!(x.len() == m * k && out.len() == m * n && k.is_multiple_of(BLOCK));
+    let acts = Activations::quantize(x, k);
+    let dst = OutPtr(out.as_mut_ptr());
+    (0..n.div_ceil(PAIR)).into_par_iter().for_each(|p| {
+        let first = p * PAIR;
+        let cols = PAIR.min(n - first);
+        let panel = PanelPair::pack(blocks, n, k, first);
+        let mut tile = [0f32; TILE_ROWS * PAIR];
+        for row in (0..m).step_by(TILE_ROWS) {
+            let t = TileRows { acts: &acts, k, row, rows: TILE_ROWS.min(m - row) };
+            match kernel {
+                // SAFETY: Avx512Vnni comes from `Kernel::available`, which checked the features.
+                #[cfg(target_arch = "x86_64")]
+                Kernel::Avx512Vnni => unsafe { kernels::avx512_gemm::tile(&panel, &t, &mut tile) },
+                _ => tile_scalar(&panel, &t, &mut tile),
+            }
+            for r in 0..t.rows {
+                // SAFETY: row `row + r` < m and columns `first..first + cols` < n belong to this
+                // task alone (tasks own disjoint column ranges); `out` outlives the parallel loop.
+                let dst_row = unsafe { std::slice::from_raw_parts_mut(dst.at((row + r) * n + first), cols) };
+                dst_row.copy_from_slice(&tile[r * PAIR..r * PAIR + cols]);
+            }
+        }
+    });
+}
+
+/// Whether many-row products take the int8 GEMM: on AVX512-VNNI CPUs, unless the environment
+/// sets `IRIS_NO_INT8_GEMM` (then they take the f32-tile path, for A/B measurements).
+pub(crate) fn available() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| Kernel::best() == Kernel::Avx512Vnni && std::env::var_os("IRIS_NO_INT8_GEMM").is_none())
+}
