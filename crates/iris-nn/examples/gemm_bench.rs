@@ -1,7 +1,7 @@
 //! Prefill/vision product benchmark: `QuantizedMatrix::matmul_t` on many rows (the int8 GEMM on
 //! AVX512-VNNI CPUs, f32 weight tiles elsewhere) next to candle's f32 matmul with the weight
 //! already dequantized (the f32 path's GEMM alone), at Qwen2-VL-2B sizes: the vision MLP on 1024
-//! patches and the language MLP on a 307-token prompt. Prints GFLOP/s (2 * m * N * K per product).
+//! patches, the language MLP on a 307-token prompt and on 9-64 rows (batched decode). Prints GFLOP/s (2 * m * N * K per product).
 //! `cargo run --release -p iris-nn --example gemm_bench`
 
 use candle_core::{Device, Tensor};
@@ -22,7 +22,16 @@ fn main() {
     let dev = Device::Cpu;
     println!("quantized kernel: {:?}", iris_nn::quant::kernels::Kernel::best());
     // (label, m, N, K)
-    let shapes = [("vision fc1", 1024, 5120, 1280), ("vision fc2", 1024, 1280, 5120), ("lm gate", 307, 8960, 1536), ("lm down", 307, 1536, 8960)];
+    let shapes = [
+        ("vision fc1", 1024, 5120, 1280),
+        ("vision fc2", 1024, 1280, 5120),
+        ("lm gate", 307, 8960, 1536),
+        ("lm down", 307, 1536, 8960),
+        ("lm gate", 64, 8960, 1536),
+        ("lm gate", 32, 8960, 1536),
+        ("lm gate", 16, 8960, 1536),
+        ("lm gate", 9, 8960, 1536),
+    ];
     for (label, m, n, k) in shapes {
         let x = Tensor::randn(0f32, 1.0, (m, k), &dev).unwrap();
         let w = Tensor::randn(0f32, 0.05, (n, k), &dev).unwrap();

@@ -128,6 +128,12 @@ pub(crate) enum Blocks {
 /// roughly 100 rows; 64 keeps a margin for the slower q4k kernel.
 pub const INTEGER_KERNEL_MAX_ROWS: usize = 64;
 
+/// Rows from which the int8 GEMM (AVX512-VNNI) beats passes of the decode kernels. Packing the
+/// weight for it costs ~2.8 ms on a [8960, 1536] weight whatever the row count; `gemm_bench` on
+/// that weight (2-core Zen 5, q8_0 / q4k) measured passes vs GEMM at 64 rows 8.8/7.1 vs 5.8 ms,
+/// at 32 rows 4.5/3.7 vs 4.3, at 16 rows 2.3/1.9 vs 3.3.
+pub const INT8_GEMM_MIN_ROWS: usize = 33;
+
 /// A `[N, K]` weight (PyTorch `[out, in]`) in a block-quantized format.
 #[derive(Clone)]
 pub struct QuantizedMatrix {
@@ -312,17 +318,19 @@ impl QuantizedMatrix {
         Ok(Self { n, k, blocks })
     }
 
-    /// `x [m, K] (f32) -> x W^T [m, N] (f32)`. Up to `INTEGER_KERNEL_MAX_ROWS` rows (batched
-    /// decode, short prompts) run the integer kernels in passes of `MAX_ROWS` rows; more rows run
-    /// the int8 GEMM where the CPU has AVX512-VNNI (`gemm`), else decode weight tiles to f32 once
-    /// and use the f32 GEMM.
+    /// `x [m, K] (f32) -> x W^T [m, N] (f32)`. Where the CPU has AVX512-VNNI, up to
+    /// `INT8_GEMM_MIN_ROWS - 1` rows (decode, batched decode) run the integer kernels in passes of
+    /// `MAX_ROWS` rows and more rows the int8 GEMM (`gemm`); elsewhere up to
+    /// `INTEGER_KERNEL_MAX_ROWS` rows take the passes and more decode weight tiles to f32 once
+    /// for the f32 GEMM.
     pub fn matmul_t(&self, x: &Tensor) -> Result<Tensor> {
         let (m, k) = x.dims2()?;
         if k != self.k {
             return Err(NnError::Quantization(format!("input has {k} features, weight expects {}", self.k)));
         }
         let x = x.to_dtype(DType::F32)?;
-        if m <= INTEGER_KERNEL_MAX_ROWS && x.device().is_cpu() {
+        let passes = m <= INTEGER_KERNEL_MAX_ROWS && (m < INT8_GEMM_MIN_ROWS || !gemm::available());
+        if passes && x.device().is_cpu() {
             // integer kernels, MAX_ROWS input rows per pass over the weight
             let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
             let mut out = vec![0f32; m * self.n];
