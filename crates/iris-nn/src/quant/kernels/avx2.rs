@@ -13,25 +13,6 @@ unsafe fn hsum(v: __m256) -> f32 {
     _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps::<1>(s, s)))
 }
 
-/// Calls `$kernel::<M>(args)` with `M = $rows` (1..=MAX_ROWS): with the row count known at
-/// compile time the per-row accumulators live in registers instead of a stack array indexed at
-/// run time.
-macro_rules! for_row_count {
-    ($rows:expr, $kernel:ident, $($arg:expr),*) => {
-        match $rows {
-            1 => $kernel::<1>($($arg),*),
-            2 => $kernel::<2>($($arg),*),
-            3 => $kernel::<3>($($arg),*),
-            4 => $kernel::<4>($($arg),*),
-            5 => $kernel::<5>($($arg),*),
-            6 => $kernel::<6>($($arg),*),
-            7 => $kernel::<7>($($arg),*),
-            8 => $kernel::<8>($($arg),*),
-            m => unreachable!("{m} activation rows (at most {MAX_ROWS})"),
-        }
-    };
-}
-
 /// 32 unsigned x 32 signed bytes -> 8 i32 lanes (no overflow: |products| <= 2 * 255 * 127).
 #[target_feature(enable = "avx2")]
 unsafe fn dot_u8_i8(u: __m256i, s: __m256i) -> __m256i {
@@ -42,7 +23,7 @@ unsafe fn dot_u8_i8(u: __m256i, s: __m256i) -> __m256i {
 /// one multiply by each row's activation scales; each block then picks its lane with a
 /// permute. The remaining `per_row % 8` blocks take the per-block path.
 pub unsafe fn dot_row_q8_0(qs: &[i8], d: &[f16], k: usize, o: usize, rows: &[QuantizedRow], cell: &mut [f32]) {
-    for_row_count!(rows.len(), dot_row_q8_0_rows, qs, d, k, o, rows, cell)
+    super::for_row_count!(rows.len(), dot_row_q8_0_rows, qs, d, k, o, rows, cell)
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -164,7 +145,7 @@ unsafe fn q4k_accumulate(acc: __m256, isum: __m256i, blk: &Q4KBlock, dx: f32, su
 /// conversion per row instead of eight; mins use the integer sub-block sums. Bounds: a pair
 /// sum is <= 2*15*127, times a scale <= 63 and summed over 256 values < 2^25, no overflow.
 pub unsafe fn dot_row_q4k(blocks: &[Q4KBlock], k: usize, o: usize, rows: &[QuantizedRow], cell: &mut [f32]) {
-    for_row_count!(rows.len(), dot_row_q4k_rows, blocks, k, o, rows, cell)
+    super::for_row_count!(rows.len(), dot_row_q4k_rows, blocks, k, o, rows, cell)
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]

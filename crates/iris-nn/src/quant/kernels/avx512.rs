@@ -24,6 +24,7 @@ pub unsafe fn dot_row_q8_0(qs: &[i8], d: &[f16], k: usize, o: usize, rows: &[Qua
     let zero = _mm512_setzero_si512();
     let mut acc = [_mm512_setzero_ps(); MAX_ROWS];
     for p in 0..pairs {
+        _mm_prefetch::<_MM_HINT_T0>((wq as *const i8).wrapping_add(64 * p + PREFETCH_AHEAD));
         let w = _mm512_loadu_si512(wq.add(64 * p) as *const _);
         // vpdpbusd takes one unsigned operand: |w| unsigned times x with w's sign moved onto x
         let abs_w = _mm512_abs_epi8(w);
@@ -52,59 +53,6 @@ pub unsafe fn dot_row_q8_0(qs: &[i8], d: &[f16], k: usize, o: usize, rows: &[Qua
     }
 }
 
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
-pub unsafe fn dot_row_q4k(blocks: &[Q4KBlock], k: usize, o: usize, rows: &[QuantizedRow], cell: &mut [f32]) {
-    let per_row = k / QK_K;
-    let m = rows.len();
-    let nibble = _mm512_set1_epi8(0x0F);
-    let zero = _mm512_setzero_si512();
-    // activation vector v (0..4) covers sub-blocks (0,2), (1,3), (4,6), (5,7)
-    let idx = [pair_index(0, 2), pair_index(1, 3), pair_index(4, 6), pair_index(5, 7)];
-    let mut acc = [_mm512_setzero_ps(); MAX_ROWS];
-    let mut min_acc = [_mm256_setzero_ps(); MAX_ROWS];
-    for (s, blk) in q4k_row(blocks, per_row, o) {
-        let q0 = _mm512_loadu_si512(blk.qs.as_ptr() as *const _);
-        let q1 = _mm512_loadu_si512(blk.qs.as_ptr().add(64) as *const _);
-        let w = [
-            _mm512_and_si512(q0, nibble),
-            _mm512_and_si512(_mm512_srli_epi16::<4>(q0), nibble),
-            _mm512_and_si512(q1, nibble),
-            _mm512_and_si512(_mm512_srli_epi16::<4>(q1), nibble),
-        ];
-        let dm = _mm_cvtph_ps(_mm_cvtsi32_si128((blk.dm.as_ptr() as *const i32).read_unaligned()));
-        let d = _mm256_broadcastss_ps(dm);
-        let dmin = _mm256_broadcastss_ps(_mm_movehdup_ps(dm));
-        let sc = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(blk.sc.as_ptr() as *const _))), d);
-        let mins = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(blk.m.as_ptr() as *const _))), dmin);
-        let sc512 = _mm512_castps256_ps512(sc);
-        let scales = [
-            _mm512_permutexvar_ps(idx[0], sc512),
-            _mm512_permutexvar_ps(idx[1], sc512),
-            _mm512_permutexvar_ps(idx[2], sc512),
-            _mm512_permutexvar_ps(idx[3], sc512),
-        ];
-        for r in 0..m {
-            let row = &rows[r];
-            let a = row.qs.as_ptr().add(s * QK_K);
-            let mut t = _mm512_setzero_ps();
-            for v in 0..4 {
-                let dot = _mm512_dpbusd_epi32(zero, w[v], _mm512_loadu_si512(a.add(64 * v) as *const _));
-                t = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scales[v], t);
-            }
-            let dx = *row.d.get_unchecked(s);
-            acc[r] = _mm512_fmadd_ps(t, _mm512_set1_ps(dx), acc[r]);
-            let sums = _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(_mm_loadu_si128(row.sub_sums.as_ptr().add(8 * s) as *const __m128i)));
-            min_acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(mins, sums), _mm256_set1_ps(dx), min_acc[r]);
-        }
-    }
-    for r in 0..m {
-        let mins = _mm256_add_ps(min_acc[r], _mm256_permute2f128_ps::<1>(min_acc[r], min_acc[r]));
-        let mins = _mm256_hadd_ps(mins, mins);
-        let mins = _mm256_hadd_ps(mins, mins);
-        cell[r] = _mm512_reduce_add_ps(acc[r]) - _mm256_cvtss_f32(mins);
-    }
-}
-
 /// Byte-shuffle mask turning the block's eight u8 scales (broadcast to every 64-bit lane) into
 /// 32 i16 lanes: lanes 0-15 hold scale `a`, lanes 16-31 scale `b` (high bytes zeroed by 0x80).
 #[target_feature(enable = "avx512f,avx512bw")]
@@ -116,18 +64,112 @@ unsafe fn scale_pair_mask(a: u8, b: u8) -> __m512i {
     _mm512_loadu_si512(bytes.as_ptr() as *const _)
 }
 
+/// One q4_K super-block ready for any number of activation rows: its four 64-byte nibble vectors
+/// (vector v covers sub-blocks (0,2), (1,3), (4,6), (5,7), matching `q4k_lane_order`) and the
+/// matching 6-bit scales as i16 lanes.
+struct Q4kWeights {
+    nibbles: [__m512i; 4],
+    scales: [__m512i; 4],
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn q4k_weights(blk: &Q4KBlock, masks: &[__m512i; 4]) -> Q4kWeights {
+    let nibble = _mm512_set1_epi8(0x0F);
+    let q0 = _mm512_loadu_si512(blk.qs.as_ptr() as *const _);
+    let q1 = _mm512_loadu_si512(blk.qs.as_ptr().add(64) as *const _);
+    let sc = _mm512_set1_epi64((blk.sc.as_ptr() as *const i64).read_unaligned());
+    Q4kWeights {
+        nibbles: [
+            _mm512_and_si512(q0, nibble),
+            _mm512_and_si512(_mm512_srli_epi16::<4>(q0), nibble),
+            _mm512_and_si512(q1, nibble),
+            _mm512_and_si512(_mm512_srli_epi16::<4>(q1), nibble),
+        ],
+        scales: [0, 1, 2, 3].map(|v| _mm512_shuffle_epi8(sc, masks[v])),
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn q4k_scale_masks() -> [__m512i; 4] {
+    [scale_pair_mask(0, 2), scale_pair_mask(1, 3), scale_pair_mask(4, 6), scale_pair_mask(5, 7)]
+}
+
+/// The 6-bit sub-block scales are applied in the integer domain: `maddubs` gives i16 pair sums
+/// (<= 2*15*127) and `vpdpwssd` multiplies them by the scale and accumulates in i32 (<= 8 * 3810
+/// * 63 per lane), so a super-block costs one int->float conversion per activation row.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn q4k_block_dot(w: &Q4kWeights, a: &[__m512i; 4]) -> __m512i {
+    let mut isum = _mm512_setzero_si512();
+    for v in 0..4 {
+        isum = _mm512_dpwssd_epi32(isum, _mm512_maddubs_epi16(w.nibbles[v], a[v]), w.scales[v]);
+    }
+    isum
+}
+
+/// Activations of super-block `s` of `row`, in the kernel's order.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn q4k_activations(row: &QuantizedRow, s: usize) -> [__m512i; 4] {
+    let a = row.qs.as_ptr().add(s * QK_K);
+    [0, 1, 2, 3].map(|v| _mm512_loadu_si512(a.add(64 * v) as *const _))
+}
+
+/// Adds one super-block to a row's accumulators: `d*dx*isum` to `acc`, `dmin*dx*(m_j * sum_j)`
+/// over the 8 sub-blocks to `min_acc` (subtracted at the end, `q4k_finish`).
+#[inline]
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+unsafe fn q4k_fold(acc: &mut __m512, min_acc: &mut __m128, isum: __m512i, blk: &Q4KBlock, row: &QuantizedRow, s: usize) {
+    // [d, dmin] * dx in lanes 0 and 1
+    let dx = _mm_set1_ps(*row.d.get_unchecked(s));
+    let dm = _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi32_si128((blk.dm.as_ptr() as *const i32).read_unaligned())), dx);
+    *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_broadcastss_ps(dm), *acc);
+    // eight (min, sub-block sum) i16 pairs -> four i32 lanes; <= 2 * 63 * 4064
+    let sums = _mm_loadu_si128(row.sub_sums.as_ptr().add(8 * s) as *const __m128i);
+    let mins = _mm_madd_epi16(_mm_cvtepu8_epi16(_mm_loadl_epi64(blk.m.as_ptr() as *const __m128i)), sums);
+    *min_acc = _mm_fmadd_ps(_mm_cvtepi32_ps(mins), _mm_shuffle_ps::<0b01_01_01_01>(dm, dm), *min_acc);
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx2")]
+unsafe fn q4k_finish(acc: __m512, min_acc: __m128) -> f32 {
+    let m = _mm_add_ps(min_acc, _mm_movehl_ps(min_acc, min_acc));
+    let m = _mm_add_ss(m, _mm_shuffle_ps::<1>(m, m));
+    _mm512_reduce_add_ps(acc) - _mm_cvtss_f32(m)
+}
+
+/// q4_K against up to `MAX_ROWS` activation rows (batched decode): each super-block is unpacked
+/// once for all rows.
+pub unsafe fn dot_row_q4k(blocks: &[Q4KBlock], k: usize, o: usize, rows: &[QuantizedRow], cell: &mut [f32]) {
+    super::for_row_count!(rows.len(), dot_row_q4k_rows, blocks, k, o, rows, cell)
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+unsafe fn dot_row_q4k_rows<const M: usize>(blocks: &[Q4KBlock], k: usize, o: usize, rows: &[QuantizedRow], cell: &mut [f32]) {
+    let rows: &[QuantizedRow; M] = rows.try_into().expect("M activation rows");
+    let masks = q4k_scale_masks();
+    let mut acc = [_mm512_setzero_ps(); M];
+    let mut min_acc = [_mm_setzero_ps(); M];
+    for (s, blk) in q4k_row(blocks, k / QK_K, o) {
+        let w = q4k_weights(blk, &masks);
+        for r in 0..M {
+            let isum = q4k_block_dot(&w, &q4k_activations(&rows[r], s));
+            q4k_fold(&mut acc[r], &mut min_acc[r], isum, blk, &rows[r], s);
+        }
+    }
+    for r in 0..M {
+        cell[r] = q4k_finish(acc[r], min_acc[r]);
+    }
+}
+
 /// `dot_row_q4k` for weight rows `o..o+4` (a full interleaved group, `o % 4 == 0`) and one
-/// activation row, the decode case. Unlike `dot_row_q4k` the 6-bit sub-block scales are applied
-/// in the integer domain: `maddubs` gives i16 pair sums (<= 2*15*127) and `vpdpwssd` multiplies
-/// them by the scale and accumulates in i32 (<= 8 * 3810 * 63 per lane), so a super-block costs
-/// one int->float conversion per weight row instead of four conversions and four permutes. The
-/// activations are loaded once for the four rows, whose blocks are adjacent in memory.
+/// activation row, the decode case: the activations are loaded once for the four rows, whose
+/// blocks are adjacent in memory, and the stream is prefetched.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
 pub unsafe fn dot_4_rows_q4k(blocks: &[Q4KBlock], k: usize, o: usize, row: &QuantizedRow, out: &mut [f32]) {
     let per_row = k / QK_K;
-    let nibble = _mm512_set1_epi8(0x0F);
-    // activation vector v (0..4) covers sub-blocks (0,2), (1,3), (4,6), (5,7)
-    let masks = [scale_pair_mask(0, 2), scale_pair_mask(1, 3), scale_pair_mask(4, 6), scale_pair_mask(5, 7)];
+    let masks = q4k_scale_masks();
     let mut acc = [_mm512_setzero_ps(); 4];
     let mut min_acc = [_mm_setzero_ps(); 4];
     for s in 0..per_row {
@@ -136,36 +178,13 @@ pub unsafe fn dot_4_rows_q4k(blocks: &[Q4KBlock], k: usize, o: usize, row: &Quan
         for line in 0..(4 * std::mem::size_of::<Q4KBlock>()).div_ceil(64) {
             _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64 * line));
         }
-        let a = row.qs.as_ptr().add(s * QK_K);
-        let av = [0, 1, 2, 3].map(|v| _mm512_loadu_si512(a.add(64 * v) as *const _));
-        let sums = _mm_loadu_si128(row.sub_sums.as_ptr().add(8 * s) as *const __m128i);
-        let dx = _mm_set1_ps(*row.d.get_unchecked(s));
+        let a = q4k_activations(row, s);
         for (i, blk) in group.iter().enumerate() {
-            let q0 = _mm512_loadu_si512(blk.qs.as_ptr() as *const _);
-            let q1 = _mm512_loadu_si512(blk.qs.as_ptr().add(64) as *const _);
-            let w = [
-                _mm512_and_si512(q0, nibble),
-                _mm512_and_si512(_mm512_srli_epi16::<4>(q0), nibble),
-                _mm512_and_si512(q1, nibble),
-                _mm512_and_si512(_mm512_srli_epi16::<4>(q1), nibble),
-            ];
-            let sc = _mm512_set1_epi64((blk.sc.as_ptr() as *const i64).read_unaligned());
-            let mut isum = _mm512_setzero_si512();
-            for v in 0..4 {
-                let pairs = _mm512_maddubs_epi16(w[v], av[v]);
-                isum = _mm512_dpwssd_epi32(isum, pairs, _mm512_shuffle_epi8(sc, masks[v]));
-            }
-            // [d, dmin] * dx in lanes 0 and 1
-            let dm = _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi32_si128((blk.dm.as_ptr() as *const i32).read_unaligned())), dx);
-            acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_broadcastss_ps(dm), acc[i]);
-            // eight (min, sub-block sum) i16 pairs -> four i32 lanes; <= 2 * 63 * 4064
-            let mins = _mm_madd_epi16(_mm_cvtepu8_epi16(_mm_loadl_epi64(blk.m.as_ptr() as *const __m128i)), sums);
-            min_acc[i] = _mm_fmadd_ps(_mm_cvtepi32_ps(mins), _mm_shuffle_ps::<0b01_01_01_01>(dm, dm), min_acc[i]);
+            let isum = q4k_block_dot(&q4k_weights(blk, &masks), &a);
+            q4k_fold(&mut acc[i], &mut min_acc[i], isum, blk, row, s);
         }
     }
     for i in 0..4 {
-        let m = _mm_add_ps(min_acc[i], _mm_movehl_ps(min_acc[i], min_acc[i]));
-        let m = _mm_add_ss(m, _mm_shuffle_ps::<1>(m, m));
-        out[i] = _mm512_reduce_add_ps(acc[i]) - _mm_cvtss_f32(m);
+        out[i] = q4k_finish(acc[i], min_acc[i]);
     }
 }

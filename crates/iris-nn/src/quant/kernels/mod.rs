@@ -397,6 +397,28 @@ fn dot_row_q4k_scalar(blocks: &[Q4KBlock], k: usize, o: usize, rows: &[Quantized
     }
 }
 
+/// Calls `$kernel::<M>(args)` with `M = $rows` (1..=MAX_ROWS): with the row count known at
+/// compile time the per-row accumulators live in registers instead of a stack array indexed at
+/// run time.
+#[cfg(target_arch = "x86_64")]
+macro_rules! for_row_count {
+    ($rows:expr, $kernel:ident, $($arg:expr),*) => {
+        match $rows {
+            1 => $kernel::<1>($($arg),*),
+            2 => $kernel::<2>($($arg),*),
+            3 => $kernel::<3>($($arg),*),
+            4 => $kernel::<4>($($arg),*),
+            5 => $kernel::<5>($($arg),*),
+            6 => $kernel::<6>($($arg),*),
+            7 => $kernel::<7>($($arg),*),
+            8 => $kernel::<8>($($arg),*),
+            m => unreachable!("{m} activation rows (at most {MAX_ROWS})"),
+        }
+    };
+}
+#[cfg(target_arch = "x86_64")]
+pub(super) use for_row_count;
+
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 
