@@ -24,7 +24,7 @@ pub unsafe fn dot_row_q8_0(qs: &[i8], d: &[f16], k: usize, o: usize, rows: &[Qua
     let zero = _mm512_setzero_si512();
     let mut acc = [_mm512_setzero_ps(); MAX_ROWS];
     for p in 0..pairs {
-        _mm_prefetch::<_MM_HINT_T0>((wq as *const i8).wrapping_add(64 * p + PREFETCH_AHEAD));
+        _mm_prefetch::<_MM_HINT_T0>(wq.wrapping_add(64 * p + PREFETCH_AHEAD));
         let w = _mm512_loadu_si512(wq.add(64 * p) as *const _);
         // vpdpbusd takes one unsigned operand: |w| unsigned times x with w's sign moved onto x
         let abs_w = _mm512_abs_epi8(w);
@@ -102,8 +102,8 @@ unsafe fn q4k_scale_masks() -> [__m512i; 4] {
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn q4k_block_dot(w: &Q4kWeights, a: &[__m512i; 4]) -> __m512i {
     let mut isum = _mm512_setzero_si512();
-    for v in 0..4 {
-        isum = _mm512_dpwssd_epi32(isum, _mm512_maddubs_epi16(w.nibbles[v], a[v]), w.scales[v]);
+    for ((nibbles, scales), a) in w.nibbles.iter().zip(&w.scales).zip(a) {
+        isum = _mm512_dpwssd_epi32(isum, _mm512_maddubs_epi16(*nibbles, *a), *scales);
     }
     isum
 }
