@@ -79,21 +79,25 @@ impl PanelPair {
         let mut out = Self { bytes: vec![0; nb * BLOCK * PAIR], scale: vec![0.0; nb * PAIR], min: vec![0.0; nb * PAIR] };
         for col in 0..PAIR.min(n - first) {
             let o = first + col;
-            // one block's 32 bytes of this column, moved four at a time
-            let mut put = |b: usize, bytes: [u8; BLOCK], scale: f32, min: f32| {
+            // one block's 32 bytes of this column, moved four at a time: `word(g)` gives bytes
+            // 4g..4g+4 as a little-endian u32
+            let mut put = |b: usize, word: &dyn Fn(usize) -> u32, scale: f32, min: f32| {
                 for g in 0..BLOCK / 4 {
                     let at = panel_byte(b, col, 4 * g);
-                    out.bytes[at..at + 4].copy_from_slice(&bytes[4 * g..4 * g + 4]);
+                    out.bytes[at..at + 4].copy_from_slice(&word(g).to_le_bytes());
                 }
                 out.scale[b * PAIR + col] = scale;
                 out.min[b * PAIR + col] = min;
             };
+            let le = |bytes: &[u8], g: usize| u32::from_le_bytes(bytes[4 * g..4 * g + 4].try_into().expect("4 bytes"));
             match blocks {
                 Blocks::Q8_0 { qs, d } => {
                     for b in 0..nb {
-                        let q = &qs[o * k + b * QK8_0..][..QK8_0];
+                        // SAFETY: i8 and u8 have the same layout.
+                        let q: &[u8] = unsafe { std::slice::from_raw_parts(qs[o * k + b * QK8_0..].as_ptr() as *const u8, QK8_0) };
                         let d = d[o * nb + b].to_f32();
-                        put(b, std::array::from_fn(|i| (q[i] as u8) ^ 0x80), d, 128.0 * d);
+                        // q + 128 as an unsigned byte is q with its top bit flipped
+                        put(b, &|g| le(q, g) ^ 0x8080_8080, d, 128.0 * d);
                     }
                 }
                 Blocks::Q4K(q4k) => {
@@ -103,8 +107,7 @@ impl PanelPair {
                             // sub-block j: nibble j % 2 of bytes 32 * (j / 2) .. + 32
                             let q = &blk.qs[32 * (j / 2)..][..32];
                             let shift = 4 * (j % 2);
-                            let bytes = std::array::from_fn(|i| (q[i] >> shift) & 0xF);
-                            put(s * (QK_K / BLOCK) + j, bytes, d * blk.sc[j] as f32, dmin * blk.m[j] as f32);
+                            put(s * (QK_K / BLOCK) + j, &|g| (le(q, g) >> shift) & 0x0F0F_0F0F, d * blk.sc[j] as f32, dmin * blk.m[j] as f32);
                         }
                     }
                 }

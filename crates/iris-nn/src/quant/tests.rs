@@ -204,11 +204,15 @@ fn activation_quantization_matches_its_portable_twin() {
         *v = i as f32 - 15.5;
     }
     x[64..96].fill(0.0);
+    x[100] = f32::NAN;
     for block in [32, 256] {
         let fast = quantize_blocks(&x, block);
         let slow = quantize_blocks_portable(&x, block);
-        assert_eq!(fast, slow, "block {block}");
+        assert_eq!(fast.1, slow.1, "block {block}");
+        assert_eq!(fast.0.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), slow.0.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
         assert_eq!(slow.1[1], -15 - 1, "-15.5 rounds away from zero");
+        assert_eq!(slow.1[100], 0, "NaN quantizes to 0");
+        assert!(slow.0.iter().all(|d| d.is_finite()), "NaN is left out of the block scale");
     }
 }
 

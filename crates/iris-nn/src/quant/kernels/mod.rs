@@ -211,12 +211,18 @@ pub(super) fn quantize_blocks_portable(x: &[f32], block: usize) -> (Vec<f32>, Ve
     let mut d = Vec::with_capacity(x.len().div_ceil(block));
     let mut qs = vec![0i8; x.len()];
     for (chunk, out) in x.chunks(block).zip(qs.chunks_mut(block)) {
-        let amax = chunk.iter().fold(0f32, |a, v| a.max(v.abs()));
+        // written as compare-and-select so LLVM vectorises both loops (`f32::max`, `clamp` and
+        // the saturating `as` kept them scalar: ~6% of a vision encode in a profile). NaN
+        // inputs are skipped by the max and quantize to 0, as the saturating cast did.
+        let amax = chunk.iter().fold(0f32, |a, v| if v.abs() > a { v.abs() } else { a });
         let scale = amax / 127.0;
         let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
         d.push(scale);
         for (q, v) in out.iter_mut().zip(chunk) {
-            *q = round_half_away(v * inv).clamp(-127.0, 127.0) as i8;
+            let r = round_half_away(v * inv);
+            let r = if r.is_nan() { 0.0 } else if r > 127.0 { 127.0 } else if r < -127.0 { -127.0 } else { r };
+            // SAFETY: `r` is finite and integral in [-127, 127].
+            *q = unsafe { r.to_int_unchecked::<i32>() } as i8;
         }
     }
     (d, qs)
