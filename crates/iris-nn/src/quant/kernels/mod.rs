@@ -220,7 +220,7 @@ pub(super) fn quantize_blocks_portable(x: &[f32], block: usize) -> (Vec<f32>, Ve
         d.push(scale);
         for (q, v) in out.iter_mut().zip(chunk) {
             let r = round_half_away(v * inv);
-            let r = if r.is_nan() { 0.0 } else if r > 127.0 { 127.0 } else if r < -127.0 { -127.0 } else { r };
+            let r = if r.is_nan() { 0.0 } else { r.clamp(-127.0, 127.0) };
             // SAFETY: `r` is finite and integral in [-127, 127].
             *q = unsafe { r.to_int_unchecked::<i32>() } as i8;
         }
