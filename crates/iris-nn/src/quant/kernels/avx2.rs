@@ -181,10 +181,7 @@ pub unsafe fn dot_4_rows_q4k(blocks: &[Q4KBlock], k: usize, o: usize, row: &Quan
     let mut acc = [_mm256_setzero_ps(); 4];
     for s in 0..per_row {
         let group = &blocks[o * per_row + 4 * s..][..4];
-        let ahead = (group.as_ptr() as *const i8).wrapping_add(PREFETCH_AHEAD);
-        for line in 0..(4 * std::mem::size_of::<Q4KBlock>()).div_ceil(64) {
-            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64 * line));
-        }
+        super::prefetch_ahead_of(group);
         let mut isum = [_mm256_setzero_si256(); 4];
         let scales = [0, 1, 2, 3].map(|i| q4k_scales(&group[i]));
         for g in 0..4 {

@@ -22,6 +22,19 @@ const ROWS_PER_TASK: usize = 16;
 /// prefetch may do but `add` may not.
 const PREFETCH_AHEAD: usize = 8192;
 
+/// Prefetches the bytes `PREFETCH_AHEAD` past the start of `group` (an interleaved q4_K group the
+/// 4-row decode kernels are about to read), one request per 64-byte line of the group's size.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn prefetch_ahead_of(group: &[Q4KBlock]) {
+    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+    let ahead = (group.as_ptr() as *const i8).wrapping_add(PREFETCH_AHEAD);
+    for line in 0..std::mem::size_of_val(group).div_ceil(64) {
+        // SAFETY: SSE is part of x86-64; a prefetch of any address is harmless.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64 * line)) };
+    }
+}
+
 /// ggml `block_q4_K` with its packed 6-bit scales unpacked (148 bytes instead of 144), so the
 /// kernel turns them into a vector with one load. Values: `d*sc[j]*q - dmin*m[j]` for sub-block j.
 #[derive(Clone, Copy, Debug, PartialEq)]
