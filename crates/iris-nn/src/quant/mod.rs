@@ -332,18 +332,18 @@ impl QuantizedMatrix {
         let passes = m <= INTEGER_KERNEL_MAX_ROWS && (m < INT8_GEMM_MIN_ROWS || !gemm::available());
         if passes && x.device().is_cpu() {
             // integer kernels, MAX_ROWS input rows per pass over the weight
-            let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
             let mut out = vec![0f32; m * self.n];
-            for r0 in (0..m).step_by(kernels::MAX_ROWS) {
-                let rows = kernels::MAX_ROWS.min(m - r0);
-                kernels::gemv(&self.blocks, self.n, self.k, &xs[r0 * k..(r0 + rows) * k], rows, &mut out[r0 * self.n..(r0 + rows) * self.n]);
-            }
+            with_f32_values(&x, |xs| {
+                for r0 in (0..m).step_by(kernels::MAX_ROWS) {
+                    let rows = kernels::MAX_ROWS.min(m - r0);
+                    kernels::gemv(&self.blocks, self.n, self.k, &xs[r0 * k..(r0 + rows) * k], rows, &mut out[r0 * self.n..(r0 + rows) * self.n]);
+                }
+            })?;
             return Ok(Tensor::from_vec(out, (m, self.n), x.device())?);
         }
         if gemm::available() && x.device().is_cpu() {
-            let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
             let mut out = vec![0f32; m * self.n];
-            gemm::gemm_with(&self.blocks, self.n, self.k, &xs, m, &mut out, kernels::Kernel::best());
+            with_f32_values(&x, |xs| gemm::gemm_with(&self.blocks, self.n, self.k, xs, m, &mut out, kernels::Kernel::best()))?;
             return Ok(Tensor::from_vec(out, (m, self.n), x.device())?);
         }
         self.matmul_t_f32_tiles(&x)
@@ -368,6 +368,21 @@ impl QuantizedMatrix {
         }
         Ok(Tensor::from_vec(out, (m, self.n), x.device())?)
     }
+}
+
+/// Runs `f` on the values of the f32 tensor `x` in row-major order: borrowed from its storage
+/// when it is a contiguous CPU tensor (a prompt's activations are megabytes, copied once per
+/// product before), copied otherwise.
+fn with_f32_values<T>(x: &Tensor, f: impl FnOnce(&[f32]) -> T) -> Result<T> {
+    use candle_core::{CpuStorage, Storage};
+    if x.is_contiguous() {
+        let (storage, layout) = x.storage_and_layout();
+        if let Storage::Cpu(CpuStorage::F32(values)) = &*storage {
+            return Ok(f(&values[layout.start_offset()..][..x.elem_count()]));
+        }
+    }
+    let values: Vec<f32> = x.flatten_all()?.to_vec1()?;
+    Ok(f(&values))
 }
 
 #[cfg(test)]

@@ -240,3 +240,21 @@ fn weight_decoding_matches_its_portable_twin() {
         }
     }
 }
+
+#[test]
+fn offset_and_strided_inputs_give_the_contiguous_result() {
+    let (n, k) = (40, 64);
+    let q = QuantizedMatrix::quantize(&pseudo_random(n * k, 13), n, k, WeightFormat::Q8_0).unwrap();
+    for m in [3, 40] {
+        // rows 1..m+1 of a larger tensor (contiguous with a start offset), and a transposed view
+        let x = Tensor::from_slice(&pseudo_random((m + 2) * k, 14), (m + 2, k), &Device::Cpu).unwrap();
+        let offset = x.narrow(0, 1, m).unwrap();
+        let strided = x.narrow(0, 1, m).unwrap().t().unwrap().contiguous().unwrap().t().unwrap();
+        assert!(!strided.is_contiguous());
+        let want: Vec<f32> = q.matmul_t(&offset.copy().unwrap()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        for input in [&offset, &strided] {
+            let got: Vec<f32> = q.matmul_t(input).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            assert_eq!(got, want, "m={m}");
+        }
+    }
+}
