@@ -79,9 +79,17 @@ fn kernels_on_this_cpu_are_reported() {
 
 #[test]
 fn simd_kernels_match_the_scalar_twin_and_the_f64_product() {
-    // K = 96 (3 blocks) runs only q8_0's per-block tail, 416 (13) both its 8-block path and the
-    // tail; 1536 is model-like
-    let cases = [(WeightFormat::Q8_0, 37, 96), (WeightFormat::Q8_0, 37, 416), (WeightFormat::Q8_0, 70, 1536), (WeightFormat::Q4K, 37, 256), (WeightFormat::Q4K, 70, 1536)];
+    // K = 96 (3 blocks) runs only q8_0's per-block tail, 416 (13) both the AVX2 8-block path and
+    // the tail, 672 (21) AVX-512's 16-block group, a leftover pair and the odd block; 1536 is
+    // model-like
+    let cases = [
+        (WeightFormat::Q8_0, 37, 96),
+        (WeightFormat::Q8_0, 37, 416),
+        (WeightFormat::Q8_0, 37, 672),
+        (WeightFormat::Q8_0, 70, 1536),
+        (WeightFormat::Q4K, 37, 256),
+        (WeightFormat::Q4K, 70, 1536),
+    ];
     for (format, n, k) in cases {
         let q = QuantizedMatrix::quantize(&pseudo_random(n * k, 2), n, k, format).unwrap();
         for m in [1, 3, MAX_ROWS] {

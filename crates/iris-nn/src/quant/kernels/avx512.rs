@@ -13,41 +13,70 @@ unsafe fn pair_index(a: i32, b: i32) -> __m512i {
     _mm512_setr_epi32(a, a, a, a, a, a, a, a, b, b, b, b, b, b, b, b)
 }
 
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
+/// q8_0 x q8_0. Sixteen blocks (eight 64-byte pairs) at a time share one F16C conversion of their
+/// weight scales and one multiply by each row's activation scales; each pair then picks its two
+/// lanes with a permute. The row count is a compile-time constant so the accumulators stay in
+/// registers. Leftover pairs take a per-pair scale, an odd last block the scalar sum.
 pub unsafe fn dot_row_q8_0(qs: &[i8], d: &[f16], k: usize, o: usize, rows: &[QuantizedRow], cell: &mut [f32]) {
-    let per_row = k / QK8_0;
-    let pairs = per_row / 2;
-    let m = rows.len();
-    let wq = qs.as_ptr().add(o * k);
-    let wd = d.as_ptr().add(o * per_row) as *const u16;
-    let idx = pair_index(0, 1);
+    super::for_row_count!(rows.len(), dot_row_q8_0_rows, qs, d, k, o, rows, cell)
+}
+
+/// `acc[r] += (|w| . (x with w's sign)) * scale[r]` for one 64-byte pair: `vpdpbusd` takes one
+/// unsigned operand, so the weight's sign moves onto the activations.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn q8_0_pair<const M: usize>(w: *const i8, p: usize, rows: &[QuantizedRow; M], scale: impl Fn(usize) -> __m512, acc: &mut [__m512; M]) {
+    _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(64 * p + PREFETCH_AHEAD));
+    let w = _mm512_loadu_si512(w.add(64 * p) as *const _);
+    let abs_w = _mm512_abs_epi8(w);
+    let negative = _mm512_movepi8_mask(w);
     let zero = _mm512_setzero_si512();
-    let mut acc = [_mm512_setzero_ps(); MAX_ROWS];
-    for p in 0..pairs {
-        _mm_prefetch::<_MM_HINT_T0>(wq.wrapping_add(64 * p + PREFETCH_AHEAD));
-        let w = _mm512_loadu_si512(wq.add(64 * p) as *const _);
-        // vpdpbusd takes one unsigned operand: |w| unsigned times x with w's sign moved onto x
-        let abs_w = _mm512_abs_epi8(w);
-        let negative = _mm512_movepi8_mask(w);
-        let wd2 = _mm_cvtph_ps(_mm_cvtsi32_si128((wd.add(2 * p) as *const i32).read_unaligned()));
-        for r in 0..m {
-            let row = &rows[r];
-            let xv = _mm512_loadu_si512(row.qs.as_ptr().add(64 * p) as *const _);
-            let signed_x = _mm512_mask_sub_epi8(xv, negative, zero, xv);
-            let dot = _mm512_dpbusd_epi32(zero, abs_w, signed_x);
-            let xd2 = _mm_castsi128_ps(_mm_loadl_epi64(row.d.as_ptr().add(2 * p) as *const __m128i));
-            let scale = _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(_mm_mul_ps(wd2, xd2)));
-            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, acc[r]);
+    for r in 0..M {
+        let xv = _mm512_loadu_si512(rows[r].qs.as_ptr().add(64 * p) as *const _);
+        let dot = _mm512_dpbusd_epi32(zero, abs_w, _mm512_mask_sub_epi8(xv, negative, zero, xv));
+        acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale(r), acc[r]);
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
+unsafe fn dot_row_q8_0_rows<const M: usize>(qs: &[i8], d: &[f16], k: usize, o: usize, rows: &[QuantizedRow], cell: &mut [f32]) {
+    let per_row = k / QK8_0;
+    let rows: &[QuantizedRow; M] = rows.try_into().expect("M activation rows");
+    let wq = qs.as_ptr().add(o * k);
+    let wd = &d[o * per_row..(o + 1) * per_row];
+    let mut acc = [_mm512_setzero_ps(); M];
+    let grouped = per_row / 16 * 16;
+    for b0 in (0..grouped).step_by(16) {
+        // [dw * dx] for blocks b0..b0+16, per row
+        let w_scales = _mm512_cvtph_ps(_mm256_loadu_si256(wd.as_ptr().add(b0) as *const __m256i));
+        let scales: [__m512; M] = std::array::from_fn(|r| _mm512_mul_ps(w_scales, _mm512_loadu_ps(rows[r].d.as_ptr().add(b0))));
+        for j in 0..8 {
+            let lanes = pair_index(2 * j as i32, 2 * j as i32 + 1);
+            q8_0_pair(wq, b0 / 2 + j, rows, |r| _mm512_permutexvar_ps(lanes, scales[r]), &mut acc);
         }
     }
-    for r in 0..m {
+    let lanes = pair_index(0, 1);
+    for p in grouped / 2..per_row / 2 {
+        let wd2 = _mm_cvtph_ps(_mm_cvtsi32_si128((wd.as_ptr().add(2 * p) as *const i32).read_unaligned()));
+        q8_0_pair(
+            wq,
+            p,
+            rows,
+            |r| {
+                let xd2 = _mm_castsi128_ps(_mm_loadl_epi64(rows[r].d.as_ptr().add(2 * p) as *const __m128i));
+                _mm512_permutexvar_ps(lanes, _mm512_castps128_ps512(_mm_mul_ps(wd2, xd2)))
+            },
+            &mut acc,
+        );
+    }
+    for r in 0..M {
         let mut total = _mm512_reduce_add_ps(acc[r]);
         if per_row % 2 == 1 {
             let b = per_row - 1;
             let w = std::slice::from_raw_parts(wq.add(b * QK8_0), QK8_0);
             let a = &rows[r].qs[b * QK8_0..][..QK8_0];
             let isum: i32 = w.iter().zip(a).map(|(&p, &q)| p as i32 * q as i32).sum();
-            total += d[o * per_row + b].to_f32() * rows[r].d[b] * isum as f32;
+            total += wd[b].to_f32() * rows[r].d[b] * isum as f32;
         }
         cell[r] = total;
     }
