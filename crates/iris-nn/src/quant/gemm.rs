@@ -117,7 +117,7 @@ impl PanelPair {
     }
 }
 
-/// Output rows of one tile: `out[r]` points at column `first` of output row `r`.
+/// The activation rows one tile multiplies: rows `row..row + rows` of `acts`, each `k` long.
 pub(crate) struct TileRows<'a> {
     pub acts: &'a Activations,
     pub k: usize,
