@@ -35,6 +35,34 @@ fn cases(fixture: &str) -> Vec<Value> {
     }
 }
 
+/// Teacher-forces every fixture case through the dense f32 model and the model with `format`
+/// weights; returns (steps, steps whose argmax agrees, largest logit error relative to the
+/// logits' scale), printing each disagreement.
+fn against_f32(fixture: &str, dense: &Engine, other: &Engine, format: WeightFormat) -> (usize, usize, f32) {
+    let dir = common::fixture(fixture);
+    let (mut steps, mut agree, mut worst_rel) = (0, 0, 0f32);
+    for case in cases(fixture) {
+        let id = case["id"].as_str().unwrap();
+        let request = &case["request"];
+        let gen = &case["generation"];
+        let tokens = u32s(if gen["token_ids"].is_null() { &gen["output_ids"] } else { &gen["token_ids"] });
+        let template = request["template_version"].as_str().map(String::from);
+        let req = GenerateRequest { prompt_options: PromptOptions { template }, ..common::greedy_in(&dir, &request["messages"], tokens.len()) };
+        let forced = |engine: &Engine| step_logits(engine, &req, Some(&tokens), tokens.len()).unwrap().logits;
+        for (i, step) in compare_steps(&forced(dense), &forced(other)).iter().enumerate() {
+            worst_rel = worst_rel.max(step.relative_error());
+            steps += 1;
+            agree += step.agrees() as usize;
+            if !step.agrees() {
+                println!("{fixture} {id} step {i}: {format} argmax differs; reference top-2 gap {} vs max logit error {}", step.reference_gap, step.max_abs_error);
+            }
+            assert_eq!(step.reference_top1 as u32, tokens[i], "{fixture} {id} step {i}: the dense model should follow the reference");
+        }
+    }
+    println!("{fixture}: {format} vs f32 teacher-forced: argmax agrees on {agree}/{steps} steps, max relative logit error {worst_rel:e}");
+    (steps, agree, worst_rel)
+}
+
 #[test]
 fn q8_0_logits_track_f32_and_agree_on_most_steps() {
     for fixture in ["qwen2-vl-tiny", "cogvlm2-tiny"] {
@@ -43,28 +71,26 @@ fn q8_0_logits_track_f32_and_agree_on_most_steps() {
         let (q, f) = (quant.model.info().weight_bytes, dense.model.info().weight_bytes);
         println!("{fixture}: q8_0 weights {q} bytes, dense f32 {f} ({:.2}x)", q as f64 / f as f64);
         assert!(q * 3 < f, "{fixture}: q8_0 weights should be under 1/3 of f32");
-        let dir = common::fixture(fixture);
-        let (mut steps, mut agree, mut worst_rel) = (0, 0, 0f32);
-        for case in cases(fixture) {
-            let id = case["id"].as_str().unwrap();
-            let request = &case["request"];
-            let gen = &case["generation"];
-            let tokens = u32s(if gen["token_ids"].is_null() { &gen["output_ids"] } else { &gen["token_ids"] });
-            let template = request["template_version"].as_str().map(String::from);
-            let req = GenerateRequest { prompt_options: PromptOptions { template }, ..common::greedy_in(&dir, &request["messages"], tokens.len()) };
-            let forced = |engine: &Engine| step_logits(engine, &req, Some(&tokens), tokens.len()).unwrap().logits;
-            for (i, step) in compare_steps(&forced(&dense), &forced(&quant)).iter().enumerate() {
-                worst_rel = worst_rel.max(step.relative_error());
-                steps += 1;
-                agree += step.agrees() as usize;
-                if !step.agrees() {
-                    println!("{fixture} {id} step {i}: argmax differs; reference top-2 gap {} vs max logit error {}", step.reference_gap, step.max_abs_error);
-                }
-                assert_eq!(step.reference_top1 as u32, tokens[i], "{fixture} {id} step {i}: the dense model should follow the reference");
-            }
-        }
-        println!("{fixture}: q8_0 vs f32 teacher-forced: argmax agrees on {agree}/{steps} steps, max relative logit error {worst_rel:e}");
+        let (steps, agree, worst_rel) = against_f32(fixture, &dense, &quant, WeightFormat::Q8_0);
         assert!(worst_rel < 0.15, "{fixture}: q8_0 logits off by {worst_rel} of their scale");
         assert!(agree * 10 >= steps * 8, "{fixture}: argmax agrees on only {agree}/{steps} steps");
+    }
+}
+
+/// The fixtures' weights are bf16 values, so bf16 storage holds them exactly: what differs from
+/// f32 is only that many-row products (the prompt, the vision tower) round their activations to
+/// bf16 where the CPU has the AVX512-BF16 GEMM (`iris_nn::bf16_gemm`; elsewhere the weights are
+/// widened and the logits equal f32's).
+#[test]
+fn bf16_weights_track_f32() {
+    for fixture in ["qwen2-vl-tiny", "cogvlm2-tiny"] {
+        let dense = load(fixture, None);
+        let half = load(fixture, Some(WeightFormat::BF16));
+        let (h, f) = (half.model.info().weight_bytes, dense.model.info().weight_bytes);
+        assert!(h * 2 <= f + f / 50, "{fixture}: bf16 weights {h} bytes should be about half of f32's {f}");
+        let (steps, agree, worst_rel) = against_f32(fixture, &dense, &half, WeightFormat::BF16);
+        println!("{fixture}: bf16 GEMM in use: {}", iris_nn::bf16_gemm::available());
+        assert!(worst_rel < 0.05, "{fixture}: bf16 logits off by {worst_rel} of their scale");
+        assert!(agree * 10 >= steps * 9, "{fixture}: argmax agrees on only {agree}/{steps} steps");
     }
 }

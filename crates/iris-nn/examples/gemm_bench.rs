@@ -1,10 +1,12 @@
 //! Prefill/vision product benchmark: `QuantizedMatrix::matmul_t` on many rows (the int8 GEMM on
 //! AVX512-VNNI CPUs, f32 weight tiles elsewhere) next to candle's f32 matmul with the weight
 //! already dequantized (the f32 path's GEMM alone), at Qwen2-VL-2B sizes: the vision MLP on 1024
-//! patches, the language MLP on a 307-token prompt and on 9-64 rows (batched decode). Prints GFLOP/s (2 * m * N * K per product).
+//! patches, the language MLP on a 307-token prompt and on 9-64 rows (batched decode); and for bf16
+//! weights the bf16 GEMM (AVX512-BF16) next to the general path it replaces (widen the weight to
+//! f32, then candle's f32 matmul). Prints GFLOP/s (2 * m * N * K per product).
 //! `cargo run --release -p iris-nn --example gemm_bench`
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use iris_nn::{QuantizedMatrix, WeightFormat};
 use std::time::Instant;
 
@@ -46,6 +48,18 @@ fn main() {
                 q.matmul_t(&x).unwrap();
             });
             println!("{label} [{m}, {k}] x [{n}, {k}]^T {format} matmul_t: {:.1} ms, {:.0} GFLOP/s", t * 1e3, flops / t / 1e9);
+        }
+        let wb = w.to_dtype(DType::BF16).unwrap();
+        let widened = best_of(3, || {
+            x.matmul(&wb.to_dtype(DType::F32).unwrap().t().unwrap()).unwrap();
+        });
+        println!("{label} [{m}, {k}] x [{n}, {k}]^T bf16 widened + f32 matmul: {:.1} ms, {:.0} GFLOP/s", widened * 1e3, flops / widened / 1e9);
+        if iris_nn::bf16_gemm::available() {
+            let xs: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+            let ws: Vec<half::bf16> = wb.flatten_all().unwrap().to_vec1().unwrap();
+            let mut out = vec![0f32; m * n];
+            let t = best_of(3, || iris_nn::bf16_gemm::gemm(&xs, m, &ws, n, k, &mut out));
+            println!("{label} [{m}, {k}] x [{n}, {k}]^T bf16 GEMM: {:.1} ms, {:.0} GFLOP/s", t * 1e3, flops / t / 1e9);
         }
     }
 }

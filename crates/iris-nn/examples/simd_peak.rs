@@ -22,6 +22,18 @@ mod peak {
         _mm512_reduce_add_epi32(acc.iter().fold(_mm512_setzero_si512(), |s, v| _mm512_add_epi32(s, *v)))
     }
 
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub unsafe fn dpbf16(iterations: usize) -> f32 {
+        let mut acc = [_mm512_setzero_ps(); CHAINS];
+        let a = _mm512_cvtne2ps_pbh(_mm512_set1_ps(0.001), _mm512_set1_ps(0.002));
+        for _ in 0..iterations {
+            for chain in acc.iter_mut() {
+                *chain = _mm512_dpbf16_ps(*chain, a, a);
+            }
+        }
+        _mm512_reduce_add_ps(acc.iter().fold(_mm512_setzero_ps(), |s, v| _mm512_add_ps(s, *v)))
+    }
+
     #[target_feature(enable = "avx512f")]
     pub unsafe fn fmadd(iterations: usize) -> f32 {
         let mut acc = [_mm512_setzero_ps(); CHAINS];
@@ -54,6 +66,13 @@ fn main() {
     let check = unsafe { peak::fmadd(iterations) };
     let fma = per_second(t.elapsed().as_secs_f64());
     println!("vfmadd zmm f32, one thread: {fma:.2} G/s = {:.0} GFLOP/s (checksum {check})", fma * 32.0);
+    if std::is_x86_feature_detected!("avx512bf16") {
+        let t = Instant::now();
+        // SAFETY: the feature was just detected.
+        let check = unsafe { peak::dpbf16(iterations) };
+        let bf = per_second(t.elapsed().as_secs_f64());
+        println!("vdpbf16ps zmm, one thread: {bf:.2} G/s = {:.0} GFLOP/s (checksum {check})", bf * 64.0);
+    }
 }
 
 #[cfg(not(target_arch = "x86_64"))]

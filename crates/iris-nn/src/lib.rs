@@ -4,6 +4,7 @@
 //! reference operation order, chunked multi-head attention, rotary embedding and the KV cache.
 
 pub mod attention;
+pub mod bf16_gemm;
 pub mod decode_attention;
 pub mod error;
 pub mod gemv;
@@ -14,6 +15,7 @@ pub mod quant;
 pub mod softmax;
 pub mod synthetic;
 pub mod threads;
+mod tiled_output;
 pub mod weights;
 
 pub use error::{NnError, Result};

@@ -91,13 +91,19 @@ impl Linear {
         // [.., in] -> [rows, in] -> [rows, out]
         let x2 = x.reshape((rows, in_dim))?;
         let mut y = match &self.weight {
-            LinearWeight::Dense(w) => match gemv_forward(&x2, w)? {
-                Some(y) => y,
-                None if w.dtype() == x2.dtype() => x2.matmul(&w.t()?)?,
-                // a weight stored in another precision than the activations: widen it for the
-                // (compute-bound) large product
-                None => x2.matmul(&w.to_dtype(x2.dtype())?.t()?)?,
-            },
+            LinearWeight::Dense(w) => {
+                if let Some(y) = gemv_forward(&x2, w)? {
+                    y
+                } else if let Some(y) = bf16_gemm_forward(&x2, w)? {
+                    y
+                } else if w.dtype() == x2.dtype() {
+                    x2.matmul(&w.t()?)?
+                } else {
+                    // a weight stored in another precision than the activations: widen it for the
+                    // (compute-bound) large product
+                    x2.matmul(&w.to_dtype(x2.dtype())?.t()?)?
+                }
+            }
             LinearWeight::Quantized(q) => q.matmul_t(&x2)?.to_dtype(x.dtype())?,
         };
         if let Some(b) = &self.bias {
@@ -172,20 +178,54 @@ pub fn gemv_forward(x: &Tensor, weight: &Tensor) -> Result<Option<Tensor>> {
     if m == 0 || m > crate::gemv::MAX_ROWS || !x.device().is_cpu() || !weight.is_contiguous() || weight.dim(1)? != k {
         return Ok(None);
     }
-    let xf: Vec<f32> = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
     let (storage, layout) = weight.storage_and_layout();
     let off = layout.start_offset();
     let len = n * k;
-    let mut out = vec![0f32; m * n];
-    match &*storage {
-        Storage::Cpu(CpuStorage::F32(v)) => crate::gemv::gemv(&xf, m, crate::gemv::WeightRows::F32(&v[off..off + len]), n, k, &mut out),
-        Storage::Cpu(CpuStorage::F16(v)) => crate::gemv::gemv(&xf, m, crate::gemv::WeightRows::F16(&v[off..off + len]), n, k, &mut out),
-        Storage::Cpu(CpuStorage::BF16(v)) => crate::gemv::gemv(&xf, m, crate::gemv::WeightRows::BF16(&v[off..off + len]), n, k, &mut out),
+    let rows = match &*storage {
+        Storage::Cpu(CpuStorage::F32(v)) => crate::gemv::WeightRows::F32(&v[off..off + len]),
+        Storage::Cpu(CpuStorage::F16(v)) => crate::gemv::WeightRows::F16(&v[off..off + len]),
+        Storage::Cpu(CpuStorage::BF16(v)) => crate::gemv::WeightRows::BF16(&v[off..off + len]),
         _ => return Ok(None),
-    }
+    };
+    let mut out = vec![0f32; m * n];
+    with_f32_values(&x.to_dtype(DType::F32)?, |xs| crate::gemv::gemv(xs, m, rows, n, k, &mut out))?;
     drop(storage);
     Ok(Some(Tensor::from_vec(out, (m, n), x.device())?.to_dtype(x.dtype())?))
 }
+
+/// `x [m, K] x W^T` for a bf16 weight through the AVX512-BF16 GEMM (`bf16_gemm`); `None` where
+/// the CPU lacks it or the shapes or storage call for the general matmul.
+pub fn bf16_gemm_forward(x: &Tensor, weight: &Tensor) -> Result<Option<Tensor>> {
+    use candle_core::{CpuStorage, Storage};
+    let (m, k) = x.dims2()?;
+    let n = weight.dim(0)?;
+    if weight.dtype() != DType::BF16 || !crate::bf16_gemm::available() || !x.device().is_cpu() || !weight.is_contiguous() || weight.dim(1)? != k || !k.is_multiple_of(2) {
+        return Ok(None);
+    }
+    let (storage, layout) = weight.storage_and_layout();
+    let Storage::Cpu(CpuStorage::BF16(v)) = &*storage else { return Ok(None) };
+    let w = &v[layout.start_offset()..][..n * k];
+    let mut out = vec![0f32; m * n];
+    with_f32_values(&x.to_dtype(DType::F32)?, |xs| crate::bf16_gemm::gemm(xs, m, w, n, k, &mut out))?;
+    drop(storage);
+    Ok(Some(Tensor::from_vec(out, (m, n), x.device())?.to_dtype(x.dtype())?))
+}
+
+/// Runs `f` on the values of the f32 tensor `x` in row-major order: borrowed from its storage
+/// when it is a contiguous CPU tensor (a prompt's activations are megabytes, copied once per
+/// product before), copied otherwise.
+pub(crate) fn with_f32_values<T>(x: &Tensor, f: impl FnOnce(&[f32]) -> T) -> Result<T> {
+    use candle_core::{CpuStorage, Storage};
+    if x.is_contiguous() {
+        let (storage, layout) = x.storage_and_layout();
+        if let Storage::Cpu(CpuStorage::F32(values)) = &*storage {
+            return Ok(f(&values[layout.start_offset()..][..x.elem_count()]));
+        }
+    }
+    let values: Vec<f32> = x.flatten_all()?.to_vec1()?;
+    Ok(f(&values))
+}
+
 
 /// RMSNorm: normalise in f32, then either (`Qwen2RMSNorm`, `LlamaRMSNorm`) cast back to the input
 /// dtype and scale by the weight in that dtype, or (CogVLM2's `RMSNorm`) scale in f32 and cast

@@ -15,6 +15,7 @@
 
 use super::kernels::{self, q4k_row, Kernel};
 use super::Blocks;
+use crate::tiled_output::ColumnTiles;
 use candle_core::quantized::k_quants::{QK8_0, QK_K};
 use rayon::prelude::*;
 
@@ -150,26 +151,12 @@ pub(crate) fn tile_scalar(panel: &PanelPair, t: &TileRows, out: &mut [f32]) {
     }
 }
 
-/// Raw output pointer shared by the tasks, each of which writes its own columns.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: tasks write disjoint column ranges of the output (see `gemm_with`).
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-
-impl OutPtr {
-    /// A method, so closures capture the `Sync` wrapper rather than its raw pointer field.
-    fn at(self, offset: usize) -> *mut f32 {
-        self.0.wrapping_add(offset)
-    }
-}
-
 /// `out[r * n + o] = sum_i x[r * k + i] * W[o, i]` for `m` rows of `x` (any `m`), int8
 /// activations. `kernel` picks the tile kernel: AVX-512 VNNI, or the scalar twin otherwise.
 pub(crate) fn gemm_with(blocks: &Blocks, n: usize, k: usize, x: &[f32], m: usize, out: &mut [f32], kernel: Kernel) {
     assert!(x.len() == m * k && out.len() == m * n && k.is_multiple_of(BLOCK));
     let acts = Activations::quantize(x, k);
-    let dst = OutPtr(out.as_mut_ptr());
+    let dst = ColumnTiles::new(out, m, n);
     (0..n.div_ceil(PAIR)).into_par_iter().for_each(|p| {
         let first = p * PAIR;
         let cols = PAIR.min(n - first);
@@ -183,12 +170,8 @@ pub(crate) fn gemm_with(blocks: &Blocks, n: usize, k: usize, x: &[f32], m: usize
                 Kernel::Avx512Vnni => unsafe { kernels::avx512_gemm::tile(&panel, &t, &mut tile) },
                 _ => tile_scalar(&panel, &t, &mut tile),
             }
-            for r in 0..t.rows {
-                // SAFETY: row `row + r` < m and columns `first..first + cols` < n belong to this
-                // task alone (tasks own disjoint column ranges); `out` outlives the parallel loop.
-                let dst_row = unsafe { std::slice::from_raw_parts_mut(dst.at((row + r) * n + first), cols) };
-                dst_row.copy_from_slice(&tile[r * PAIR..r * PAIR + cols]);
-            }
+            // SAFETY: columns `first..first + cols` belong to this task alone; `out` outlives the loop.
+            unsafe { dst.write(row, t.rows, first, cols, &tile, PAIR) };
         }
     });
 }

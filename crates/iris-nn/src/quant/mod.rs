@@ -15,6 +15,7 @@ mod gemm;
 pub mod kernels;
 
 use crate::error::{NnError, Result};
+use crate::ops::with_f32_values;
 use candle_core::quantized::k_quants::{BlockQ4K, BlockQ8_0, GgmlType, QK8_0, QK_K};
 use candle_core::{DType, Device, Tensor};
 use half::f16;
@@ -368,21 +369,6 @@ impl QuantizedMatrix {
         }
         Ok(Tensor::from_vec(out, (m, self.n), x.device())?)
     }
-}
-
-/// Runs `f` on the values of the f32 tensor `x` in row-major order: borrowed from its storage
-/// when it is a contiguous CPU tensor (a prompt's activations are megabytes, copied once per
-/// product before), copied otherwise.
-fn with_f32_values<T>(x: &Tensor, f: impl FnOnce(&[f32]) -> T) -> Result<T> {
-    use candle_core::{CpuStorage, Storage};
-    if x.is_contiguous() {
-        let (storage, layout) = x.storage_and_layout();
-        if let Storage::Cpu(CpuStorage::F32(values)) = &*storage {
-            return Ok(f(&values[layout.start_offset()..][..x.elem_count()]));
-        }
-    }
-    let values: Vec<f32> = x.flatten_all()?.to_vec1()?;
-    Ok(f(&values))
 }
 
 #[cfg(test)]
