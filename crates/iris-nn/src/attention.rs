@@ -2,6 +2,8 @@
 //! optional causal offset (prefill after cached tokens), query chunking so the score matrix stays
 //! bounded (a 9217-token ViT or a 16k-token prompt never materialises all heads' T x S scores),
 //! softmax in f32 as the reference does (fused with the scale and the causal mask, `softmax.rs`).
+//! bf16 inputs on AVX512-BF16 CPUs take the bf16 GEMM for both products (bf16 operands, f32
+//! sums, probabilities rounded to bf16: PyTorch's bf16 attention).
 //! `attention_slow` is the plain formula it is tested against.
 
 use crate::error::Result;
@@ -39,6 +41,7 @@ fn blocked_attention(q: &Tensor, k: &Tensor, v: &Tensor, causal: Option<usize>, 
     let head_row_bytes = groups * s * 4;
     let rows = (max_score_bytes / head_row_bytes.max(1)).clamp(1, t.max(1));
     let heads_per_block = if rows == t { (max_score_bytes / (head_row_bytes * t).max(1)).clamp(1, kvh) } else { 1 };
+    let bf16_products = q.dtype() == DType::BF16 && q.device().is_cpu() && crate::bf16_gemm::available();
     let mut head_blocks = Vec::with_capacity(kvh.div_ceil(heads_per_block));
     for h0 in (0..kvh).step_by(heads_per_block) {
         let hb = heads_per_block.min(kvh - h0);
@@ -52,17 +55,35 @@ fn blocked_attention(q: &Tensor, k: &Tensor, v: &Tensor, causal: Option<usize>, 
             // [hb, G, len, D] -> [hb, G*len, D]
             let q_c = q.narrow(0, h0, hb)?.narrow(2, t0, len)?.contiguous()?.reshape((hb, groups * len, d))?;
             // [hb, G*len, D] x [hb, D, S'] -> [hb, G*len, S']
-            let scores = q_c.matmul(&k_c.t()?)?.to_dtype(DType::F32)?;
+            let scores = if bf16_products { bf16_heads_matmul_t(&q_c, &k_c)? } else { q_c.matmul(&k_c.t()?)?.to_dtype(DType::F32)? };
             let mask = causal.map(|offset| CausalRows { first_position: offset + t0, rows_per_query_block: len });
-            let probs = scaled_softmax(scores, scale, mask)?.to_dtype(v.dtype())?;
-            // [hb, G*len, S'] x [hb, S', D] -> [hb, G*len, D] -> [hb, G, len, D]
-            outs.push(probs.matmul(&v_c)?.reshape((hb, groups, len, d))?);
+            let probs = scaled_softmax(scores, scale, mask)?;
+            // [hb, G*len, S'] x [hb, S', D] -> [hb, G*len, D]
+            let o = if bf16_products {
+                // V^T as the weight: [hb, S', D] -> [hb, D, S']
+                bf16_heads_matmul_t(&probs, &v_c.transpose(1, 2)?)?.to_dtype(v.dtype())?
+            } else {
+                probs.to_dtype(v.dtype())?.matmul(&v_c)?
+            };
+            // [hb, G*len, D] -> [hb, G, len, D]
+            outs.push(o.reshape((hb, groups, len, d))?);
         }
         head_blocks.push(if outs.len() == 1 { outs.pop().unwrap() } else { Tensor::cat(&outs, 2)? });
     }
     let o = if head_blocks.len() == 1 { head_blocks.pop().unwrap() } else { Tensor::cat(&head_blocks, 0)? };
     // [KVH, G, T, D] -> [H, T, D]
     Ok(o.reshape((h, t, d))?)
+}
+
+/// `a [B, M, K] x w [B, N, K]^T -> [B, M, N]` in f32 through the bf16 GEMM (both operands
+/// rounded to bf16).
+fn bf16_heads_matmul_t(a: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let (b, m, k) = a.dims3()?;
+    let n = w.dim(1)?;
+    let w: Vec<half::bf16> = w.to_dtype(DType::BF16)?.flatten_all()?.to_vec1()?;
+    let mut out = vec![0f32; b * m * n];
+    crate::ops::with_f32_values(&a.to_dtype(DType::F32)?, |xs| crate::bf16_gemm::gemm_batched(xs, &w, b, m, n, k, &mut out))?;
+    Ok(Tensor::from_vec(out, (b, m, n), a.device())?)
 }
 
 /// Attention for a batch of sequences whose tokens are stacked on one axis: `q [H, ΣT, D]`,
@@ -116,6 +137,18 @@ mod tests {
     #[test]
     fn chunked_gqa_attention_matches_slow_twin() {
         let dev = Device::Cpu;
+        // bf16 inputs: the bf16 GEMM where the CPU has it, candle's bf16 matmul elsewhere; the
+        // twin computes in f32 from the same rounded inputs, the output is rounded to bf16
+        println!("bf16 attention takes the bf16 GEMM: {}", crate::bf16_gemm::available());
+        for (h, kvh, t, s, causal) in [(4, 2, 7, 7, Some(0)), (6, 2, 3, 10, Some(7)), (4, 4, 33, 33, None), (4, 2, 40, 41, Some(1))] {
+            let [q, k, v] = [(h, t), (kvh, s), (kvh, s)].map(|(a, b)| Tensor::randn(0f32, 1.0, (a, b, 16), &dev).unwrap().to_dtype(DType::BF16).unwrap());
+            let slow = attention_slow(&q, &k, &v, causal, 0.25).unwrap();
+            let fast = attention(&q, &k, &v, causal, 0.25, DEFAULT_SCORE_BYTES).unwrap();
+            assert_eq!(fast.dtype(), DType::BF16);
+            let d = max_abs_diff(&fast, &slow).unwrap();
+            println!("bf16 attention h={h} kvh={kvh} t={t} s={s} causal={causal:?}: max|diff| = {d:e}");
+            assert!(d < 2e-2, "{d}");
+        }
         for (h, kvh, t, s, causal) in [(4, 2, 7, 7, Some(0)), (6, 2, 3, 10, Some(7)), (4, 4, 9, 9, None), (8, 1, 1, 5, Some(4)), (6, 3, 5, 12, Some(7)), (4, 4, 20, 20, None)] {
             let q = Tensor::randn(0f32, 1.0, (h, t, 16), &dev).unwrap();
             let k = Tensor::randn(0f32, 1.0, (kvh, s, 16), &dev).unwrap();

@@ -9,7 +9,9 @@
 //!
 //! Each task repacks 32 weight columns ("a panel") so that one 64-byte load holds, for 16
 //! columns, the two weights of one k pair (`vdpbf16ps` multiplies lane pairs):
-//! `[K / 2][32 columns][2 bf16]`, a pair stored as one u32 with the even k in the low half. A tile
+//! `[ceil(K / 2)][32 columns][2 bf16]`, a pair stored as one u32 with the even k in the low half
+//! (an odd K's last pair has a zero high half, in the activations too). Products of several
+//! independent matrices (attention heads) share one parallel loop over (matrix, panel). A tile
 //! of up to `TILE_ROWS` activation rows broadcasts each row's k pair against both 16-column
 //! halves. `tile_scalar` is the plain twin of the AVX-512 tile.
 
@@ -62,25 +64,49 @@ pub(crate) fn bf16_bits(v: f32) -> u16 {
     }
 }
 
-/// `[m, K]` f32 activations as `[m, K / 2]` bf16 pairs (even k in the low half).
+/// `[rows, K]` f32 activations as `[rows, ceil(K / 2)]` bf16 pairs: each row's bf16 values in
+/// order (a pair is two consecutive u16 in memory, the even k first), an odd K's row padded
+/// with a zero.
 pub(crate) fn activation_pairs(x: &[f32], k: usize) -> Vec<u32> {
-    let mut pairs = vec![0u32; x.len() / 2];
-    pairs.par_chunks_mut(k / 2).zip(x.par_chunks(k)).for_each(|(dst, src)| {
-        for (d, s) in dst.iter_mut().zip(src.chunks_exact(2)) {
-            *d = bf16_bits(s[0]) as u32 | (bf16_bits(s[1]) as u32) << 16;
+    let pairs = k.div_ceil(2);
+    let mut out = vec![0u32; x.len() / k * pairs];
+    out.par_chunks_mut(pairs).zip(x.par_chunks(k)).for_each(|(dst, src)| {
+        // SAFETY: u16 is no more aligned than u32 and any bits are valid for both; the view
+        // covers exactly the row's `2 * pairs` u16 (little-endian: the first u16 is the low half)
+        let halves = unsafe { std::slice::from_raw_parts_mut(dst.as_mut_ptr() as *mut u16, 2 * pairs) };
+        // one value per iteration with no branch, so this loop vectorises
+        for (h, &v) in halves.iter_mut().zip(src) {
+            *h = bf16_bits(v);
         }
     });
-    pairs
+    out
 }
 
-/// Columns `first..first + PANEL` of `w` (`[n, k]`) as `[k / 2][PANEL]` pairs; columns past `n`
-/// are zero.
+/// Pairs per block of the panel transpose: 16 u32 (one cache line) of each column's row.
+const PACK_BLOCK: usize = 16;
+
+/// Columns `first..first + PANEL` of `w` (`[n, k]`) as `[ceil(k / 2)][PANEL]` pairs; columns
+/// past `n` are zero. Transposed in blocks of `PACK_BLOCK` pairs so reads are whole cache lines
+/// and writes stay in a 2 KiB block (column by column over the whole panel, every write missed
+/// L1 once the panel outgrew it).
 pub(crate) fn pack_panel(w: &[bf16], n: usize, k: usize, first: usize) -> Vec<u32> {
-    let mut panel = vec![0u32; k / 2 * PANEL];
-    for c in 0..PANEL.min(n - first) {
-        let row = &w[(first + c) * k..][..k];
-        for (i, pair) in row.chunks_exact(2).enumerate() {
-            panel[i * PANEL + c] = pair[0].to_bits() as u32 | (pair[1].to_bits() as u32) << 16;
+    let pairs = k.div_ceil(2);
+    let mut panel = vec![0u32; pairs * PANEL];
+    let cols = PANEL.min(n - first);
+    for i0 in (0..pairs).step_by(PACK_BLOCK) {
+        let len = PACK_BLOCK.min(pairs - i0);
+        for c in 0..cols {
+            // this block's values of the column's row (an odd k's last pair has one)
+            let row = &w[(first + c) * k..][..k];
+            let values = &row[2 * i0..(2 * (i0 + len)).min(k)];
+            let whole = values.chunks_exact(2);
+            let odd_end = whole.remainder().first().map(|v| v.to_bits() as u32);
+            for (j, pair) in whole.enumerate() {
+                panel[(i0 + j) * PANEL + c] = pair[0].to_bits() as u32 | (pair[1].to_bits() as u32) << 16;
+            }
+            if let Some(lo) = odd_end {
+                panel[(i0 + len - 1) * PANEL + c] = lo;
+            }
         }
     }
     panel
@@ -109,22 +135,32 @@ pub(crate) fn tile_scalar(panel: &[u32], acts: &[u32], pairs: usize, row: usize,
     }
 }
 
-/// `out[r * n + o] = sum_i bf16(x[r * k + i]) * w[o * k + i]` for `m` rows of `x` (`k` even).
+/// `out[r * n + o] = sum_i bf16(x[r * k + i]) * w[o * k + i]` for `m` rows of `x`.
 pub fn gemm(x: &[f32], m: usize, w: &[bf16], n: usize, k: usize, out: &mut [f32]) {
-    let kernel = *Bf16Kernel::available().last().expect("the scalar twin is always available");
-    gemm_with(x, m, w, n, k, out, kernel)
+    gemm_batched(x, w, 1, m, n, k, out)
 }
 
-/// `gemm` with a chosen tile kernel (tests run every one the CPU has).
-pub fn gemm_with(x: &[f32], m: usize, w: &[bf16], n: usize, k: usize, out: &mut [f32], kernel: Bf16Kernel) {
-    assert!(k.is_multiple_of(2) && x.len() == m * k && w.len() == n * k && out.len() == m * n, "bf16 GEMM wants [{m}, {k}] x [{n}, {k}]^T with k even");
-    let pairs = k / 2;
+/// `batch` independent products `[m, k] x [n, k]^T -> [m, n]` stacked along the first axis of
+/// `x` (`[batch, m, k]`), `w` (`[batch, n, k]`) and `out` (`[batch, m, n]`).
+pub fn gemm_batched(x: &[f32], w: &[bf16], batch: usize, m: usize, n: usize, k: usize, out: &mut [f32]) {
+    let kernel = *Bf16Kernel::available().last().expect("the scalar twin is always available");
+    gemm_with(x, w, batch, m, n, k, out, kernel)
+}
+
+/// `gemm_batched` with a chosen tile kernel (tests run every one the CPU has).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_with(x: &[f32], w: &[bf16], batch: usize, m: usize, n: usize, k: usize, out: &mut [f32], kernel: Bf16Kernel) {
+    assert!(x.len() == batch * m * k && w.len() == batch * n * k && out.len() == batch * m * n, "bf16 GEMM wants {batch} x [{m}, {k}] x [{n}, {k}]^T");
+    let pairs = k.div_ceil(2);
     let acts = activation_pairs(x, k);
-    let dst = ColumnTiles::new(out, m, n);
-    (0..n.div_ceil(PANEL)).into_par_iter().for_each(|p| {
-        let first = p * PANEL;
+    // [batch, m, n] seen as [batch * m, n]: a task owns its matrix's rows of its columns
+    let dst = ColumnTiles::new(out, batch * m, n);
+    let panels = n.div_ceil(PANEL);
+    (0..batch * panels).into_par_iter().for_each(|task| {
+        let (b, first) = (task / panels, task % panels * PANEL);
         let cols = PANEL.min(n - first);
-        let panel = pack_panel(w, n, k, first);
+        let panel = pack_panel(&w[b * n * k..][..n * k], n, k, first);
+        let acts = &acts[b * m * pairs..][..m * pairs];
         let mut tile = [0f32; TILE_ROWS * PANEL];
         for row in (0..m).step_by(TILE_ROWS) {
             let rows = TILE_ROWS.min(m - row);
@@ -134,8 +170,9 @@ pub fn gemm_with(x: &[f32], m: usize, w: &[bf16], n: usize, k: usize, out: &mut 
                 Bf16Kernel::Avx512Bf16 => unsafe { avx512::tile(&panel, &acts, pairs, row, rows, &mut tile) },
                 _ => tile_scalar(&panel, &acts, pairs, row, rows, &mut tile),
             }
-            // SAFETY: columns `first..first + cols` belong to this task alone; `out` outlives the loop.
-            unsafe { dst.write(row, rows, first, cols, &tile, PANEL) };
+            // SAFETY: these columns of matrix `b`'s rows belong to this task alone; `out` outlives
+            // the loop.
+            unsafe { dst.write(b * m + row, rows, first, cols, &tile, PANEL) };
         }
     });
 }

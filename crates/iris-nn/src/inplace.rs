@@ -83,44 +83,75 @@ impl InplaceOp2 for AddRowBias {
     }
 }
 
-/// An element-wise f32 function written over the buffer.
-struct F32Map<F> {
-    name: &'static str,
-    f: F,
+/// Element types an in-place map can run on, with their slice in a CPU storage.
+trait MapElement: Sized + Copy + Send + Sync {
+    fn values(s: &mut CpuStorage) -> Option<&mut [Self]>;
 }
 
-impl<F: Fn(f32) -> f32 + Sync + Send> InplaceOp1 for F32Map<F> {
+impl MapElement for f32 {
+    fn values(s: &mut CpuStorage) -> Option<&mut [Self]> {
+        if let CpuStorage::F32(d) = s { Some(d) } else { None }
+    }
+}
+
+impl MapElement for bf16 {
+    fn values(s: &mut CpuStorage) -> Option<&mut [Self]> {
+        if let CpuStorage::BF16(d) = s { Some(d) } else { None }
+    }
+}
+
+/// An element-wise function written over a buffer of `T`.
+struct ElementMap<T, F> {
+    name: &'static str,
+    f: F,
+    element: std::marker::PhantomData<fn(T) -> T>,
+}
+
+impl<T: MapElement, F: Fn(T) -> T + Sync + Send> InplaceOp1 for ElementMap<T, F> {
     fn name(&self) -> &'static str {
         self.name
     }
 
     fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> candle_core::Result<()> {
-        let CpuStorage::F32(d) = s else { return Err(bad_storage(self.name)) };
+        let Some(d) = T::values(s) else { return Err(bad_storage(self.name)) };
         for_each_chunk(&mut d[span(l)], 1, |c| c.iter_mut().for_each(|v| *v = (self.f)(*v)));
         Ok(())
     }
 }
 
-/// `map` over a fresh contiguous CPU f32 `x` in place, else `out_of_place(&x)`.
-fn map_f32<F: Fn(f32) -> f32 + Sync + Send>(x: Tensor, map: F32Map<F>, out_of_place: impl FnOnce(&Tensor) -> candle_core::Result<Tensor>) -> Result<Tensor> {
-    if in_place_ok(&x, DType::F32) {
-        x.inplace_op1(&map)?;
-        return Ok(x);
+/// `f` over a fresh contiguous CPU `x` of `dtype` in place; `false` (nothing done) otherwise.
+fn map_in_place<T: MapElement>(x: &Tensor, dtype: DType, name: &'static str, f: impl Fn(T) -> T + Sync + Send) -> Result<bool> {
+    if !in_place_ok(x, dtype) {
+        return Ok(false);
     }
-    Ok(out_of_place(&x)?)
+    x.inplace_op1(&ElementMap { name, f, element: std::marker::PhantomData })?;
+    Ok(true)
 }
 
 /// QuickGELU `x * sigmoid(1.702 x)`.
 pub fn quick_gelu(x: Tensor) -> Result<Tensor> {
     // candle: affine `v * mul + add`, then sigmoid `(exp(-a) + 1).recip()`, then `v * s`
     let f = |v: f32| v * ((-(v * 1.702f32 + 0.0)).exp() + 1.0).recip();
-    map_f32(x, F32Map { name: "quick-gelu", f }, |x| x * candle_nn::ops::sigmoid(&(x * 1.702)?)?)
+    // on bf16 the same steps in half's bf16 arithmetic, which rounds after each one as candle's
+    // bf16 ops (and PyTorch's) do; candle runs its bf16 sigmoid on one thread
+    let fb = |v: bf16| {
+        use num_traits::Float;
+        let a = v * bf16::from_f64(1.702) + bf16::from_f64(0.0);
+        v * ((-a).exp() + bf16::ONE).recip()
+    };
+    if map_in_place(&x, DType::F32, "quick-gelu", f)? || map_in_place(&x, DType::BF16, "quick-gelu-bf16", fb)? {
+        return Ok(x);
+    }
+    Ok((&x * candle_nn::ops::sigmoid(&(&x * 1.702)?)?)?)
 }
 
 /// Exact erf GELU (`nn.GELU()` default), candle's `GeluErf` formula.
 pub fn gelu_erf(x: Tensor) -> Result<Tensor> {
     let f = |v: f32| (candle_core::cpu::erf::erf_f32(v * std::f32::consts::FRAC_1_SQRT_2) + 1.) * 0.5 * v;
-    map_f32(x, F32Map { name: "gelu-erf", f }, |x| x.gelu_erf())
+    if map_in_place(&x, DType::F32, "gelu-erf", f)? {
+        return Ok(x);
+    }
+    Ok(x.gelu_erf()?)
 }
 
 /// SwiGLU's `silu(gate) * up`, written into `gate`'s buffer.
@@ -179,6 +210,9 @@ mod tests {
         let x = Tensor::randn(0f32, 4.0, (229, 1000), &Device::Cpu).unwrap();
         let slow = (&x * candle_nn::ops::sigmoid(&(&x * 1.702).unwrap()).unwrap()).unwrap();
         assert!(same_bits(&quick_gelu(x.copy().unwrap()).unwrap(), &slow), "quick_gelu");
+        let xb = x.to_dtype(DType::BF16).unwrap();
+        let slow = (&xb * candle_nn::ops::sigmoid(&(&xb * 1.702).unwrap()).unwrap()).unwrap();
+        assert!(same_bits(&quick_gelu(xb.copy().unwrap()).unwrap(), &slow), "quick_gelu bf16");
         assert!(same_bits(&gelu_erf(x.copy().unwrap()).unwrap(), &x.gelu_erf().unwrap()), "gelu_erf");
         let u = Tensor::randn(0f32, 4.0, (229, 1000), &Device::Cpu).unwrap();
         let slow = (candle_nn::ops::silu(&x).unwrap() * &u).unwrap();
@@ -189,10 +223,13 @@ mod tests {
 
     #[test]
     fn in_place_steps_are_bit_identical_to_candle_ops() {
+        // bf16 in place keeps candle's (and the reference's) per-op rounding
+        for dtype in [DType::F32, DType::BF16] {
+            let x = input(dtype);
+            let slow = (&x * candle_nn::ops::sigmoid(&(&x * 1.702).unwrap()).unwrap()).unwrap();
+            assert!(same_bits(&quick_gelu(x.copy().unwrap()).unwrap(), &slow), "quick_gelu {dtype:?}");
+        }
         let x = input(DType::F32);
-        let slow = (&x * candle_nn::ops::sigmoid(&(&x * 1.702).unwrap()).unwrap()).unwrap();
-        assert!(same_bits(&quick_gelu(x.copy().unwrap()).unwrap(), &slow), "quick_gelu");
-
         assert!(same_bits(&gelu_erf(x.copy().unwrap()).unwrap(), &x.gelu_erf().unwrap()), "gelu_erf");
 
         let (g, u) = (input(DType::F32), input(DType::F32));
@@ -217,10 +254,10 @@ mod tests {
         let slow = (&t * candle_nn::ops::sigmoid(&(&t * 1.702).unwrap()).unwrap()).unwrap();
         assert!(same_bits(&out, &slow));
         assert!(same_bits(&x, &before), "the viewed buffer was left alone");
-        // bf16 keeps the reference's per-op rounding
-        let xb = input(DType::BF16);
-        let slow = (&xb * candle_nn::ops::sigmoid(&(&xb * 1.702).unwrap()).unwrap()).unwrap();
-        assert!(same_bits(&quick_gelu(xb).unwrap(), &slow));
+        // f16 has no in-place path
+        let xh = input(DType::F16);
+        let slow = (&xh * candle_nn::ops::sigmoid(&(&xh * 1.702).unwrap()).unwrap()).unwrap();
+        assert!(same_bits(&quick_gelu(xh).unwrap(), &slow));
     }
 
     #[test]

@@ -199,7 +199,7 @@ pub fn bf16_gemm_forward(x: &Tensor, weight: &Tensor) -> Result<Option<Tensor>> 
     use candle_core::{CpuStorage, Storage};
     let (m, k) = x.dims2()?;
     let n = weight.dim(0)?;
-    if weight.dtype() != DType::BF16 || !crate::bf16_gemm::available() || !x.device().is_cpu() || !weight.is_contiguous() || weight.dim(1)? != k || !k.is_multiple_of(2) {
+    if weight.dtype() != DType::BF16 || !crate::bf16_gemm::available() || !x.device().is_cpu() || !weight.is_contiguous() || weight.dim(1)? != k {
         return Ok(None);
     }
     let (storage, layout) = weight.storage_and_layout();

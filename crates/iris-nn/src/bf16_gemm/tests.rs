@@ -47,13 +47,14 @@ fn bf16_rounding_is_round_to_nearest_even() {
 fn every_kernel_matches_the_scalar_twin_and_the_f64_product() {
     let mut rnd = lcg(11);
     println!("bf16 GEMM kernels tested here: {:?}", Bf16Kernel::available());
-    // rows: a partial tile, exactly one, one plus a row; columns: partial panels; k: one pair up
-    for (m, n, k) in [(1, 5, 2), (5, 37, 30), (8, 32, 128), (9, 70, 1000), (17, 64, 1280)] {
+    // rows: a partial tile, exactly one, one plus a row; columns: partial panels; k: one pair up,
+    // and odd (a last pair with one value)
+    for (m, n, k) in [(1, 5, 2), (5, 37, 30), (8, 32, 128), (9, 70, 1000), (17, 64, 1280), (3, 33, 1), (10, 40, 77)] {
         let x: Vec<f32> = (0..m * k).map(|_| rnd()).collect();
         let w: Vec<bf16> = (0..n * k).map(|_| bf16::from_f32(rnd())).collect();
         let (exact, magnitude) = reference(&x, m, &w, n, k);
         let mut twin = vec![0f32; m * n];
-        gemm_with(&x, m, &w, n, k, &mut twin, Bf16Kernel::Scalar);
+        gemm_with(&x, &w, 1, m, n, k, &mut twin, Bf16Kernel::Scalar);
         // the activations' rounding to bf16 moves each product by at most 2^-9 of itself; f32
         // accumulation adds at most k * 2^-24 of the magnitude
         let against_f64 = worst_relative(&twin, &exact, &magnitude);
@@ -61,7 +62,7 @@ fn every_kernel_matches_the_scalar_twin_and_the_f64_product() {
         assert!(against_f64 <= 2f64.powi(-9) + k as f64 * 2f64.powi(-24), "{against_f64}");
         for kernel in Bf16Kernel::available() {
             let mut out = vec![0f32; m * n];
-            gemm_with(&x, m, &w, n, k, &mut out, kernel);
+            gemm_with(&x, &w, 1, m, n, k, &mut out, kernel);
             let d = out.iter().zip(&twin).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
             let rel = worst_relative(&out, &twin.iter().map(|&v| v as f64).collect::<Vec<_>>(), &magnitude);
             println!("  {kernel:?} vs scalar twin: max|diff| = {d:e}, relative {rel:.2e}");
@@ -85,4 +86,19 @@ fn inputs_already_in_bf16_are_multiplied_exactly() {
     let rel = worst_relative(&out, &exact, &magnitude);
     println!("bf16-exact inputs: max relative error {rel:.2e}");
     assert!(rel <= k as f64 * 2f64.powi(-24), "{rel}");
+}
+
+#[test]
+fn batched_products_equal_one_product_per_matrix() {
+    let mut rnd = lcg(5);
+    let (batch, m, n, k) = (3, 11, 45, 81);
+    let x: Vec<f32> = (0..batch * m * k).map(|_| rnd()).collect();
+    let w: Vec<bf16> = (0..batch * n * k).map(|_| bf16::from_f32(rnd())).collect();
+    let mut batched = vec![0f32; batch * m * n];
+    gemm_batched(&x, &w, batch, m, n, k, &mut batched);
+    for b in 0..batch {
+        let mut one = vec![0f32; m * n];
+        gemm(&x[b * m * k..][..m * k], m, &w[b * n * k..][..n * k], n, k, &mut one);
+        assert_eq!(&batched[b * m * n..][..m * n], &one[..], "matrix {b}");
+    }
 }
