@@ -167,8 +167,8 @@ pub fn gemm_with(x: &[f32], w: &[bf16], batch: usize, m: usize, n: usize, k: usi
             match kernel {
                 // SAFETY: Avx512Bf16 comes from `Bf16Kernel::available`, which checked the features.
                 #[cfg(target_arch = "x86_64")]
-                Bf16Kernel::Avx512Bf16 => unsafe { avx512::tile(&panel, &acts, pairs, row, rows, &mut tile) },
-                _ => tile_scalar(&panel, &acts, pairs, row, rows, &mut tile),
+                Bf16Kernel::Avx512Bf16 => unsafe { avx512::tile(&panel, acts, pairs, row, rows, &mut tile) },
+                _ => tile_scalar(&panel, acts, pairs, row, rows, &mut tile),
             }
             // SAFETY: these columns of matrix `b`'s rows belong to this task alone; `out` outlives
             // the loop.
