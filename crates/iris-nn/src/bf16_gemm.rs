@@ -151,6 +151,11 @@ pub fn gemm_batched(x: &[f32], w: &[bf16], batch: usize, m: usize, n: usize, k: 
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_with(x: &[f32], w: &[bf16], batch: usize, m: usize, n: usize, k: usize, out: &mut [f32], kernel: Bf16Kernel) {
     assert!(x.len() == batch * m * k && w.len() == batch * n * k && out.len() == batch * m * n, "bf16 GEMM wants {batch} x [{m}, {k}] x [{n}, {k}]^T");
+    if k == 0 {
+        // empty sums (and no rows to split the activations into)
+        out.fill(0.0);
+        return;
+    }
     let pairs = k.div_ceil(2);
     let acts = activation_pairs(x, k);
     // [batch, m, n] seen as [batch * m, n]: a task owns its matrix's rows of its columns

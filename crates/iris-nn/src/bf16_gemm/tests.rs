@@ -102,3 +102,10 @@ fn batched_products_equal_one_product_per_matrix() {
         assert_eq!(&batched[b * m * n..][..m * n], &one[..], "matrix {b}");
     }
 }
+
+#[test]
+fn an_empty_inner_dimension_gives_zeros() {
+    let mut out = vec![1f32; 6];
+    gemm(&[], 2, &[], 3, 0, &mut out);
+    assert_eq!(out, vec![0f32; 6]);
+}
