@@ -1,7 +1,9 @@
 //! `iris bench`: load time, vision encode, prefill and decode speed, time to first token and
 //! peak memory of one image question, on a checkpoint or on random weights of a real
 //! architecture generated in memory (`--synthetic`, no download and no weight file).
-//! One timed run after loading; the numbers are those of that run.
+//! One timed run after loading; the numbers are those of that run. A streaming read of memory
+//! (`iris_nn::bandwidth`) before loading and after the run gives the bandwidth roofline that
+//! decode is a fraction of.
 
 use crate::args::PrecisionArgs;
 use anyhow::{bail, Context, Result};
@@ -158,7 +160,19 @@ pub fn bench_request(args: &BenchArgs, image: Option<(usize, usize)>) -> Result<
     Ok((GenerateRequest::greedy(parse_messages(&messages, None)?, args.new_tokens), image_path))
 }
 
+/// Forgets this process's peak RSS so far (`VmHWM`), so the bandwidth probe's buffer before
+/// loading does not count as the model's memory. `false` where the kernel refuses (pre-4.0).
+fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
 fn run(args: &BenchArgs, dir: &Path, opts: &iris_models::LoadOptions, image: Option<(usize, usize)>, model_name: &str) -> Result<()> {
+    // memory bandwidth moves by tens of percent within minutes on shared machines: measure it
+    // before loading and after the run, and state decode against the higher of the two
+    let bandwidth_before = if reset_peak_rss() { Some(iris_nn::bandwidth::read_bandwidth_gb_per_s(iris_nn::bandwidth::PROBE_BYTES, 3)) } else { None };
+    if bandwidth_before.is_some() && !reset_peak_rss() {
+        bail!("could not reset the peak RSS after the bandwidth probe");
+    }
     let t0 = Instant::now();
     let engine = Engine::load(dir, opts).with_context(|| format!("loading {model_name}"))?;
     let load_s = t0.elapsed().as_secs_f64();
@@ -175,6 +189,10 @@ fn run(args: &BenchArgs, dir: &Path, opts: &iris_models::LoadOptions, image: Opt
     let prefill_tps = prompt_tokens as f64 / (t.prefill_ms / 1e3);
     let decode_gbps = info.decode_bytes_per_token as f64 * t.decode_tokens_per_s / 1e9;
     let peak = peak_rss_bytes().unwrap_or(0);
+    // after the peak was read: the probe's buffer must not count as the model's memory
+    let bandwidth_after = iris_nn::bandwidth::read_bandwidth_gb_per_s(iris_nn::bandwidth::PROBE_BYTES, 3);
+    let bandwidth = bandwidth_after.max(bandwidth_before.unwrap_or(0.0));
+    let roofline_fraction = decode_gbps / bandwidth;
     let report = json!({
         "model": model_name,
         "family": info.family,
@@ -197,6 +215,10 @@ fn run(args: &BenchArgs, dir: &Path, opts: &iris_models::LoadOptions, image: Opt
         "weight_bytes": info.weight_bytes,
         "decode_bytes_per_token": info.decode_bytes_per_token,
         "decode_weight_gb_per_s": decode_gbps,
+        "read_bandwidth_gb_per_s": bandwidth,
+        "read_bandwidth_before_gb_per_s": bandwidth_before,
+        "read_bandwidth_after_gb_per_s": bandwidth_after,
+        "decode_roofline_fraction": roofline_fraction,
     });
     if args.json {
         println!("{report}");
@@ -212,6 +234,10 @@ fn run(args: &BenchArgs, dir: &Path, opts: &iris_models::LoadOptions, image: Opt
     println!("time to first    {ttft_ms:.0} ms");
     println!("decode           {:.2} tokens/s ({:.1} GB/s of weights)", t.decode_tokens_per_s, decode_gbps);
     println!("weights resident {:.2} GB; read per token {:.2} GB", gb(info.weight_bytes as f64), gb(info.decode_bytes_per_token as f64));
+    let roofline_tps = bandwidth * 1e9 / info.decode_bytes_per_token.max(1) as f64;
+    let before = bandwidth_before.map_or("not measured".to_string(), |b| format!("{b:.1}"));
+    println!("memory read      {before} GB/s before loading, {bandwidth_after:.1} GB/s after the run");
+    println!("roofline         {roofline_tps:.1} tokens/s at {bandwidth:.1} GB/s; decode at {:.0}% of it", 100.0 * roofline_fraction);
     println!("peak RSS         {:.2} GB", gb(peak as f64));
     Ok(())
 }

@@ -11,9 +11,10 @@ fn bench_reports_json_and_rejects_bad_options() {
     let (code, stdout, stderr) = common::iris(&["bench", "--model", m, "--image", "56x56", "--prompt-tokens", "5", "--new-tokens", "3", "--quant", "q8_0", "--json"]);
     assert_eq!(code, 0, "{stderr}");
     let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
-    for key in ["load_s", "vision_ms", "prefill_tokens_per_s", "decode_tokens_per_s", "ttft_ms", "peak_rss_bytes", "weight_bytes", "decode_bytes_per_token"] {
+    for key in ["load_s", "vision_ms", "prefill_tokens_per_s", "decode_tokens_per_s", "ttft_ms", "peak_rss_bytes", "weight_bytes", "decode_bytes_per_token", "read_bandwidth_gb_per_s", "decode_roofline_fraction"] {
         assert!(report[key].is_number(), "{key} missing in {report}");
     }
+    assert!(report["read_bandwidth_gb_per_s"].as_f64().unwrap() > 0.0, "{report}");
     assert_eq!(report["language_format"], "q8_0");
     assert_eq!(report["new_tokens"], 3);
     let after: Vec<_> = std::fs::read_dir(&model).unwrap().map(|e| e.unwrap().file_name()).collect();

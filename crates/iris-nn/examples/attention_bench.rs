@@ -1,5 +1,6 @@
 //! Times `iris_nn::attention::attention` on vision-tower shapes (full attention, f32) for several
-//! score-block budgets: how much the query chunking costs against one big block.
+//! score-block budgets: how much the query chunking costs against one big block; then with bf16
+//! inputs (the bf16 GEMM's products on AVX512-BF16 CPUs) at the default budget.
 //! usage: cargo run --release -p iris-nn --example attention_bench [heads tokens head_dim]
 //!        cargo run --release -p iris-nn --example attention_bench decode [heads kv_heads cached head_dim]
 
@@ -31,6 +32,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let rows = ((budget_mib << 20) / (n * 4)).clamp(1, n);
         println!("score budget {budget_mib:>3} MiB ({rows:>4} query rows of one head per block): {s:.2} s, {:.0} GFLOP/s (checksum {:.3})", flop / s / 1e9, o.sum_all()?.to_scalar::<f32>()?);
     }
+    let [qb, kb, vb] = [&q, &k, &v].map(|t| t.to_dtype(candle_core::DType::BF16));
+    let (qb, kb, vb) = (qb?, kb?, vb?);
+    let t = Instant::now();
+    let o = attention(&qb, &kb, &vb, None, 1.0 / (d as f64).sqrt(), iris_nn::attention::DEFAULT_SCORE_BYTES)?;
+    let s = t.elapsed().as_secs_f64();
+    println!("bf16 inputs, default budget (bf16 GEMM: {}): {s:.2} s, {:.0} GFLOP/s (checksum {:.3})", iris_nn::bf16_gemm::available(), flop / s / 1e9, o.to_dtype(candle_core::DType::F32)?.sum_all()?.to_scalar::<f32>()?);
     Ok(())
 }
 

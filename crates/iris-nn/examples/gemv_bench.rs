@@ -5,31 +5,11 @@
 
 use candle_core::{DType, Device, Tensor};
 use iris_nn::{QuantizedMatrix, WeightFormat};
-use rayon::prelude::*;
 use std::time::Instant;
 
 fn main() {
-    let buf: Vec<f32> = vec![1.0; 1 << 28];
-    let mut best = 0f64;
-    for _ in 0..3 {
-        let t = Instant::now();
-        let s: f32 = buf
-            .par_chunks(1 << 16)
-            .map(|c| {
-                let mut a = [0f32; 16];
-                for ch in c.chunks_exact(16) {
-                    for i in 0..16 {
-                        a[i] += ch[i];
-                    }
-                }
-                a.iter().sum::<f32>()
-            })
-            .sum();
-        assert!(s > 0.0);
-        best = best.max((buf.len() * 4) as f64 / t.elapsed().as_secs_f64() / 1e9);
-    }
-    println!("streaming sum (1 GiB, rayon): {best:.1} GB/s");
-    drop(buf);
+    let bandwidth = iris_nn::bandwidth::read_bandwidth_gb_per_s(1 << 30, 3);
+    println!("streaming sum (1 GiB, rayon): {bandwidth:.1} GB/s");
     let dev = Device::Cpu;
     let dense: &[DType] = if std::env::args().nth(1).as_deref() == Some("quant") { &[] } else { &[DType::F32, DType::F16, DType::BF16] };
     for &dt in dense {

@@ -4,6 +4,7 @@
 //! reference operation order, chunked multi-head attention, rotary embedding and the KV cache.
 
 pub mod attention;
+pub mod bandwidth;
 pub mod bf16_gemm;
 pub mod decode_attention;
 pub mod error;
