@@ -17,9 +17,9 @@ use iris_nn::{KvCache, LayerKv};
 
 struct DecoderLayer {
     input_layernorm: RmsNorm,
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
+    /// q, k and v stacked by rows, `[C] -> [(H + 2 KVH) * D]`: one product per step instead of
+    /// three (decode's small k/v products could not stream at bandwidth alone).
+    qkv_proj: Linear,
     o_proj: Linear,
     post_attention_layernorm: RmsNorm,
     gate_proj: Linear,
@@ -55,9 +55,11 @@ impl TextModel {
                 let l = m.pp("layers").pp(i);
                 Ok(DecoderLayer {
                     input_layernorm: RmsNorm::load(&l.pp("input_layernorm"), c, cfg.rms_norm_eps)?,
-                    q_proj: Linear::load(&l.pp("self_attn.q_proj"), c, q_dim, true)?,
-                    k_proj: Linear::load(&l.pp("self_attn.k_proj"), c, kv_dim, true)?,
-                    v_proj: Linear::load(&l.pp("self_attn.v_proj"), c, kv_dim, true)?,
+                    qkv_proj: Linear::concat_rows(vec![
+                        Linear::load(&l.pp("self_attn.q_proj"), c, q_dim, true)?,
+                        Linear::load(&l.pp("self_attn.k_proj"), c, kv_dim, true)?,
+                        Linear::load(&l.pp("self_attn.v_proj"), c, kv_dim, true)?,
+                    ])?,
                     o_proj: Linear::load(&l.pp("self_attn.o_proj"), q_dim, c, false)?,
                     post_attention_layernorm: RmsNorm::load(&l.pp("post_attention_layernorm"), c, cfg.rms_norm_eps)?,
                     gate_proj: Linear::load(&l.pp("mlp.gate_proj"), c, inter, false)?,
@@ -89,7 +91,7 @@ impl TextModel {
     fn layer_bytes(&self) -> usize {
         self.layers
             .iter()
-            .flat_map(|x| [&x.q_proj, &x.k_proj, &x.v_proj, &x.o_proj, &x.gate_proj, &x.up_proj, &x.down_proj])
+            .flat_map(|x| [&x.qkv_proj, &x.o_proj, &x.gate_proj, &x.up_proj, &x.down_proj])
             .map(Linear::weight_bytes)
             .sum()
     }
@@ -168,13 +170,15 @@ impl TextModel {
         let (t, c) = x.dims2()?;
         let hd = self.cfg.head_dim();
         let (nh, nkv) = (self.cfg.num_attention_heads, self.cfg.num_key_value_heads);
-        let h = l.input_layernorm.forward(x)?;
-        // [T, H*D] -> [T, H, D] -> [1, H, T, D]
-        let split = |y: Tensor, heads: usize| -> Result<Tensor> { Ok(y.reshape((t, heads, hd))?.transpose(0, 1)?.contiguous()?.unsqueeze(0)?) };
-        let q = candle_nn::rotary_emb::rope(&split(l.q_proj.forward(&h)?, nh)?, cos, sin)?.squeeze(0)?;
-        let k = candle_nn::rotary_emb::rope(&split(l.k_proj.forward(&h)?, nkv)?, cos, sin)?.squeeze(0)?;
-        let v = split(l.v_proj.forward(&h)?, nkv)?.squeeze(0)?;
-        drop(h);
+        let qkv = l.qkv_proj.forward(&l.input_layernorm.forward(x)?)?;
+        // columns [first, first + heads*D) of [T, (H + 2 KVH)*D] -> [T, heads, D] -> [1, heads, T, D]
+        let split = |first: usize, heads: usize| -> Result<Tensor> {
+            Ok(qkv.narrow(1, first, heads * hd)?.reshape((t, heads, hd))?.transpose(0, 1)?.contiguous()?.unsqueeze(0)?)
+        };
+        let q = candle_nn::rotary_emb::rope(&split(0, nh)?, cos, sin)?.squeeze(0)?;
+        let k = candle_nn::rotary_emb::rope(&split(nh * hd, nkv)?, cos, sin)?.squeeze(0)?;
+        let v = split((nh + nkv) * hd, nkv)?.squeeze(0)?;
+        drop(qkv);
         let o = batched_cached_attention(&q, &k, &v, lens, kvs, 1.0 / (hd as f64).sqrt())?;
         // [H, T, D] -> [T, H, D] -> [T, C]
         Ok(o.transpose(0, 1)?.contiguous()?.reshape((t, c))?)

@@ -207,6 +207,45 @@ impl QuantizedMatrix {
         Ok(Self { n, k, blocks })
     }
 
+    /// The rows of `parts` (same format and K) stacked, `[sum of N, K]`: the matrix quantizing
+    /// their stacked values would give, as both formats encode each row on its own.
+    pub fn concat_rows(parts: &[&QuantizedMatrix]) -> Result<Self> {
+        let bad = |m: String| NnError::Quantization(m);
+        let first = parts.first().ok_or_else(|| bad("no matrices to stack".into()))?;
+        let k = first.k;
+        if let Some(p) = parts.iter().find(|p| p.k != k || p.format() != first.format()) {
+            return Err(bad(format!("cannot stack a [{}, {}] {} matrix under a [{}, {k}] {} one", p.n, p.k, p.format(), first.n, first.format())));
+        }
+        let n = parts.iter().map(|p| p.n).sum();
+        let blocks = match &first.blocks {
+            Blocks::Q8_0 { .. } => {
+                let (mut qs, mut d) = (Vec::with_capacity(n * k), Vec::with_capacity(n * k / QK8_0));
+                for p in parts {
+                    if let Blocks::Q8_0 { qs: part_qs, d: part_d } = &p.blocks {
+                        qs.extend_from_slice(part_qs);
+                        d.extend_from_slice(part_d);
+                    }
+                }
+                Blocks::Q8_0 { qs, d }
+            }
+            Blocks::Q4K(_) => {
+                // back to row-major, then interleaved again: a part's rows past its last group of
+                // four would otherwise sit in the middle of the result
+                let per_row = k / QK_K;
+                let mut row_major = Vec::with_capacity(n * per_row);
+                for p in parts {
+                    if let Blocks::Q4K(b) = &p.blocks {
+                        for o in 0..p.n {
+                            row_major.extend(kernels::q4k_row(b, per_row, o).map(|(_, blk)| *blk));
+                        }
+                    }
+                }
+                Blocks::Q4K(kernels::q4k_interleave(row_major, per_row))
+            }
+        };
+        Ok(Self { n, k, blocks })
+    }
+
     /// Encodes a `[N, K]` tensor of any float dtype.
     pub fn quantize_tensor(t: &Tensor, format: WeightFormat) -> Result<Self> {
         let (n, k) = t.dims2()?;

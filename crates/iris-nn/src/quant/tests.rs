@@ -266,3 +266,23 @@ fn offset_and_strided_inputs_give_the_contiguous_result() {
         }
     }
 }
+
+#[test]
+fn stacked_rows_equal_the_stacked_matrix_quantized() {
+    let k = 512;
+    // 5 and 7 rows leave q4_K groups of four unfilled inside the stack
+    let sizes = [5usize, 7, 4];
+    let parts_f32: Vec<Vec<f32>> = sizes.iter().enumerate().map(|(i, &n)| pseudo_random(n * k, 40 + i as u64)).collect();
+    let stacked: Vec<f32> = parts_f32.concat();
+    for format in [WeightFormat::Q8_0, WeightFormat::Q4K] {
+        let parts: Vec<QuantizedMatrix> = parts_f32.iter().zip(sizes).map(|(v, n)| QuantizedMatrix::quantize(v, n, k, format).unwrap()).collect();
+        let joined = QuantizedMatrix::concat_rows(&parts.iter().collect::<Vec<_>>()).unwrap();
+        let whole = QuantizedMatrix::quantize(&stacked, sizes.iter().sum(), k, format).unwrap();
+        assert_eq!(joined.dims(), whole.dims());
+        assert!(joined.encode() == whole.encode(), "{format}: stacking differs from quantizing the stack");
+    }
+    let q8 = QuantizedMatrix::quantize(&parts_f32[0], 5, k, WeightFormat::Q8_0).unwrap();
+    let q4 = QuantizedMatrix::quantize(&parts_f32[0], 5, k, WeightFormat::Q4K).unwrap();
+    let err = QuantizedMatrix::concat_rows(&[&q8, &q4]).unwrap_err().to_string();
+    assert!(err.contains("q4k") && err.contains("q8_0"), "{err}");
+}
