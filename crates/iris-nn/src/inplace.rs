@@ -3,8 +3,9 @@
 //! Why: peak memory. `x * sigmoid(1.702 * x)` on a `[1024, 5120]` f32 vision MLP activation
 //! holds four 20 MiB buffers at once; a bias add holds two. Done in place, each holds one. The
 //! arithmetic is candle 0.11's own scalar formula for each op (`Affine`, `Sigmoid`, `Silu`,
-//! `GeluErf`, binary `Mul`/`Add`), so the results are bit-identical to the out-of-place twins
-//! the tests compare against.
+//! `GeluErf`, binary `Mul`/`Add`), in f32 and, for the activations, in bf16 with the same
+//! per-op rounding, so the results are bit-identical to the out-of-place twins the tests compare
+//! against (candle runs some of its bf16 ops on one thread).
 //!
 //! Every function here takes its input by value and may write into its buffer: pass only a
 //! tensor nothing else still reads (a fresh matmul output, not a view of a weight or of a tensor
@@ -148,7 +149,12 @@ pub fn quick_gelu(x: Tensor) -> Result<Tensor> {
 /// Exact erf GELU (`nn.GELU()` default), candle's `GeluErf` formula.
 pub fn gelu_erf(x: Tensor) -> Result<Tensor> {
     let f = |v: f32| (candle_core::cpu::erf::erf_f32(v * std::f32::consts::FRAC_1_SQRT_2) + 1.) * 0.5 * v;
-    if map_in_place(&x, DType::F32, "gelu-erf", f)? {
+    // candle computes the bf16 op in f64 and rounds once
+    let fb = |v: bf16| {
+        let w = v.to_f64();
+        bf16::from_f64((candle_core::cpu::erf::erf_f64(w * std::f64::consts::FRAC_1_SQRT_2) + 1.) * 0.5 * w)
+    };
+    if map_in_place(&x, DType::F32, "gelu-erf", f)? || map_in_place(&x, DType::BF16, "gelu-erf-bf16", fb)? {
         return Ok(x);
     }
     Ok(x.gelu_erf()?)
@@ -156,7 +162,8 @@ pub fn gelu_erf(x: Tensor) -> Result<Tensor> {
 
 /// SwiGLU's `silu(gate) * up`, written into `gate`'s buffer.
 pub fn silu_mul(gate: Tensor, up: &Tensor) -> Result<Tensor> {
-    if in_place_ok(&gate, DType::F32) && up.is_contiguous() && up.dtype() == DType::F32 && up.shape() == gate.shape() {
+    let dtype = gate.dtype();
+    if matches!(dtype, DType::F32 | DType::BF16) && in_place_ok(&gate, dtype) && up.is_contiguous() && up.dtype() == dtype && up.shape() == gate.shape() {
         gate.inplace_op2(up, &SiluMul)?;
         return Ok(gate);
     }
@@ -165,24 +172,35 @@ pub fn silu_mul(gate: Tensor, up: &Tensor) -> Result<Tensor> {
 
 struct SiluMul;
 
+/// `g[i] = f(g[i], u[i])`, across the pool for large buffers.
+fn zip_in_place<T: Copy + Send + Sync>(g: &mut [T], u: &[T], f: impl Fn(T, T) -> T + Sync + Send) {
+    let step = |(g, u): (&mut [T], &[T])| {
+        for (g, &u) in g.iter_mut().zip(u) {
+            *g = f(*g, u);
+        }
+    };
+    if g.len() <= CHUNK {
+        step((g, u));
+    } else {
+        g.par_chunks_mut(CHUNK).zip(u.par_chunks(CHUNK)).for_each(step);
+    }
+}
+
 impl InplaceOp2 for SiluMul {
     fn name(&self) -> &'static str {
         "silu-mul"
     }
 
     fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<()> {
-        let (CpuStorage::F32(g), CpuStorage::F32(u)) = (s1, s2) else { return Err(bad_storage(self.name())) };
-        let (g, u) = (&mut g[span(l1)], &u[span(l2)]);
-        let silu_mul = |(g, u): (&mut [f32], &[f32])| {
-            for (g, &u) in g.iter_mut().zip(u) {
-                // candle's silu `v / (1 + exp(-v))`, then the product
-                *g = *g / (1.0 + (-*g).exp()) * u;
-            }
-        };
-        if g.len() <= CHUNK {
-            silu_mul((g, u));
-        } else {
-            g.par_chunks_mut(CHUNK).zip(u.par_chunks(CHUNK)).for_each(silu_mul);
+        match (s1, s2) {
+            // candle's silu `v / (1 + exp(-v))`, then the product
+            (CpuStorage::F32(g), CpuStorage::F32(u)) => zip_in_place(&mut g[span(l1)], &u[span(l2)], |g, u| g / (1.0 + (-g).exp()) * u),
+            // the same steps in half's bf16 arithmetic, rounding after each as candle's bf16 ops do
+            (CpuStorage::BF16(g), CpuStorage::BF16(u)) => zip_in_place(&mut g[span(l1)], &u[span(l2)], |g, u| {
+                use num_traits::Float;
+                g / (bf16::ONE + (-g).exp()) * u
+            }),
+            _ => return Err(bad_storage(self.name())),
         }
         Ok(())
     }
@@ -213,6 +231,7 @@ mod tests {
         let xb = x.to_dtype(DType::BF16).unwrap();
         let slow = (&xb * candle_nn::ops::sigmoid(&(&xb * 1.702).unwrap()).unwrap()).unwrap();
         assert!(same_bits(&quick_gelu(xb.copy().unwrap()).unwrap(), &slow), "quick_gelu bf16");
+        assert!(same_bits(&gelu_erf(xb.copy().unwrap()).unwrap(), &xb.gelu_erf().unwrap()), "gelu_erf bf16");
         assert!(same_bits(&gelu_erf(x.copy().unwrap()).unwrap(), &x.gelu_erf().unwrap()), "gelu_erf");
         let u = Tensor::randn(0f32, 4.0, (229, 1000), &Device::Cpu).unwrap();
         let slow = (candle_nn::ops::silu(&x).unwrap() * &u).unwrap();
@@ -232,9 +251,12 @@ mod tests {
         let x = input(DType::F32);
         assert!(same_bits(&gelu_erf(x.copy().unwrap()).unwrap(), &x.gelu_erf().unwrap()), "gelu_erf");
 
-        let (g, u) = (input(DType::F32), input(DType::F32));
-        let slow = (candle_nn::ops::silu(&g).unwrap() * &u).unwrap();
-        assert!(same_bits(&silu_mul(g.copy().unwrap(), &u).unwrap(), &slow), "silu_mul");
+        for dtype in [DType::F32, DType::BF16] {
+            let (g, u) = (input(dtype), input(dtype));
+            let slow = (candle_nn::ops::silu(&g).unwrap() * &u).unwrap();
+            assert!(same_bits(&silu_mul(g.copy().unwrap(), &u).unwrap(), &slow), "silu_mul {dtype:?}");
+            assert!(same_bits(&gelu_erf(g.copy().unwrap()).unwrap(), &g.gelu_erf().unwrap()), "gelu_erf {dtype:?}");
+        }
 
         for dtype in [DType::F32, DType::BF16, DType::F16] {
             let y = input(dtype);
