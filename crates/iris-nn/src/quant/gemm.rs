@@ -9,9 +9,12 @@
 //! block `b` and group `g` of four values, one 64-byte vector per 16 columns holding those four
 //! bytes of each column. Weights become unsigned bytes in both formats, so one kernel serves both:
 //!   q4_K: byte `q` (0..15),      block scale `d*sc[j]`, block min `dmin*m[j]`;
-//!   q8_0: byte `q + 128` (0..255), block scale `d`,     block min `128*d`,
-//! and a block contributes `dx * (scale * sum(byte * xq) - min * sum(xq))`, `xq` the activation
-//! quants and `dx` their scale. `tile_scalar` is the plain twin of the AVX-512 tile kernel.
+//!   q8_0: byte `q + 128` (0..255), block scale `d`,     no min,
+//! and a block contributes `dx * (scale * dot - min * sum(xq))`, `xq` the activation quants, `dx`
+//! their scale and `dot = sum(byte * xq)`. For q8_0 the +128 comes back out in the integer
+//! domain: each block's `vpdpbusd` accumulators start at `-128 * sum(xq)`, so `dot` is exactly
+//! `sum(q * xq)` and the tile does one float operation less per block and row (the f32 min term
+//! also cancelled two large terms). `tile_scalar` is the plain twin of the AVX-512 tile kernel.
 
 use super::kernels::{self, q4k_row, Kernel};
 use super::Blocks;
@@ -34,6 +37,8 @@ pub(crate) struct Activations {
     pub dx: Vec<f32>,
     /// `[m, K / BLOCK]` `dx * sum(quants of the block)`, for the min term.
     pub dx_sum: Vec<f32>,
+    /// `[m, K / BLOCK]` `-128 * sum(quants of the block)`: where q8_0 blocks start their dot.
+    pub offset: Vec<i32>,
 }
 
 impl Activations {
@@ -43,17 +48,20 @@ impl Activations {
         let mut qs = vec![0i8; x.len()];
         let mut dx = vec![0f32; rows * blocks];
         let mut dx_sum = vec![0f32; rows * blocks];
-        qs.par_chunks_mut(k).zip(dx.par_chunks_mut(blocks)).zip(dx_sum.par_chunks_mut(blocks)).zip(x.par_chunks(k)).for_each(
-            |(((q, d), ds), src)| {
-                let (scales, quants) = kernels::quantize_blocks(src, BLOCK);
-                q.copy_from_slice(&quants);
-                d.copy_from_slice(&scales);
-                for ((s, block), scale) in ds.iter_mut().zip(quants.chunks_exact(BLOCK)).zip(&scales) {
-                    *s = scale * block.iter().map(|&v| v as i32).sum::<i32>() as f32;
-                }
-            },
-        );
-        Self { qs, dx, dx_sum }
+        let mut offset = vec![0i32; rows * blocks];
+        let per_block = dx_sum.par_chunks_mut(blocks).zip(offset.par_chunks_mut(blocks));
+        qs.par_chunks_mut(k).zip(dx.par_chunks_mut(blocks)).zip(per_block).zip(x.par_chunks(k)).for_each(|(((q, d), (ds, off)), src)| {
+            let (scales, quants) = kernels::quantize_blocks(src, BLOCK);
+            q.copy_from_slice(&quants);
+            d.copy_from_slice(&scales);
+            for (((s, o), block), scale) in ds.iter_mut().zip(off.iter_mut()).zip(quants.chunks_exact(BLOCK)).zip(&scales) {
+                // |sum| <= 32 * 127, times 128: far inside i32
+                let sum = block.iter().map(|&v| v as i32).sum::<i32>();
+                *s = scale * sum as f32;
+                *o = -128 * sum;
+            }
+        });
+        Self { qs, dx, dx_sum, offset }
     }
 }
 
@@ -63,8 +71,10 @@ pub(crate) struct PanelPair {
     pub bytes: Vec<u8>,
     /// `[K / BLOCK][32 columns]`
     pub scale: Vec<f32>,
-    /// `[K / BLOCK][32 columns]`
+    /// `[K / BLOCK][32 columns]`; all zero for q8_0 (see `offset`)
     pub min: Vec<f32>,
+    /// The bytes are q8_0's `q + 128`: blocks start their dot at `Activations::offset`.
+    pub offset: bool,
 }
 
 /// Where byte `i` (0..BLOCK) of column `c` (0..PAIR) of block `b` sits in `PanelPair::bytes`:
@@ -77,7 +87,8 @@ impl PanelPair {
     /// Columns `first..first + PAIR` of the weight; columns past `n` are zero.
     pub fn pack(blocks: &Blocks, n: usize, k: usize, first: usize) -> Self {
         let nb = k / BLOCK;
-        let mut out = Self { bytes: vec![0; nb * BLOCK * PAIR], scale: vec![0.0; nb * PAIR], min: vec![0.0; nb * PAIR] };
+        let offset = matches!(blocks, Blocks::Q8_0 { .. });
+        let mut out = Self { bytes: vec![0; nb * BLOCK * PAIR], scale: vec![0.0; nb * PAIR], min: vec![0.0; nb * PAIR], offset };
         for col in 0..PAIR.min(n - first) {
             let o = first + col;
             // one block's 32 bytes of this column, moved four at a time: `word(g)` gives bytes
@@ -98,7 +109,7 @@ impl PanelPair {
                         let q: &[u8] = unsafe { std::slice::from_raw_parts(qs[o * k + b * QK8_0..].as_ptr() as *const u8, QK8_0) };
                         let d = d[o * nb + b].to_f32();
                         // q + 128 as an unsigned byte is q with its top bit flipped
-                        put(b, &|g| le(q, g) ^ 0x8080_8080, d, 128.0 * d);
+                        put(b, &|g| le(q, g) ^ 0x8080_8080, d, 0.0);
                     }
                 }
                 Blocks::Q4K(q4k) => {
@@ -137,14 +148,16 @@ pub(crate) fn tile_scalar(panel: &PanelPair, t: &TileRows, out: &mut [f32]) {
         for c in 0..PAIR {
             let mut acc = 0f32;
             for b in 0..nb {
-                let mut dot = 0i32;
+                let mut dot = if panel.offset { t.acts.offset[(t.row + r) * nb + b] } else { 0 };
                 for i in 0..BLOCK {
                     let byte = panel.bytes[panel_byte(b, c, i)];
                     dot += byte as i32 * x[b * BLOCK + i] as i32;
                 }
                 let dx = t.acts.dx[(t.row + r) * nb + b];
                 acc = (dot as f32).mul_add(panel.scale[b * PAIR + c] * dx, acc);
-                acc = (-panel.min[b * PAIR + c]).mul_add(t.acts.dx_sum[(t.row + r) * nb + b], acc);
+                if !panel.offset {
+                    acc = (-panel.min[b * PAIR + c]).mul_add(t.acts.dx_sum[(t.row + r) * nb + b], acc);
+                }
             }
             out[r * PAIR + c] = acc;
         }
