@@ -72,11 +72,15 @@ pub(crate) fn activation_pairs(x: &[f32], k: usize) -> Vec<u32> {
     let mut out = vec![0u32; x.len() / k * pairs];
     out.par_chunks_mut(pairs).zip(x.par_chunks(k)).for_each(|(dst, src)| {
         // SAFETY: u16 is no more aligned than u32 and any bits are valid for both; the view
-        // covers exactly the row's `2 * pairs` u16 (little-endian: the first u16 is the low half)
+        // covers exactly the row's `2 * pairs` u16
         let halves = unsafe { std::slice::from_raw_parts_mut(dst.as_mut_ptr() as *mut u16, 2 * pairs) };
         // one value per iteration with no branch, so this loop vectorises
         for (h, &v) in halves.iter_mut().zip(src) {
             *h = bf16_bits(v);
+        }
+        if cfg!(target_endian = "big") {
+            // the first u16 of each pair landed in the high half
+            dst.iter_mut().for_each(|p| *p = p.rotate_left(16));
         }
     });
     out
