@@ -118,9 +118,7 @@ impl Linear {
         let x2 = x.reshape((rows, in_dim))?;
         let mut y = match &self.weight {
             LinearWeight::Dense(w) => {
-                if let Some(y) = gemv_forward(&x2, w)? {
-                    y
-                } else if let Some(y) = bf16_gemm_forward(&x2, w)? {
+                if let Some(y) = dense_forward(&x2, w)? {
                     y
                 } else if w.dtype() == x2.dtype() {
                     x2.matmul(&w.t()?)?
@@ -195,44 +193,32 @@ impl Embedding {
     }
 }
 
-/// `x [m, K] x W^T` through the bandwidth-bound GEMV for decode-sized inputs on CPU; `None` when
-/// the shapes or storage call for the general matmul.
-pub fn gemv_forward(x: &Tensor, weight: &Tensor) -> Result<Option<Tensor>> {
+/// `x [m, K] x W^T` through Iris's own dense CPU kernels: the bandwidth-bound GEMV for
+/// decode-sized inputs (any float weight) and, for more rows of a bf16 weight, the AVX512-BF16
+/// GEMM (`bf16_gemm`); `None` when the shapes, storage or CPU call for the general matmul.
+pub fn dense_forward(x: &Tensor, weight: &Tensor) -> Result<Option<Tensor>> {
+    use crate::gemv::WeightRows;
     use candle_core::{CpuStorage, Storage};
     let (m, k) = x.dims2()?;
     let n = weight.dim(0)?;
-    if m == 0 || m > crate::gemv::MAX_ROWS || !x.device().is_cpu() || !weight.is_contiguous() || weight.dim(1)? != k {
+    let gemv = m <= crate::gemv::MAX_ROWS;
+    let bf16_gemm = !gemv && weight.dtype() == DType::BF16 && crate::bf16_gemm::available();
+    if m == 0 || !(gemv || bf16_gemm) || !x.device().is_cpu() || !weight.is_contiguous() || weight.dim(1)? != k {
         return Ok(None);
     }
     let (storage, layout) = weight.storage_and_layout();
-    let off = layout.start_offset();
-    let len = n * k;
+    let (off, len) = (layout.start_offset(), n * k);
     let rows = match &*storage {
-        Storage::Cpu(CpuStorage::F32(v)) => crate::gemv::WeightRows::F32(&v[off..off + len]),
-        Storage::Cpu(CpuStorage::F16(v)) => crate::gemv::WeightRows::F16(&v[off..off + len]),
-        Storage::Cpu(CpuStorage::BF16(v)) => crate::gemv::WeightRows::BF16(&v[off..off + len]),
+        Storage::Cpu(CpuStorage::F32(v)) => WeightRows::F32(&v[off..off + len]),
+        Storage::Cpu(CpuStorage::F16(v)) => WeightRows::F16(&v[off..off + len]),
+        Storage::Cpu(CpuStorage::BF16(v)) => WeightRows::BF16(&v[off..off + len]),
         _ => return Ok(None),
     };
     let mut out = vec![0f32; m * n];
-    with_f32_values(&x.to_dtype(DType::F32)?, |xs| crate::gemv::gemv(xs, m, rows, n, k, &mut out))?;
-    drop(storage);
-    Ok(Some(Tensor::from_vec(out, (m, n), x.device())?.to_dtype(x.dtype())?))
-}
-
-/// `x [m, K] x W^T` for a bf16 weight through the AVX512-BF16 GEMM (`bf16_gemm`); `None` where
-/// the CPU lacks it or the shapes or storage call for the general matmul.
-pub fn bf16_gemm_forward(x: &Tensor, weight: &Tensor) -> Result<Option<Tensor>> {
-    use candle_core::{CpuStorage, Storage};
-    let (m, k) = x.dims2()?;
-    let n = weight.dim(0)?;
-    if weight.dtype() != DType::BF16 || !crate::bf16_gemm::available() || !x.device().is_cpu() || !weight.is_contiguous() || weight.dim(1)? != k {
-        return Ok(None);
-    }
-    let (storage, layout) = weight.storage_and_layout();
-    let Storage::Cpu(CpuStorage::BF16(v)) = &*storage else { return Ok(None) };
-    let w = &v[layout.start_offset()..][..n * k];
-    let mut out = vec![0f32; m * n];
-    with_f32_values(&x.to_dtype(DType::F32)?, |xs| crate::bf16_gemm::gemm(xs, m, w, n, k, &mut out))?;
+    with_f32_values(&x.to_dtype(DType::F32)?, |xs| match rows {
+        WeightRows::BF16(w) if bf16_gemm => crate::bf16_gemm::gemm(xs, m, w, n, k, &mut out),
+        rows => crate::gemv::gemv(xs, m, rows, n, k, &mut out),
+    })?;
     drop(storage);
     Ok(Some(Tensor::from_vec(out, (m, n), x.device())?.to_dtype(x.dtype())?))
 }
@@ -251,7 +237,6 @@ pub(crate) fn with_f32_values<T>(x: &Tensor, f: impl FnOnce(&[f32]) -> T) -> Res
     let values: Vec<f32> = x.flatten_all()?.to_vec1()?;
     Ok(f(&values))
 }
-
 
 /// RMSNorm: normalise in f32, then either (`Qwen2RMSNorm`, `LlamaRMSNorm`) cast back to the input
 /// dtype and scale by the weight in that dtype, or (CogVLM2's `RMSNorm`) scale in f32 and cast
