@@ -166,10 +166,16 @@ fn reset_peak_rss() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
+/// This machine's memory read bandwidth now, in GB/s; `None` (reported as not measured) where
+/// the probe's buffer cannot be mapped.
+fn read_bandwidth() -> Option<f64> {
+    iris_nn::bandwidth::read_bandwidth_gb_per_s(iris_nn::bandwidth::PROBE_BYTES, 3).ok()
+}
+
 fn run(args: &BenchArgs, dir: &Path, opts: &iris_models::LoadOptions, image: Option<(usize, usize)>, model_name: &str) -> Result<()> {
     // memory bandwidth moves by tens of percent within minutes on shared machines: measure it
     // before loading and after the run, and state decode against the higher of the two
-    let bandwidth_before = if reset_peak_rss() { Some(iris_nn::bandwidth::read_bandwidth_gb_per_s(iris_nn::bandwidth::PROBE_BYTES, 3)) } else { None };
+    let bandwidth_before = if reset_peak_rss() { read_bandwidth() } else { None };
     if bandwidth_before.is_some() && !reset_peak_rss() {
         bail!("could not reset the peak RSS after the bandwidth probe");
     }
@@ -190,9 +196,9 @@ fn run(args: &BenchArgs, dir: &Path, opts: &iris_models::LoadOptions, image: Opt
     let decode_gbps = info.decode_bytes_per_token as f64 * t.decode_tokens_per_s / 1e9;
     let peak = peak_rss_bytes().unwrap_or(0);
     // after the peak was read: the probe's buffer must not count as the model's memory
-    let bandwidth_after = iris_nn::bandwidth::read_bandwidth_gb_per_s(iris_nn::bandwidth::PROBE_BYTES, 3);
-    let bandwidth = bandwidth_after.max(bandwidth_before.unwrap_or(0.0));
-    let roofline_fraction = decode_gbps / bandwidth;
+    let bandwidth_after = read_bandwidth();
+    let bandwidth = bandwidth_before.into_iter().chain(bandwidth_after).reduce(f64::max);
+    let roofline_fraction = bandwidth.map(|b| decode_gbps / b);
     let report = json!({
         "model": model_name,
         "family": info.family,
@@ -234,10 +240,12 @@ fn run(args: &BenchArgs, dir: &Path, opts: &iris_models::LoadOptions, image: Opt
     println!("time to first    {ttft_ms:.0} ms");
     println!("decode           {:.2} tokens/s ({:.1} GB/s of weights)", t.decode_tokens_per_s, decode_gbps);
     println!("weights resident {:.2} GB; read per token {:.2} GB", gb(info.weight_bytes as f64), gb(info.decode_bytes_per_token as f64));
-    let roofline_tps = bandwidth * 1e9 / info.decode_bytes_per_token.max(1) as f64;
-    let before = bandwidth_before.map_or("not measured".to_string(), |b| format!("{b:.1}"));
-    println!("memory read      {before} GB/s before loading, {bandwidth_after:.1} GB/s after the run");
-    println!("roofline         {roofline_tps:.1} tokens/s at {bandwidth:.1} GB/s; decode at {:.0}% of it", 100.0 * roofline_fraction);
+    let rate = |b: Option<f64>| b.map_or("not measured".to_string(), |b| format!("{b:.1} GB/s"));
+    println!("memory read      {} before loading, {} after the run", rate(bandwidth_before), rate(bandwidth_after));
+    if let (Some(b), Some(fraction)) = (bandwidth, roofline_fraction) {
+        let roofline_tps = b * 1e9 / info.decode_bytes_per_token.max(1) as f64;
+        println!("roofline         {roofline_tps:.1} tokens/s at {b:.1} GB/s; decode at {:.0}% of it", 100.0 * fraction);
+    }
     println!("peak RSS         {:.2} GB", gb(peak as f64));
     Ok(())
 }

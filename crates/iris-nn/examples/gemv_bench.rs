@@ -8,7 +8,7 @@ use iris_nn::{QuantizedMatrix, WeightFormat};
 use std::time::Instant;
 
 fn main() {
-    let bandwidth = iris_nn::bandwidth::read_bandwidth_gb_per_s(1 << 30, 3);
+    let bandwidth = iris_nn::bandwidth::read_bandwidth_gb_per_s(1 << 30, 3).expect("mapping the 1 GiB probe buffer");
     println!("streaming sum (1 GiB, rayon): {bandwidth:.1} GB/s");
     let dev = Device::Cpu;
     let dense: &[DType] = if std::env::args().nth(1).as_deref() == Some("quant") { &[] } else { &[DType::F32, DType::F16, DType::BF16] };

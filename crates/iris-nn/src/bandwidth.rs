@@ -26,12 +26,10 @@ fn lane_sum(values: &[f32]) -> f32 {
 
 /// The best of `passes` reads of a `bytes`-sized buffer across the rayon pool, in GB/s. The
 /// buffer is written once first, so page faults are not timed. It is mapped from the kernel and
-/// unmapped on return (a heap buffer could stay in the allocator's cache and in the RSS).
-pub fn read_bandwidth_gb_per_s(bytes: usize, passes: usize) -> f64 {
-    let mut map = match memmap2::MmapMut::map_anon(bytes.max(4)) {
-        Ok(map) => map,
-        Err(_) => return 0.0,
-    };
+/// unmapped on return (a heap buffer could stay in the allocator's cache and in the RSS); the
+/// error is the kernel's refusal to map it.
+pub fn read_bandwidth_gb_per_s(bytes: usize, passes: usize) -> std::io::Result<f64> {
+    let mut map = memmap2::MmapMut::map_anon(bytes.max(4))?;
     // SAFETY: the mapping is page-aligned (so f32-aligned), `bytes / 4` f32 long, and owned here.
     let values = unsafe { std::slice::from_raw_parts_mut(map.as_mut_ptr() as *mut f32, bytes / 4) };
     values.fill(1.0);
@@ -46,7 +44,7 @@ pub fn read_bandwidth_gb_per_s(bytes: usize, passes: usize) -> f64 {
         best = best.max(values.len() as f64 * 4.0 / seconds / 1e9);
     }
     drop(map);
-    best
+    Ok(best)
 }
 
 #[cfg(test)]
@@ -59,7 +57,7 @@ mod tests {
 
     #[test]
     fn probe_reports_a_positive_rate() {
-        let gb_per_s = super::read_bandwidth_gb_per_s(8 << 20, 2);
+        let gb_per_s = super::read_bandwidth_gb_per_s(8 << 20, 2).unwrap();
         println!("8 MiB read: {gb_per_s:.1} GB/s");
         assert!(gb_per_s > 0.0 && gb_per_s.is_finite());
     }
