@@ -132,9 +132,21 @@ unsafe fn q4k_scale_masks() -> [__m512i; 4] {
 unsafe fn q4k_block_dot(w: &Q4kWeights, a: &[__m512i; 4]) -> __m512i {
     let mut isum = _mm512_setzero_si512();
     for ((nibbles, scales), a) in w.nibbles.iter().zip(&w.scales).zip(a) {
-        isum = _mm512_dpwssd_epi32(isum, _mm512_maddubs_epi16(*nibbles, *a), *scales);
+        isum = dpwssd(isum, _mm512_maddubs_epi16(*nibbles, *a), *scales);
     }
     isum
+}
+
+/// `_mm512_dpwssd_epi32` as one `vpdpwssd`. Inline asm because LLVM, tuning for a generic x86-64,
+/// rewrites the intrinsic into `vpmaddwd` + `vpaddd` (two vector instructions for one), and the
+/// q4_K decode kernel is bound by vector instructions once the memory bandwidth exceeds ~35 GB/s.
+#[inline]
+#[target_feature(enable = "avx512f,avx512vnni")]
+unsafe fn dpwssd(acc: __m512i, a: __m512i, b: __m512i) -> __m512i {
+    let mut acc = acc;
+    // Intel syntax: acc += pairwise i16 products of a and b, summed into i32 lanes
+    std::arch::asm!("vpdpwssd {acc}, {a}, {b}", acc = inout(zmm_reg) acc, a = in(zmm_reg) a, b = in(zmm_reg) b, options(pure, nomem, nostack));
+    acc
 }
 
 /// Activations of super-block `s` of `row`, in the kernel's order.
@@ -202,13 +214,16 @@ pub unsafe fn dot_4_rows_q4k(blocks: &[Q4KBlock], k: usize, o: usize, row: &Quan
     let mut acc = [_mm512_setzero_ps(); 4];
     let mut min_acc = [_mm_setzero_ps(); 4];
     for s in 0..per_row {
-        let group = &blocks[o * per_row + 4 * s..][..4];
+        let group: &[Q4KBlock; 4] = blocks[o * per_row + 4 * s..][..4].try_into().expect("a group of four blocks");
         super::prefetch_ahead_of(group);
         let a = q4k_activations(row, s);
-        for (i, blk) in group.iter().enumerate() {
-            let isum = q4k_block_dot(&q4k_weights(blk, &masks), &a);
-            q4k_fold(&mut acc[i], &mut min_acc[i], isum, blk, row, s);
-        }
+        // written as four independent statements so the accumulators stay in registers (as a
+        // loop LLVM kept them on the stack, a store and reload per block)
+        let isum: [__m512i; 4] = std::array::from_fn(|i| q4k_block_dot(&q4k_weights(&group[i], &masks), &a));
+        q4k_fold(&mut acc[0], &mut min_acc[0], isum[0], &group[0], row, s);
+        q4k_fold(&mut acc[1], &mut min_acc[1], isum[1], &group[1], row, s);
+        q4k_fold(&mut acc[2], &mut min_acc[2], isum[2], &group[2], row, s);
+        q4k_fold(&mut acc[3], &mut min_acc[3], isum[3], &group[3], row, s);
     }
     for i in 0..4 {
         out[i] = q4k_finish(acc[i], min_acc[i]);
