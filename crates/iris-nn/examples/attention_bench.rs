@@ -3,8 +3,9 @@
 //! inputs (the bf16 GEMM's products on AVX512-BF16 CPUs) at the default budget.
 //! usage: cargo run --release -p iris-nn --example attention_bench [heads tokens head_dim]
 //!        cargo run --release -p iris-nn --example attention_bench decode [heads kv_heads cached head_dim]
+//!        (the decode case once per KV cache storage dtype: f32, f16, bf16)
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use iris_nn::attention::attention;
 use std::time::Instant;
 
@@ -43,22 +44,29 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
 /// One decode step's attention (one query per head over a long cache), as a decoder layer runs
 /// it: default CogVLM2's language model after a 1344² image prompt (32 heads, 8 KV heads, 2341
-/// cached tokens, head_dim 128).
+/// cached tokens, head_dim 128), over 32 layers' distinct caches (more than the L3 holds, as a
+/// step reads them), for each cache storage dtype.
 fn decode(args: &[usize]) -> Result<(), Box<dyn std::error::Error>> {
     let (h, kvh, s, d) = match args[..] {
         [h, kvh, s, d] => (h, kvh, s, d),
         _ => (32, 8, 2341, 128),
     };
     let dev = Device::Cpu;
+    let layers: usize = std::env::var("LAYERS").ok().and_then(|l| l.parse().ok()).unwrap_or(32);
     let q = Tensor::randn(0f32, 1.0, (h, 1, d), &dev)?;
-    let k = Tensor::randn(0f32, 1.0, (kvh, s, d), &dev)?;
-    let v = Tensor::randn(0f32, 1.0, (kvh, s, d), &dev)?;
-    let steps = 200;
-    let t = Instant::now();
-    for _ in 0..steps {
-        attention(&q, &k, &v, Some(s - 1), 1.0 / (d as f64).sqrt(), iris_nn::attention::DEFAULT_SCORE_BYTES)?;
+    for dtype in [DType::F32, DType::F16, DType::BF16] {
+        let cache = || -> Result<Vec<Tensor>, candle_core::Error> { (0..layers).map(|_| Tensor::randn(0f32, 1.0, (kvh, s, d), &dev)?.to_dtype(dtype)).collect() };
+        let (ks, vs) = (cache()?, cache()?);
+        let rounds = (256 / layers).max(8);
+        let t = Instant::now();
+        for _ in 0..rounds {
+            for (k, v) in ks.iter().zip(&vs) {
+                attention(&q, k, v, Some(s - 1), 1.0 / (d as f64).sqrt(), iris_nn::attention::DEFAULT_SCORE_BYTES)?;
+            }
+        }
+        let per = t.elapsed().as_secs_f64() / (rounds * layers) as f64;
+        let bytes = 2 * kvh * s * d * dtype.size_in_bytes();
+        println!("decode attention q [{h}, 1, {d}] over {dtype:?} k/v [{kvh}, {s}, {d}] x {layers} layers: {:.3} ms per layer (K+V {:.1} MB, {:.1} GB/s)", per * 1e3, bytes as f64 / 1e6, bytes as f64 / per / 1e9);
     }
-    let per = t.elapsed().as_secs_f64() / steps as f64;
-    println!("decode attention q [{h}, 1, {d}] over k/v [{kvh}, {s}, {d}]: {:.3} ms per call (K+V {:.1} MB)", per * 1e3, (2 * kvh * s * d * 4) as f64 / 1e6);
     Ok(())
 }

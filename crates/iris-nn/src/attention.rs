@@ -25,11 +25,17 @@ pub const DEFAULT_SCORE_BYTES: usize = 16 << 20;
 /// blocks from 16 MiB instead of 28-row blocks across all heads (with the fused softmax,
 /// 5.2-5.5 s a layer against 13.1-13.4 s here: `examples/attention_bench.rs`).
 /// Decode-sized steps (a few query rows per KV head, f32 on CPU) take `decode_attention`.
+/// `k`/`v` may be stored in another dtype than `q` (a narrower KV cache); the output is `q`'s.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, causal: Option<usize>, scale: f64, max_score_bytes: usize) -> Result<Tensor> {
-    match crate::decode_attention::decode_attention(q, k, v, causal, scale)? {
-        Some(o) => Ok(o),
-        None => blocked_attention(q, k, v, causal, scale, max_score_bytes),
+    if let Some(o) = crate::decode_attention::decode_attention(q, k, v, causal, scale)? {
+        return Ok(o);
     }
+    if k.dtype() != q.dtype() || v.dtype() != q.dtype() {
+        // a cache stored narrower than the compute dtype (`KvCache::stored_as`): widen the visible
+        // rows once for this step's many query rows
+        return blocked_attention(q, &k.to_dtype(q.dtype())?, &v.to_dtype(q.dtype())?, causal, scale, max_score_bytes);
+    }
+    blocked_attention(q, k, v, causal, scale, max_score_bytes)
 }
 
 fn blocked_attention(q: &Tensor, k: &Tensor, v: &Tensor, causal: Option<usize>, scale: f64, max_score_bytes: usize) -> Result<Tensor> {
