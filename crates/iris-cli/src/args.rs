@@ -19,6 +19,16 @@ pub enum DtypeArg {
     Bf16,
 }
 
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum KvDtypeArg {
+    /// f16 when the language model's weights are quantized (q8_0, q4k), as llama.cpp stores its
+    /// cache; otherwise the compute dtype.
+    Auto,
+    F32,
+    F16,
+    Bf16,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct ModelArgs {
     /// Checkpoint directory, or a Hugging Face repo id (from the local HF cache, else downloaded).
@@ -57,6 +67,10 @@ pub struct PrecisionArgs {
     /// Quantize on every load; read and write no cache.
     #[arg(long, conflicts_with = "quant_cache")]
     pub no_quant_cache: bool,
+    /// Storage of the KV cache: f32, f16, bf16, or auto (f16 under q8_0/q4k language weights,
+    /// else the compute dtype). f16 halves the cache's memory and what a decode step reads.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub kv_dtype: KvDtypeArg,
 }
 
 fn parse_format_choice(s: &str) -> std::result::Result<FormatChoice, String> {
@@ -81,7 +95,13 @@ impl PrecisionArgs {
     pub fn options_from(&self, plan: WeightPlan) -> LoadOptions {
         tracing::info!("{}", plan.summary);
         let quant_cache = if self.no_quant_cache { None } else { self.quant_cache.clone().or_else(iris_nn::quant::cache::default_dir) };
-        LoadOptions { language_format: plan.language, vision_format: plan.vision, quant_cache, ..LoadOptions::new(self.dtype(), Device::Cpu) }
+        let kv_dtype = match self.kv_dtype {
+            KvDtypeArg::Auto => plan.language.filter(|f| f.is_quantized()).map(|_| DType::F16),
+            KvDtypeArg::F32 => Some(DType::F32),
+            KvDtypeArg::F16 => Some(DType::F16),
+            KvDtypeArg::Bf16 => Some(DType::BF16),
+        };
+        LoadOptions { language_format: plan.language, vision_format: plan.vision, quant_cache, kv_dtype, ..LoadOptions::new(self.dtype(), Device::Cpu) }
     }
 }
 

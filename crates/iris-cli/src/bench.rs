@@ -199,6 +199,9 @@ fn run(args: &BenchArgs, dir: &Path, opts: &iris_models::LoadOptions, image: Opt
     let bandwidth_after = read_bandwidth();
     let bandwidth = bandwidth_before.into_iter().chain(bandwidth_after).reduce(f64::max);
     let roofline_fraction = bandwidth.map(|b| decode_gbps / b);
+    // the cache a decode step reads, averaged over the run (the context grows by one per token)
+    let kv_read_per_token = info.kv_bytes_per_token as f64 * (prompt_tokens as f64 + out.token_ids.len() as f64 / 2.0);
+    let roofline_fraction_with_kv = bandwidth.map(|b| (info.decode_bytes_per_token as f64 + kv_read_per_token) * t.decode_tokens_per_s / 1e9 / b);
     let report = json!({
         "model": model_name,
         "family": info.family,
@@ -225,6 +228,10 @@ fn run(args: &BenchArgs, dir: &Path, opts: &iris_models::LoadOptions, image: Opt
         "read_bandwidth_before_gb_per_s": bandwidth_before,
         "read_bandwidth_after_gb_per_s": bandwidth_after,
         "decode_roofline_fraction": roofline_fraction,
+        "kv_dtype": format!("{:?}", info.kv_dtype).to_lowercase(),
+        "kv_bytes_per_token": info.kv_bytes_per_token,
+        "decode_kv_bytes_per_token": kv_read_per_token,
+        "decode_roofline_fraction_with_kv": roofline_fraction_with_kv,
     });
     if args.json {
         println!("{report}");
@@ -240,11 +247,12 @@ fn run(args: &BenchArgs, dir: &Path, opts: &iris_models::LoadOptions, image: Opt
     println!("time to first    {ttft_ms:.0} ms");
     println!("decode           {:.2} tokens/s ({:.1} GB/s of weights)", t.decode_tokens_per_s, decode_gbps);
     println!("weights resident {:.2} GB; read per token {:.2} GB", gb(info.weight_bytes as f64), gb(info.decode_bytes_per_token as f64));
+    println!("KV cache         {}, {:.0} KB per token; read per decoded token {:.3} GB (average)", report["kv_dtype"].as_str().unwrap_or(""), info.kv_bytes_per_token as f64 / 1e3, gb(kv_read_per_token));
     let rate = |b: Option<f64>| b.map_or("not measured".to_string(), |b| format!("{b:.1} GB/s"));
     println!("memory read      {} before loading, {} after the run", rate(bandwidth_before), rate(bandwidth_after));
     if let (Some(b), Some(fraction)) = (bandwidth, roofline_fraction) {
         let roofline_tps = b * 1e9 / info.decode_bytes_per_token.max(1) as f64;
-        println!("roofline         {roofline_tps:.1} tokens/s at {b:.1} GB/s; decode at {:.0}% of it", 100.0 * fraction);
+        println!("roofline         {roofline_tps:.1} tokens/s at {b:.1} GB/s; decode at {:.0}% of it ({:.0}% counting the KV cache)", 100.0 * fraction, 100.0 * roofline_fraction_with_kv.unwrap_or(0.0));
     }
     println!("peak RSS         {:.2} GB", gb(peak as f64));
     Ok(())

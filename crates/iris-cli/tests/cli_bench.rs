@@ -11,12 +11,16 @@ fn bench_reports_json_and_rejects_bad_options() {
     let (code, stdout, stderr) = common::iris(&["bench", "--model", m, "--image", "56x56", "--prompt-tokens", "5", "--new-tokens", "3", "--quant", "q8_0", "--json"]);
     assert_eq!(code, 0, "{stderr}");
     let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
-    for key in ["load_s", "vision_ms", "prefill_tokens_per_s", "decode_tokens_per_s", "ttft_ms", "peak_rss_bytes", "weight_bytes", "decode_bytes_per_token", "read_bandwidth_gb_per_s", "decode_roofline_fraction"] {
+    for key in ["load_s", "vision_ms", "prefill_tokens_per_s", "decode_tokens_per_s", "ttft_ms", "peak_rss_bytes", "weight_bytes", "decode_bytes_per_token", "read_bandwidth_gb_per_s", "decode_roofline_fraction", "kv_bytes_per_token", "decode_kv_bytes_per_token", "decode_roofline_fraction_with_kv"] {
         assert!(report[key].is_number(), "{key} missing in {report}");
     }
     assert!(report["read_bandwidth_gb_per_s"].as_f64().unwrap() > 0.0, "{report}");
     assert_eq!(report["language_format"], "q8_0");
     assert_eq!(report["new_tokens"], 3);
+    // --kv-dtype auto: f16 under quantized language weights; the fraction counting the cache is
+    // the larger one
+    assert_eq!(report["kv_dtype"], "f16");
+    assert!(report["decode_roofline_fraction_with_kv"].as_f64() > report["decode_roofline_fraction"].as_f64(), "{report}");
     let after: Vec<_> = std::fs::read_dir(&model).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(before, after, "bench must not write into the checkpoint directory");
 

@@ -313,7 +313,7 @@ impl Scheduler {
             let info = self.engine.model.info();
             self.kv_reserved += bytes;
             self.stats.kv_reserved_bytes.store(self.kv_reserved, Ordering::SeqCst);
-            let cache = KvCache::with_reserved(info.num_layers, tokens);
+            let cache = KvCache::with_reserved(info.num_layers, tokens).stored_as(info.kv_dtype);
             self.running.push(Sequence {
                 job: *job,
                 submitted,

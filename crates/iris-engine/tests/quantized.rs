@@ -23,7 +23,10 @@ mod common;
 use common::u32s;
 
 fn load(fixture: &str, format: Option<WeightFormat>) -> Engine {
-    let opts = LoadOptions { language_format: format, vision_format: format, ..LoadOptions::new(DType::F32, Device::Cpu) };
+    load_with(fixture, LoadOptions { language_format: format, vision_format: format, ..LoadOptions::new(DType::F32, Device::Cpu) })
+}
+
+fn load_with(fixture: &str, opts: LoadOptions) -> Engine {
     Engine::load(&common::fixture(fixture).join("model"), &opts).unwrap()
 }
 
@@ -38,7 +41,7 @@ fn cases(fixture: &str) -> Vec<Value> {
 /// Teacher-forces every fixture case through the dense f32 model and the model with `format`
 /// weights; returns (steps, steps whose argmax agrees, largest logit error relative to the
 /// logits' scale), printing each disagreement.
-fn against_f32(fixture: &str, dense: &Engine, other: &Engine, format: WeightFormat) -> (usize, usize, f32) {
+fn against_f32(fixture: &str, dense: &Engine, other: &Engine, format: &str) -> (usize, usize, f32) {
     let dir = common::fixture(fixture);
     let (mut steps, mut agree, mut worst_rel) = (0, 0, 0f32);
     for case in cases(fixture) {
@@ -71,7 +74,7 @@ fn q8_0_logits_track_f32_and_agree_on_most_steps() {
         let (q, f) = (quant.model.info().weight_bytes, dense.model.info().weight_bytes);
         println!("{fixture}: q8_0 weights {q} bytes, dense f32 {f} ({:.2}x)", q as f64 / f as f64);
         assert!(q * 3 < f, "{fixture}: q8_0 weights should be under 1/3 of f32");
-        let (steps, agree, worst_rel) = against_f32(fixture, &dense, &quant, WeightFormat::Q8_0);
+        let (steps, agree, worst_rel) = against_f32(fixture, &dense, &quant, "q8_0");
         assert!(worst_rel < 0.15, "{fixture}: q8_0 logits off by {worst_rel} of their scale");
         assert!(agree * 10 >= steps * 8, "{fixture}: argmax agrees on only {agree}/{steps} steps");
     }
@@ -88,9 +91,25 @@ fn bf16_weights_track_f32() {
         let half = load(fixture, Some(WeightFormat::BF16));
         let (h, f) = (half.model.info().weight_bytes, dense.model.info().weight_bytes);
         assert!(h * 2 <= f + f / 50, "{fixture}: bf16 weights {h} bytes should be about half of f32's {f}");
-        let (steps, agree, worst_rel) = against_f32(fixture, &dense, &half, WeightFormat::BF16);
+        let (steps, agree, worst_rel) = against_f32(fixture, &dense, &half, "bf16");
         println!("{fixture}: bf16 GEMM in use: {}", iris_nn::bf16_gemm::available());
         assert!(worst_rel < 0.05, "{fixture}: bf16 logits off by {worst_rel} of their scale");
         assert!(agree * 10 >= steps * 9, "{fixture}: argmax agrees on only {agree}/{steps} steps");
+    }
+}
+
+/// Dense f32 weights with the KV cache stored as f16 (what `--kv-dtype auto` picks under
+/// quantized weights) and as bf16: each cached K and V value is rounded once, when stored.
+#[test]
+fn narrow_kv_caches_track_f32() {
+    for fixture in ["qwen2-vl-tiny", "cogvlm2-tiny"] {
+        let dense = load(fixture, None);
+        for (kv, bound) in [(DType::F16, 0.01), (DType::BF16, 0.05)] {
+            let narrow = load_with(fixture, LoadOptions { kv_dtype: Some(kv), ..LoadOptions::new(DType::F32, Device::Cpu) });
+            assert_eq!(narrow.model.info().kv_bytes_per_token * 2, dense.model.info().kv_bytes_per_token);
+            let (steps, agree, worst_rel) = against_f32(fixture, &dense, &narrow, &format!("{kv:?} KV cache"));
+            assert!(worst_rel < bound, "{fixture}: {kv:?} KV cache: logits off by {worst_rel} of their scale");
+            assert!(agree * 10 >= steps * 9, "{fixture}: {kv:?} KV cache: argmax agrees on only {agree}/{steps} steps");
+        }
     }
 }

@@ -203,7 +203,9 @@ pub struct ModelInfo {
     /// Most media items one conversation may hold (None: no limit).
     pub max_media_per_conversation: Option<usize>,
     pub supports_video: bool,
-    /// Bytes of KV cache per token (all layers, K and V), for memory admission.
+    /// What the KV cache is stored as (`KvCache::stored_as`).
+    pub kv_dtype: DType,
+    /// Bytes of KV cache per token (all layers, K and V, in `kv_dtype`), for memory admission.
     pub kv_bytes_per_token: usize,
     /// Resident bytes of the loaded weights (vision and language).
     pub weight_bytes: usize,
@@ -232,7 +234,7 @@ pub trait VisionLanguageModel: Send + Sync {
 
     /// An empty KV cache with one layer per decoder layer.
     fn new_cache(&self) -> KvCache {
-        KvCache::new(self.info().num_layers)
+        KvCache::new(self.info().num_layers).stored_as(self.info().kv_dtype)
     }
 
     /// Appends the step to `cache` and returns f32 logits `[1, V]` (or `[T, V]`).

@@ -22,12 +22,20 @@ pub struct LoadOptions {
     pub synthetic_seed: Option<u64>,
     /// Directory that keeps quantized weights between loads (None: quantize on every load).
     pub quant_cache: Option<std::path::PathBuf>,
+    /// Storage of the KV cache (None: `dtype`). f16 halves the cache's memory and the bytes a
+    /// decode step reads from it; each K and V value is rounded once, when it is stored.
+    pub kv_dtype: Option<DType>,
 }
 
 impl LoadOptions {
     /// Dense weights in `dtype` on `device`.
     pub fn new(dtype: DType, device: Device) -> Self {
-        Self { dtype, device, language_format: None, vision_format: None, synthetic_seed: None, quant_cache: None }
+        Self { dtype, device, language_format: None, vision_format: None, synthetic_seed: None, quant_cache: None, kv_dtype: None }
+    }
+
+    /// What the KV cache is stored as.
+    pub fn kv_storage(&self) -> DType {
+        self.kv_dtype.unwrap_or(self.dtype)
     }
 }
 

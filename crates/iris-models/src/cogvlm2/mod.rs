@@ -61,7 +61,8 @@ impl CogVlm2 {
             // the reference asserts len(images) <= 1
             max_media_per_conversation: Some(1),
             supports_video: false,
-            kv_bytes_per_token: 2 * t.num_hidden_layers * t.num_kv_heads * t.head_dim() * opts.dtype.size_in_bytes(),
+            kv_dtype: opts.kv_storage(),
+            kv_bytes_per_token: 2 * t.num_hidden_layers * t.num_kv_heads * t.head_dim() * opts.kv_storage().size_in_bytes(),
             weight_bytes: text.weight_bytes() + vision.weight_bytes(),
             decode_bytes_per_token: text.decode_bytes_per_token(),
         };

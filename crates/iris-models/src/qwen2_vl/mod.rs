@@ -70,7 +70,7 @@ impl Qwen2Vl {
         let text = TextModel::load(&root.clone().with_linear_format(opts.language_format), &cfg.text)?;
         let unconsumed = store.unconsumed();
         let t = &cfg.text;
-        let kv_bytes_per_token = 2 * t.num_hidden_layers * t.num_key_value_heads * t.head_dim() * opts.dtype.size_in_bytes();
+        let kv_bytes_per_token = 2 * t.num_hidden_layers * t.num_key_value_heads * t.head_dim() * opts.kv_storage().size_in_bytes();
         let info = ModelInfo {
             family: "qwen2-vl",
             vocab_size: text.vocab_size(),
@@ -80,6 +80,7 @@ impl Qwen2Vl {
             dtype: opts.dtype,
             max_media_per_conversation: None,
             supports_video: true,
+            kv_dtype: opts.kv_storage(),
             kv_bytes_per_token,
             weight_bytes: text.weight_bytes() + vision.weight_bytes(),
             decode_bytes_per_token: text.decode_bytes_per_token(),
