@@ -24,11 +24,17 @@ pub const DEFAULT_SCORE_BYTES: usize = 16 << 20;
 /// first keeps each block's matmuls large: a 9217-token ViT layer with 16 heads gets 455-row
 /// blocks from 16 MiB instead of 28-row blocks across all heads (with the fused softmax,
 /// 5.2-5.5 s a layer against 13.1-13.4 s here: `examples/attention_bench.rs`).
-/// Decode-sized steps (a few query rows per KV head, f32 on CPU) take `decode_attention`.
+/// Decode-sized steps (a few query rows per KV head, f32 on CPU) take `decode_attention`; full
+/// (non-causal) f32 attention on AVX-512F CPUs takes the fused `flash_attention`.
 /// `k`/`v` may be stored in another dtype than `q` (a narrower KV cache); the output is `q`'s.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, causal: Option<usize>, scale: f64, max_score_bytes: usize) -> Result<Tensor> {
     if let Some(o) = crate::decode_attention::decode_attention(q, k, v, causal, scale)? {
         return Ok(o);
+    }
+    if causal.is_none() {
+        if let Some(o) = crate::flash_attention::flash_attention(q, k, v, scale)? {
+            return Ok(o);
+        }
     }
     if k.dtype() != q.dtype() || v.dtype() != q.dtype() {
         // a cache stored narrower than the compute dtype (`KvCache::stored_as`): widen the visible

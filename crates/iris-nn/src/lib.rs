@@ -8,6 +8,7 @@ pub mod bandwidth;
 pub mod bf16_gemm;
 pub mod decode_attention;
 pub mod error;
+pub mod flash_attention;
 pub mod gemv;
 pub mod inplace;
 pub mod kv_cache;
