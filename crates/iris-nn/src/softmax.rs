@@ -173,6 +173,32 @@ mod avx2 {
     }
 }
 
+/// The 16-lane twin of `avx2::exp_nonpositive`, for kernels compiled with AVX-512F
+/// (`flash_attention.rs`).
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx512 {
+    use std::arch::x86_64::*;
+
+    /// `exp(x)` for 16 lanes with `x <= 0`, as `avx2::exp_nonpositive` (Cephes `expf`
+    /// polynomial after `x = n ln2 + r`); lanes below -87.3 and `-inf` lanes give 0.
+    #[inline(always)]
+    pub(crate) unsafe fn exp_nonpositive(x: __m512) -> __m512 {
+        let underflow = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, _mm512_set1_ps(-87.3));
+        let x = _mm512_max_ps(x, _mm512_set1_ps(-87.3));
+        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)));
+        // ln2 split in two for an exact-enough reduction
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_359_4), x);
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.121_944_4e-4), r);
+        let mut p = _mm512_set1_ps(1.987_569_1e-4);
+        for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5] {
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+        }
+        let y = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0)));
+        let pow2n = _mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127))));
+        _mm512_maskz_mul_ps(!underflow, y, pow2n)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
