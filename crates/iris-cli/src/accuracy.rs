@@ -37,7 +37,9 @@ pub fn run(args: &BenchArgs, dir: &Path, candidate: &LoadOptions, image: Option<
 
 fn compare(args: &BenchArgs, dir: &Path, candidate: &LoadOptions, req: &iris_engine::GenerateRequest, model_name: &str) -> Result<serde_json::Value> {
     // one model resident at a time: the f32 reference is dropped before the candidate loads
-    let reference_opts = LoadOptions { dtype: DType::F32, language_format: None, vision_format: None, ..candidate.clone() };
+    // dense f32 throughout, the KV cache included: the candidate's cache rounding is part of
+    // what is measured
+    let reference_opts = LoadOptions { dtype: DType::F32, language_format: None, vision_format: None, kv_dtype: None, ..candidate.clone() };
     let reference = {
         let engine = Engine::load(dir, &reference_opts).with_context(|| format!("loading {model_name} in f32"))?;
         step_logits(&engine, req, None, args.new_tokens)?

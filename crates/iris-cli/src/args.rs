@@ -21,8 +21,8 @@ pub enum DtypeArg {
 
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum KvDtypeArg {
-    /// f16 when the language model's weights are quantized (q8_0, q4k), as llama.cpp stores its
-    /// cache; otherwise the compute dtype.
+    /// f16 when the language model's weights are quantized (q8_0, q4k) and the compute dtype is
+    /// f32, as llama.cpp stores its cache; otherwise the compute dtype.
     Auto,
     F32,
     F16,
@@ -67,8 +67,8 @@ pub struct PrecisionArgs {
     /// Quantize on every load; read and write no cache.
     #[arg(long, conflicts_with = "quant_cache")]
     pub no_quant_cache: bool,
-    /// Storage of the KV cache: f32, f16, bf16, or auto (f16 under q8_0/q4k language weights,
-    /// else the compute dtype). f16 halves the cache's memory and what a decode step reads.
+    /// Storage of the KV cache: f32, f16, bf16, or auto (f16 under q8_0/q4k language weights and
+    /// f32 compute, else the compute dtype). f16 halves the cache's memory and what a decode step reads.
     #[arg(long, value_enum, default_value = "auto")]
     pub kv_dtype: KvDtypeArg,
 }
@@ -96,7 +96,9 @@ impl PrecisionArgs {
         tracing::info!("{}", plan.summary);
         let quant_cache = if self.no_quant_cache { None } else { self.quant_cache.clone().or_else(iris_nn::quant::cache::default_dir) };
         let kv_dtype = match self.kv_dtype {
-            KvDtypeArg::Auto => plan.language.filter(|f| f.is_quantized()).map(|_| DType::F16),
+            // a 16-bit compute dtype keeps its own cache: decode attention reads f16 rows only
+            // for f32 queries, and a bf16 model's values may exceed f16's range
+            KvDtypeArg::Auto => plan.language.filter(|f| f.is_quantized() && self.dtype() == DType::F32).map(|_| DType::F16),
             KvDtypeArg::F32 => Some(DType::F32),
             KvDtypeArg::F16 => Some(DType::F16),
             KvDtypeArg::Bf16 => Some(DType::BF16),
