@@ -1,6 +1,7 @@
 //! Times `iris_nn::attention::attention` on vision-tower shapes (full attention, f32) for several
 //! score-block budgets: how much the query chunking costs against one big block; then with bf16
-//! inputs (the bf16 GEMM's products on AVX512-BF16 CPUs) at the default budget.
+//! inputs (the bf16 GEMM's products on AVX512-BF16 CPUs) at the default budget, and f32 inputs
+//! through the fused bf16 kernel (`flash_attention_bf16`).
 //! usage: cargo run --release -p iris-nn --example attention_bench [heads tokens head_dim]
 //!        cargo run --release -p iris-nn --example attention_bench decode [heads kv_heads cached head_dim]
 //!        (the decode case once per KV cache storage dtype: f32, f16, bf16)
@@ -32,6 +33,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // blocks are one head's query rows (all heads' rows when one head fits), as `attention` cuts them
         let rows = ((budget_mib << 20) / (n * 4)).clamp(1, n);
         println!("score budget {budget_mib:>3} MiB ({rows:>4} query rows of one head per block): {s:.2} s, {:.0} GFLOP/s (checksum {:.3})", flop / s / 1e9, o.sum_all()?.to_scalar::<f32>()?);
+    }
+    let t = Instant::now();
+    match iris_nn::flash_attention::flash_attention_bf16(&q, &k, &v, 1.0 / (d as f64).sqrt())? {
+        Some(o) => {
+            let s = t.elapsed().as_secs_f64();
+            println!("f32 inputs, fused bf16 products: {s:.2} s, {:.0} GFLOP/s (checksum {:.3})", flop / s / 1e9, o.sum_all()?.to_scalar::<f32>()?);
+        }
+        None => println!("f32 inputs, fused bf16 products: not available on this CPU"),
     }
     let [qb, kb, vb] = [&q, &k, &v].map(|t| t.to_dtype(candle_core::DType::BF16));
     let (qb, kb, vb) = (qb?, kb?, vb?);

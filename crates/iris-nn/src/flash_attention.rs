@@ -5,12 +5,25 @@
 //! (24 registers) come from K transposed once per head, and its output rows take the block's V
 //! rows in register chunks.
 //!
+//! Two operand precisions: f32 products (`flash_attention`, FMA: 16 multiply-adds per
+//! instruction), and bf16 operands with f32 sums (`flash_attention_bf16`, AVX512-BF16's
+//! `vdpbf16ps`: 32 per instruction). The bf16 kernel rounds Q, K, V and the exponentiated scores
+//! to bf16 and keeps the softmax's maxima and sums in f32, as PyTorch's CPU flash attention does
+//! for bf16 inputs (`aten/src/ATen/native/cpu/FlashAttentionKernel.cpp`: `qk` in f32, the
+//! reduced copy of `exp(qk - max)` for the product with V, sums from the f32 values); K is
+//! packed as `[D/2][S][2]` (a key's two consecutive dims per lane) and V as `[S/2][D][2]` (two
+//! consecutive keys' values per lane) so each `vdpbf16ps` sums one pair. `attention` sends bf16
+//! inputs here (1.6-2x its blocked bf16 GEMM path, `attention_bench`) and keeps f32 inputs on
+//! f32 products: on the Zen 5 VM of 2026-12-05 `vdpbf16ps` retired at a quarter of the FMA
+//! rate (`simd_peak`: 119 against 246 GFLOP/s a thread), so bf16 operands were slower there.
+//!
 //! Why: the blocked path (`attention::blocked_attention`) ran two matmuls with a short inner
 //! dimension (`D` = 80 in Qwen2-VL's tower) through candle's GEMM plus a softmax pass over a
 //! 4 MiB score block per head, ~85 GFLOP/s here (`attention_bench`). Same formula as
 //! `attention_slow` (its twin in the tests); the sums run in another order.
-//! `IRIS_NO_FLASH_ATTENTION=1` turns it off, for A/B runs.
+//! `IRIS_NO_FLASH_ATTENTION=1` turns both off, for A/B runs.
 
+use crate::bf16_gemm::bf16_bits;
 use crate::error::Result;
 use candle_core::{CpuStorage, DType, Layout, Storage, Tensor};
 use rayon::prelude::*;
@@ -26,11 +39,23 @@ const KEY_BLOCK: usize = 64;
 /// Largest head dim taken (a tile's output rows stay in L1).
 const MAX_HEAD_DIM: usize = 256;
 
-/// Whether this CPU runs the fused kernel (and it is not switched off).
+/// Whether this CPU runs the fused f32 kernel (and it is not switched off).
 pub fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::env::var_os("IRIS_NO_FLASH_ATTENTION").is_none() && std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Whether this CPU runs the fused bf16 kernel (AVX512-BF16 as well).
+pub fn bf16_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        available() && std::arch::is_x86_feature_detected!("avx512bf16")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -46,21 +71,54 @@ fn contiguous_f32<'a>(storage: &'a Storage, layout: &Layout) -> Option<&'a [f32]
     }
 }
 
+/// The bf16 bits of a contiguous f32 (rounded to nearest even) or bf16 CPU tensor.
+fn contiguous_bf16_bits(x: &Tensor) -> Option<Vec<u16>> {
+    let (storage, layout) = x.storage_and_layout();
+    let (start, end) = layout.contiguous_offsets()?;
+    match &*storage {
+        Storage::Cpu(CpuStorage::F32(v)) => Some(v[start..end].par_iter().map(|&x| bf16_bits(x)).collect()),
+        Storage::Cpu(CpuStorage::BF16(v)) => Some(v[start..end].iter().map(|x| x.to_bits()).collect()),
+        _ => None,
+    }
+}
+
+/// Heads, query rows, head dim, KV heads, keys.
+type AttentionDims = (usize, usize, usize, usize, usize);
+
+/// `(H, T, D, KVH, S)` when `q [H, T, D]`, `k`/`v` `[KVH, S, D]` are shapes the kernels take
+/// (`H % KVH == 0`, `D` a multiple of 16 up to 256, CPU tensors of `dtypes`).
+fn fitting_shape(q: &Tensor, k: &Tensor, v: &Tensor, dtypes: &[DType]) -> Result<Option<AttentionDims>> {
+    let (h, t, d) = q.dims3()?;
+    let (kvh, s, k_dim) = k.dims3()?;
+    let fits = kvh > 0 && h % kvh == 0 && s > 0 && t > 0 && k_dim == d && v.dims3()? == (kvh, s, d) && d % 16 == 0 && d <= MAX_HEAD_DIM;
+    let cpu_dtypes = [q, k, v].iter().all(|x| dtypes.contains(&x.dtype()) && x.device().is_cpu());
+    Ok((fits && cpu_dtypes).then_some((h, t, d, kvh, s)))
+}
+
+/// Runs `block(kv head, query rows, output rows)` over every head's blocks of `QUERY_BLOCK`
+/// query rows in parallel; `q` holds `q_row` values per query row, the output `d`.
+fn for_each_query_block<Q: Sync>(q: &[Q], q_row: usize, out: &mut [f32], (t, d): (usize, usize), groups: usize, block: impl Fn(usize, &[Q], &mut [f32]) + Sync) {
+    out.par_chunks_mut(t * d).enumerate().for_each(|(hi, oh)| {
+        let qh = &q[hi * t * q_row..(hi + 1) * t * q_row];
+        oh.par_chunks_mut(QUERY_BLOCK * d).enumerate().for_each(|(bi, o)| {
+            let rows = o.len() / d;
+            block(hi / groups, &qh[bi * QUERY_BLOCK * q_row..][..rows * q_row], o)
+        });
+    });
+}
+
 /// `q [H, T, D]`, `k`/`v` `[KVH, S, D]` (f32, contiguous, `H % KVH == 0`), every query seeing
 /// every key -> `Some([H, T, D])`; `None` where this path does not apply (another dtype or
 /// layout, `D` not a multiple of 16 or over 256, no AVX-512F).
 pub fn flash_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Option<Tensor>> {
-    let (h, t, d) = q.dims3()?;
-    let (kvh, s, k_dim) = k.dims3()?;
-    let fits = kvh > 0 && h % kvh == 0 && s > 0 && t > 0 && k_dim == d && v.dims3()? == (kvh, s, d) && d % 16 == 0 && d <= MAX_HEAD_DIM;
-    if !fits || [q, k, v].iter().any(|x| x.dtype() != DType::F32 || !x.device().is_cpu()) || !available() {
+    let Some((h, t, d, kvh, s)) = fitting_shape(q, k, v, &[DType::F32])? else { return Ok(None) };
+    if !available() {
         return Ok(None);
     }
     let (qs, ql) = q.storage_and_layout();
     let (ks, kl) = k.storage_and_layout();
     let (vs, vl) = v.storage_and_layout();
     let (Some(qv), Some(kv), Some(vv)) = (contiguous_f32(&qs, ql), contiguous_f32(&ks, kl), contiguous_f32(&vs, vl)) else { return Ok(None) };
-    let groups = h / kvh;
     // K^T per KV head, keys padded with zeros to whole blocks: [KVH, S, D] -> [KVH, D, S_pad]
     let s_pad = s.next_multiple_of(KEY_BLOCK);
     let mut kt = vec![0f32; kvh * d * s_pad];
@@ -73,21 +131,62 @@ pub fn flash_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result
     });
     let mut out = vec![0f32; h * t * d];
     let shape = Shape { d, s, s_pad, scale: scale as f32 };
-    out.par_chunks_mut(t * d).enumerate().for_each(|(hi, oh)| {
-        let kvi = hi / groups;
+    for_each_query_block(qv, d, &mut out, (t, d), h / kvh, |kvi, qb, o| {
         let (kth, vh) = (&kt[kvi * d * s_pad..(kvi + 1) * d * s_pad], &vv[kvi * s * d..(kvi + 1) * s * d]);
-        let qh = &qv[hi * t * d..(hi + 1) * t * d];
-        oh.par_chunks_mut(QUERY_BLOCK * d).enumerate().for_each(|(bi, o)| {
-            let qb = &qh[bi * QUERY_BLOCK * d..][..o.len()];
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: `available()` checked AVX-512F and FMA at run time.
-            unsafe {
-                avx512::query_block(qb, kth, vh, o, shape)
-            };
-        });
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `available()` checked AVX-512F and FMA at run time.
+        unsafe {
+            avx512::query_block_f32(qb, kth, vh, o, shape)
+        };
     });
     drop((qs, ks, vs));
     Ok(Some(Tensor::from_vec(out, (h, t, d), q.device())?))
+}
+
+/// `flash_attention` with bf16 operands and f32 sums (see the header), for f32 or bf16 inputs
+/// (each of `q`, `k`, `v` either) -> `Some([H, T, D])` in `q`'s dtype; `None` where this path
+/// does not apply (as `flash_attention`, or no AVX512-BF16).
+pub fn flash_attention_bf16(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Option<Tensor>> {
+    let Some((h, t, d, kvh, s)) = fitting_shape(q, k, v, &[DType::F32, DType::BF16])? else { return Ok(None) };
+    if !bf16_available() {
+        return Ok(None);
+    }
+    let (Some(q16), Some(k16), Some(v16)) = (contiguous_bf16_bits(q), contiguous_bf16_bits(k), contiguous_bf16_bits(v)) else { return Ok(None) };
+    let pair = |lo: u16, hi: u16| lo as u32 | (hi as u32) << 16;
+    // Q as consecutive-dim pairs: [H, T, D] -> [H, T, D/2] pairs
+    let qp: Vec<u32> = q16.par_chunks_exact(2).map(|p| pair(p[0], p[1])).collect();
+    let (half, s_pad) = (d / 2, s.next_multiple_of(KEY_BLOCK));
+    // K per KV head, pairs of dims key by key, keys padded with zeros: [KVH, S, D] -> [KVH, D/2, S_pad] pairs
+    let mut kp = vec![0u32; kvh * half * s_pad];
+    kp.par_chunks_mut(half * s_pad).enumerate().for_each(|(i, dst)| {
+        for (j, key) in k16[i * s * d..(i + 1) * s * d].chunks_exact(d).enumerate() {
+            for (c2, p) in key.chunks_exact(2).enumerate() {
+                dst[c2 * s_pad + j] = pair(p[0], p[1]);
+            }
+        }
+    });
+    // V per KV head, pairs of keys dim by dim, a zero key past S: [KVH, S, D] -> [KVH, S_pad/2, D] pairs
+    let mut vp = vec![0u32; kvh * s_pad / 2 * d];
+    vp.par_chunks_mut(s_pad / 2 * d).enumerate().for_each(|(i, dst)| {
+        let vh = &v16[i * s * d..(i + 1) * s * d];
+        for (j2, row) in dst.chunks_exact_mut(d).take(s.div_ceil(2)).enumerate() {
+            let (even, odd) = (&vh[2 * j2 * d..][..d], vh.get((2 * j2 + 1) * d..(2 * j2 + 2) * d));
+            for (c, x) in row.iter_mut().enumerate() {
+                *x = pair(even[c], odd.map_or(0, |o| o[c]));
+            }
+        }
+    });
+    let mut out = vec![0f32; h * t * d];
+    let shape = Shape { d, s, s_pad, scale: scale as f32 };
+    for_each_query_block(&qp, half, &mut out, (t, d), h / kvh, |kvi, qb, o| {
+        let (kph, vph) = (&kp[kvi * half * s_pad..(kvi + 1) * half * s_pad], &vp[kvi * s_pad / 2 * d..(kvi + 1) * s_pad / 2 * d]);
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `bf16_available()` checked AVX-512F, AVX512-BF16 and FMA at run time.
+        unsafe {
+            avx512::query_block_bf16(qb, kph, vph, o, shape)
+        };
+    });
+    Ok(Some(Tensor::from_vec(out, (h, t, d), q.device())?.to_dtype(q.dtype())?))
 }
 
 /// One head's sizes: head dim, keys, keys padded to whole blocks, softmax scale.
@@ -100,136 +199,7 @@ struct Shape {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx512 {
-    use super::{Shape, KEY_BLOCK, QUERY_BLOCK, TILE_ROWS};
-    use crate::softmax::avx512::exp_nonpositive;
-    use std::arch::x86_64::*;
-
-    /// Running softmax state of a tile's rows: max score so far and sum of exp below it (`o`
-    /// holds the unnormalised weighted sum).
-    #[derive(Clone, Copy)]
-    struct RowState {
-        max: f32,
-        sum: f32,
-    }
-
-    /// Up to `QUERY_BLOCK` query rows `q [T', D]` against one head (`kt [D, S_pad]`, `v [S, D]`)
-    /// -> `o [T', D]`: key blocks outermost, each taken by every tile in turn.
-    #[target_feature(enable = "avx512f,fma")]
-    pub(super) unsafe fn query_block(q: &[f32], kt: &[f32], v: &[f32], o: &mut [f32], sh: Shape) {
-        let Shape { d, s, s_pad, .. } = sh;
-        let rows = o.len() / d;
-        assert!(q.len() == rows * d && rows <= QUERY_BLOCK && kt.len() == d * s_pad && v.len() == s * d && s_pad.is_multiple_of(KEY_BLOCK));
-        let mut state = [RowState { max: f32::NEG_INFINITY, sum: 0.0 }; QUERY_BLOCK];
-        o.fill(0.0);
-        for j0 in (0..s).step_by(KEY_BLOCK) {
-            for r0 in (0..rows).step_by(TILE_ROWS) {
-                let (qt, ot, st) = (&q[r0 * d..], &mut o[r0 * d..], &mut state[r0..]);
-                match (rows - r0).min(TILE_ROWS) {
-                    1 => tile_step::<1>(qt, kt, v, ot, st, j0, sh),
-                    2 => tile_step::<2>(qt, kt, v, ot, st, j0, sh),
-                    3 => tile_step::<3>(qt, kt, v, ot, st, j0, sh),
-                    4 => tile_step::<4>(qt, kt, v, ot, st, j0, sh),
-                    5 => tile_step::<5>(qt, kt, v, ot, st, j0, sh),
-                    _ => tile_step::<TILE_ROWS>(qt, kt, v, ot, st, j0, sh),
-                }
-            }
-        }
-        for (row, st) in o.chunks_exact_mut(d).zip(&state) {
-            let inv = _mm512_set1_ps(1.0 / st.sum);
-            for x in row.chunks_exact_mut(16) {
-                _mm512_storeu_ps(x.as_mut_ptr(), _mm512_mul_ps(_mm512_loadu_ps(x.as_ptr()), inv));
-            }
-        }
-    }
-
-    /// The first `R` rows of `q`/`o`/`state` take the keys `j0..j0+64` (those below S).
-    #[inline(always)]
-    unsafe fn tile_step<const R: usize>(q: &[f32], kt: &[f32], v: &[f32], o: &mut [f32], state: &mut [RowState], j0: usize, sh: Shape) {
-        let Shape { d, s, s_pad, scale } = sh;
-        assert!(q.len() >= R * d && o.len() >= R * d && state.len() >= R && j0 + KEY_BLOCK <= s_pad);
-        // scores [R, 64]: one 16-key vector of K^T per column group, one broadcast q value per row
-        let mut acc = [[_mm512_setzero_ps(); 4]; R];
-        for c in 0..d {
-            let row = kt.as_ptr().add(c * s_pad + j0);
-            let keys = [0, 1, 2, 3].map(|i| _mm512_loadu_ps(row.add(16 * i)));
-            for (r, a) in acc.iter_mut().enumerate() {
-                let qb = _mm512_set1_ps(*q.get_unchecked(r * d + c));
-                for i in 0..4 {
-                    a[i] = _mm512_fmadd_ps(qb, keys[i], a[i]);
-                }
-            }
-        }
-        // padding keys past S get -inf (probability 0)
-        let valid = s - j0;
-        let lane_mask = |i: usize| -> __mmask16 {
-            let n = valid.saturating_sub(16 * i).min(16);
-            if n == 16 {
-                0xFFFF
-            } else {
-                ((1u32 << n) - 1) as __mmask16
-            }
-        };
-        let neg_inf = _mm512_set1_ps(f32::NEG_INFINITY);
-        let mut probs = [[0f32; KEY_BLOCK]; R];
-        for r in 0..R {
-            let scaled = [0, 1, 2, 3].map(|i| _mm512_mask_mul_ps(neg_inf, lane_mask(i), acc[r][i], _mm512_set1_ps(scale)));
-            let block_max = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_max_ps(scaled[0], scaled[1]), _mm512_max_ps(scaled[2], scaled[3])));
-            let st = &mut state[r];
-            let new_max = st.max.max(block_max);
-            let shift = _mm512_set1_ps(new_max);
-            let mut total = _mm512_setzero_ps();
-            for (i, x) in scaled.iter().enumerate() {
-                let p = exp_nonpositive(_mm512_sub_ps(*x, shift));
-                _mm512_storeu_ps(probs[r].as_mut_ptr().add(16 * i), p);
-                total = _mm512_add_ps(total, p);
-            }
-            // rescale what was summed under the old max
-            let alpha = (st.max - new_max).exp();
-            st.sum = st.sum * alpha + _mm512_reduce_add_ps(total);
-            st.max = new_max;
-            if alpha != 1.0 {
-                let a = _mm512_set1_ps(alpha);
-                for x in o[r * d..(r + 1) * d].chunks_exact_mut(16) {
-                    _mm512_storeu_ps(x.as_mut_ptr(), _mm512_mul_ps(_mm512_loadu_ps(x.as_ptr()), a));
-                }
-            }
-        }
-        // o [R, D] += probs [R, n] x V [n, D], 64 columns (or the rest) at a time
-        let n = valid.min(KEY_BLOCK);
-        for c0 in (0..d).step_by(64) {
-            match (d - c0).min(64) / 16 {
-                1 => weighted_values::<R, 1>(&probs, v, o, j0, n, c0, d),
-                2 => weighted_values::<R, 2>(&probs, v, o, j0, n, c0, d),
-                3 => weighted_values::<R, 3>(&probs, v, o, j0, n, c0, d),
-                _ => weighted_values::<R, 4>(&probs, v, o, j0, n, c0, d),
-            }
-        }
-    }
-
-    /// `o[r][c0..c0+16V] += sum_j probs[r][j] * v[j0+j][c0..c0+16V]` with the rows' columns in
-    /// registers across the block's `n` keys.
-    #[allow(clippy::too_many_arguments)]
-    #[inline(always)]
-    unsafe fn weighted_values<const R: usize, const V: usize>(probs: &[[f32; KEY_BLOCK]; R], v: &[f32], o: &mut [f32], j0: usize, n: usize, c0: usize, d: usize) {
-        let mut acc: [[__m512; V]; R] = std::array::from_fn(|r| std::array::from_fn(|i| _mm512_loadu_ps(o.as_ptr().add(r * d + c0 + 16 * i))));
-        for j in 0..n {
-            let row = v.as_ptr().add((j0 + j) * d + c0);
-            let values: [__m512; V] = std::array::from_fn(|i| _mm512_loadu_ps(row.add(16 * i)));
-            for (r, a) in acc.iter_mut().enumerate() {
-                let p = _mm512_set1_ps(*probs[r].get_unchecked(j));
-                for i in 0..V {
-                    a[i] = _mm512_fmadd_ps(p, values[i], a[i]);
-                }
-            }
-        }
-        for (r, a) in acc.iter().enumerate() {
-            for (i, x) in a.iter().enumerate() {
-                _mm512_storeu_ps(o.as_mut_ptr().add(r * d + c0 + 16 * i), *x);
-            }
-        }
-    }
-}
+mod avx512;
 
 #[cfg(test)]
 mod tests {
@@ -256,6 +226,35 @@ mod tests {
             let diff = max_abs_diff(&fast, &slow).unwrap();
             println!("fused attention h={h} kvh={kvh} t={t} s={s} d={d} spread={spread}: max|diff| = {diff:e}");
             assert!(diff < 2e-5 * spread, "{diff}");
+        }
+    }
+
+    #[test]
+    fn fused_bf16_attention_matches_the_slow_twin_on_rounded_inputs() {
+        println!("fused bf16 attention available: {}", bf16_available());
+        let dev = Device::Cpu;
+        let round = |x: &Tensor| x.to_dtype(DType::BF16).unwrap().to_dtype(DType::F32).unwrap();
+        for (h, kvh, t, s, d, spread) in [(2, 2, 7, 7, 16, 1.0), (4, 2, 13, 70, 80, 1.0), (3, 3, 64, 65, 112, 3.0), (2, 1, 1, 130, 128, 1.0), (2, 2, 20, 201, 64, 6.0), (1, 1, 6, 1, 32, 1.0)] {
+            let [q, k, v] = [(h, t), (kvh, s), (kvh, s)].map(|(a, b)| Tensor::randn(0f32, spread, (a, b, d), &dev).unwrap());
+            let scale = 1.0 / (d as f64).sqrt();
+            // the twin sees the operands the kernel sees; the kernel also rounds the probabilities
+            let twin = attention_slow(&round(&q), &round(&k), &round(&v), None, scale).unwrap();
+            let unrounded = attention_slow(&q, &k, &v, None, scale).unwrap();
+            for dtype in [DType::F32, DType::BF16] {
+                let [qi, ki, vi] = [&q, &k, &v].map(|x| x.to_dtype(dtype).unwrap());
+                let Some(fast) = flash_attention_bf16(&qi, &ki, &vi, scale).unwrap() else {
+                    assert!(!bf16_available(), "the fused bf16 path should take h={h} kvh={kvh} t={t} s={s} d={d}");
+                    continue;
+                };
+                assert_eq!(fast.dtype(), dtype);
+                let diff = max_abs_diff(&fast, &twin).unwrap();
+                let from_f32 = max_abs_diff(&fast, &unrounded).unwrap();
+                println!("fused bf16 attention {dtype:?} in, h={h} kvh={kvh} t={t} s={s} d={d} spread={spread}: max|diff| = {diff:e} (against unrounded f32 inputs {from_f32:e})");
+                // a bf16 output is also rounded: up to half an ulp (2^-8 relative) more
+                let top = twin.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+                let rounding = if dtype == DType::BF16 { top / 256.0 } else { 0.0 };
+                assert!(diff < 8e-3 * spread + rounding, "{diff}");
+            }
         }
     }
 
