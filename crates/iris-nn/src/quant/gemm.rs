@@ -16,7 +16,7 @@
 //! `sum(q * xq)` and the tile does one float operation less per block and row (the f32 min term
 //! also cancelled two large terms). `tile_scalar` is the plain twin of the AVX-512 tile kernel.
 
-use super::kernels::{self, q4k_row, Kernel};
+use super::kernels::{self, q4k_block, Kernel};
 use super::Blocks;
 use crate::tiled_output::ColumnTiles;
 use candle_core::quantized::k_quants::{QK8_0, QK_K};
@@ -27,7 +27,7 @@ pub(crate) const BLOCK: usize = 32;
 /// Output columns per task (two 16-lane vectors).
 pub(crate) const PAIR: usize = 32;
 /// Activation rows per tile.
-pub(crate) const TILE_ROWS: usize = 4;
+pub(crate) const TILE_ROWS: usize = 6;
 
 /// `[m, K]` activations quantized per `BLOCK` values.
 pub(crate) struct Activations {
@@ -42,7 +42,10 @@ pub(crate) struct Activations {
 }
 
 impl Activations {
-    pub fn quantize(x: &[f32], k: usize) -> Self {
+    /// `[m, K]` f32 activations quantized by the chosen row quantizer: the AVX-512 one on VNNI CPUs (a fused pass that
+    /// writes the quants, scales and sums in place; the general one took a third of a
+    /// `[1024, 5120]` product's time), the general one elsewhere. Same results (tested).
+    pub fn quantize_with(x: &[f32], k: usize, kernel: Kernel) -> Self {
         let blocks = k / BLOCK;
         let rows = x.len() / k;
         let mut qs = vec![0i8; x.len()];
@@ -51,17 +54,36 @@ impl Activations {
         let mut offset = vec![0i32; rows * blocks];
         let per_block = dx_sum.par_chunks_mut(blocks).zip(offset.par_chunks_mut(blocks));
         qs.par_chunks_mut(k).zip(dx.par_chunks_mut(blocks)).zip(per_block).zip(x.par_chunks(k)).for_each(|(((q, d), (ds, off)), src)| {
-            let (scales, quants) = kernels::quantize_blocks(src, BLOCK);
-            q.copy_from_slice(&quants);
-            d.copy_from_slice(&scales);
-            for (((s, o), block), scale) in ds.iter_mut().zip(off.iter_mut()).zip(quants.chunks_exact(BLOCK)).zip(&scales) {
-                // |sum| <= 32 * 127, times 128: far inside i32
-                let sum = block.iter().map(|&v| v as i32).sum::<i32>();
-                *s = scale * sum as f32;
-                *o = -128 * sum;
+            let row = QuantizedRowOut { q, dx: d, dx_sum: ds, offset: off };
+            match kernel {
+                // SAFETY: Avx512Vnni comes from `Kernel::available`, which checked AVX-512 F/BW.
+                #[cfg(target_arch = "x86_64")]
+                Kernel::Avx512Vnni => unsafe { kernels::avx512_gemm::quantize_row(src, row) },
+                _ => quantize_row_general(src, row),
             }
         });
         Self { qs, dx, dx_sum, offset }
+    }
+}
+
+/// One activation row's slices of `Activations`, to be filled.
+pub(crate) struct QuantizedRowOut<'a> {
+    pub q: &'a mut [i8],
+    pub dx: &'a mut [f32],
+    pub dx_sum: &'a mut [f32],
+    pub offset: &'a mut [i32],
+}
+
+/// The row quantizer for any CPU: the decode kernels' `quantize_blocks`, then the block sums.
+fn quantize_row_general(src: &[f32], row: QuantizedRowOut) {
+    let (scales, quants) = kernels::quantize_blocks(src, BLOCK);
+    row.q.copy_from_slice(&quants);
+    row.dx.copy_from_slice(&scales);
+    for (((s, o), block), scale) in row.dx_sum.iter_mut().zip(row.offset.iter_mut()).zip(quants.chunks_exact(BLOCK)).zip(&scales) {
+        // |sum| <= 32 * 127, times 128: far inside i32
+        let sum = block.iter().map(|&v| v as i32).sum::<i32>();
+        *s = scale * sum as f32;
+        *o = -128 * sum;
     }
 }
 
@@ -84,48 +106,70 @@ fn panel_byte(b: usize, c: usize, i: usize) -> usize {
 }
 
 impl PanelPair {
-    /// Columns `first..first + PAIR` of the weight; columns past `n` are zero.
-    pub fn pack(blocks: &Blocks, n: usize, k: usize, first: usize) -> Self {
+    /// Columns `first..first + PAIR` of the weight; columns past `n` are zero. Blocks outermost:
+    /// a block's 1 KiB of the panel stays in L1 while its 32 columns are written (column by
+    /// column over the whole panel, every write missed L1 once K passed ~1500: 10% of a vision
+    /// encode in packing).
+    /// `kernel` Avx512Vnni gathers whole q8_0 panels (`avx512_gemm::pack_q8_0_block`).
+    pub fn pack_with(blocks: &Blocks, n: usize, k: usize, first: usize, kernel: Kernel) -> Self {
         let nb = k / BLOCK;
+        let cols = PAIR.min(n - first);
         let offset = matches!(blocks, Blocks::Q8_0 { .. });
         let mut out = Self { bytes: vec![0; nb * BLOCK * PAIR], scale: vec![0.0; nb * PAIR], min: vec![0.0; nb * PAIR], offset };
-        for col in 0..PAIR.min(n - first) {
-            let o = first + col;
-            // one block's 32 bytes of this column, moved four at a time: `word(g)` gives bytes
-            // 4g..4g+4 as a little-endian u32
-            let mut put = |b: usize, word: &dyn Fn(usize) -> u32, scale: f32, min: f32| {
-                for g in 0..BLOCK / 4 {
-                    let at = panel_byte(b, col, 4 * g);
-                    out.bytes[at..at + 4].copy_from_slice(&word(g).to_le_bytes());
-                }
-                out.scale[b * PAIR + col] = scale;
-                out.min[b * PAIR + col] = min;
-            };
-            let le = |bytes: &[u8], g: usize| u32::from_le_bytes(bytes[4 * g..4 * g + 4].try_into().expect("4 bytes"));
-            match blocks {
-                Blocks::Q8_0 { qs, d } => {
-                    for b in 0..nb {
-                        // SAFETY: i8 and u8 have the same layout.
-                        let q: &[u8] = unsafe { std::slice::from_raw_parts(qs[o * k + b * QK8_0..].as_ptr() as *const u8, QK8_0) };
-                        let d = d[o * nb + b].to_f32();
-                        // q + 128 as an unsigned byte is q with its top bit flipped
-                        put(b, &|g| le(q, g) ^ 0x8080_8080, d, 0.0);
+        // bytes 4g..4g+4 of a block as little-endian word g
+        let words = |bytes: &[u8]| -> [u32; BLOCK / 4] { std::array::from_fn(|g| u32::from_le_bytes(bytes[4 * g..4 * g + 4].try_into().expect("4 bytes"))) };
+        match blocks {
+            #[cfg(target_arch = "x86_64")]
+            Blocks::Q8_0 { qs, d } if cols == PAIR && kernel == Kernel::Avx512Vnni => {
+                for b in 0..nb {
+                    // SAFETY: Avx512Vnni comes from `Kernel::available` (AVX-512 F checked); the
+                    // panel has all 32 columns.
+                    unsafe { kernels::avx512_gemm::pack_q8_0_block(qs, k, first, b, &mut out.bytes[b * BLOCK * PAIR..][..BLOCK * PAIR]) };
+                    for col in 0..PAIR {
+                        out.scale[b * PAIR + col] = d[(first + col) * nb + b].to_f32();
                     }
                 }
-                Blocks::Q4K(q4k) => {
-                    for (s, blk) in q4k_row(q4k, k / QK_K, o) {
+            }
+            Blocks::Q8_0 { qs, d } => {
+                // SAFETY: i8 and u8 have the same layout.
+                let qs: &[u8] = unsafe { std::slice::from_raw_parts(qs.as_ptr() as *const u8, qs.len()) };
+                for b in 0..nb {
+                    for col in 0..cols {
+                        let o = first + col;
+                        // q + 128 as an unsigned byte is q with its top bit flipped
+                        let biased = words(&qs[o * k + b * QK8_0..][..QK8_0]).map(|w| w ^ 0x8080_8080);
+                        out.put(b, col, biased, d[o * nb + b].to_f32(), 0.0);
+                    }
+                }
+            }
+            Blocks::Q4K(q4k) => {
+                let per_row = k / QK_K;
+                for s in 0..per_row {
+                    for col in 0..cols {
+                        let blk = q4k_block(q4k, per_row, first + col, s);
                         let (d, dmin) = (blk.dm[0].to_f32(), blk.dm[1].to_f32());
                         for j in 0..QK_K / BLOCK {
                             // sub-block j: nibble j % 2 of bytes 32 * (j / 2) .. + 32
-                            let q = &blk.qs[32 * (j / 2)..][..32];
                             let shift = 4 * (j % 2);
-                            put(s * (QK_K / BLOCK) + j, &|g| (le(q, g) >> shift) & 0x0F0F_0F0F, d * blk.sc[j] as f32, dmin * blk.m[j] as f32);
+                            let nibbles = words(&blk.qs[32 * (j / 2)..][..32]).map(|w| (w >> shift) & 0x0F0F_0F0F);
+                            out.put(s * (QK_K / BLOCK) + j, col, nibbles, d * blk.sc[j] as f32, dmin * blk.m[j] as f32);
                         }
                     }
                 }
             }
         }
         out
+    }
+
+    /// Stores column `col`'s block `b`: its eight words where `vpdpbusd` reads them, its scale
+    /// and min.
+    fn put(&mut self, b: usize, col: usize, words: [u32; BLOCK / 4], scale: f32, min: f32) {
+        for (g, word) in words.into_iter().enumerate() {
+            let at = panel_byte(b, col, 4 * g);
+            self.bytes[at..at + 4].copy_from_slice(&word.to_le_bytes());
+        }
+        self.scale[b * PAIR + col] = scale;
+        self.min[b * PAIR + col] = min;
     }
 }
 
@@ -168,12 +212,12 @@ pub(crate) fn tile_scalar(panel: &PanelPair, t: &TileRows, out: &mut [f32]) {
 /// activations. `kernel` picks the tile kernel: AVX-512 VNNI, or the scalar twin otherwise.
 pub(crate) fn gemm_with(blocks: &Blocks, n: usize, k: usize, x: &[f32], m: usize, out: &mut [f32], kernel: Kernel) {
     assert!(x.len() == m * k && out.len() == m * n && k.is_multiple_of(BLOCK));
-    let acts = Activations::quantize(x, k);
+    let acts = Activations::quantize_with(x, k, kernel);
     let dst = ColumnTiles::new(out, m, n);
     (0..n.div_ceil(PAIR)).into_par_iter().for_each(|p| {
         let first = p * PAIR;
         let cols = PAIR.min(n - first);
-        let panel = PanelPair::pack(blocks, n, k, first);
+        let panel = PanelPair::pack_with(blocks, n, k, first, kernel);
         let mut tile = [0f32; TILE_ROWS * PAIR];
         for row in (0..m).step_by(TILE_ROWS) {
             let t = TileRows { acts: &acts, k, row, rows: TILE_ROWS.min(m - row) };

@@ -180,6 +180,23 @@ fn int8_gemm_matches_its_scalar_twin_and_the_f64_product() {
 }
 
 #[test]
+fn gathered_q8_0_panels_equal_the_general_packing() {
+    // 70 columns: two full panels (gathered on AVX-512) and a partial one (the general path)
+    let (n, k) = (70, 1536);
+    let q = QuantizedMatrix::quantize(&pseudo_random(n * k, 13), n, k, WeightFormat::Q8_0).unwrap();
+    for kernel in Kernel::available() {
+        for first in [0, 32, 64] {
+            let general = gemm::PanelPair::pack_with(&q.blocks, n, k, first, Kernel::Scalar);
+            let packed = gemm::PanelPair::pack_with(&q.blocks, n, k, first, kernel);
+            assert!(packed.bytes == general.bytes, "{kernel:?} panel at {first}: bytes differ");
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&packed.scale), bits(&general.scale), "{kernel:?} panel at {first}");
+            assert_eq!(bits(&packed.min), bits(&general.min), "{kernel:?} panel at {first}");
+        }
+    }
+}
+
+#[test]
 fn formats_parse_and_fall_back_by_block() {
     assert_eq!("q8_0".parse::<WeightFormat>().unwrap(), WeightFormat::Q8_0);
     assert_eq!("Q4K".parse::<WeightFormat>().unwrap(), WeightFormat::Q4K);
@@ -222,6 +239,33 @@ fn activation_quantization_matches_its_portable_twin() {
         assert_eq!(slow.1[100], 0, "NaN quantizes to 0");
         assert!(slow.0.iter().all(|d| d.is_finite()), "NaN is left out of the block scale");
     }
+}
+
+#[test]
+fn gemm_activation_quantizers_agree_bit_for_bit() {
+    // ties after scaling, an all-zero block, NaN and infinities, and a block of tiny values
+    let k = 256;
+    let mut x = pseudo_random(8 * k, 21).into_iter().map(|v| v * 40.0).collect::<Vec<_>>();
+    x[0] = 127.0;
+    for (i, v) in x[1..32].iter_mut().enumerate() {
+        *v = i as f32 - 15.5;
+    }
+    x[64..96].fill(0.0);
+    x[100] = f32::NAN;
+    x[300] = f32::INFINITY;
+    x[400] = f32::NEG_INFINITY;
+    x[512..544].iter_mut().enumerate().for_each(|(i, v)| *v = (i as f32 - 16.0) * 1e-40);
+    let general = gemm::Activations::quantize_with(&x, k, Kernel::Scalar);
+    for kernel in Kernel::available() {
+        let fast = gemm::Activations::quantize_with(&x, k, kernel);
+        assert_eq!(fast.qs, general.qs, "{kernel:?}");
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&fast.dx), bits(&general.dx), "{kernel:?}");
+        assert_eq!(bits(&fast.dx_sum), bits(&general.dx_sum), "{kernel:?}");
+        assert_eq!(fast.offset, general.offset, "{kernel:?}");
+    }
+    assert_eq!(general.qs[1], -16, "-15.5 rounds away from zero");
+    assert_eq!((general.qs[100], general.qs[300]), (0, 0), "NaN and inf quantize to 0");
 }
 
 #[test]

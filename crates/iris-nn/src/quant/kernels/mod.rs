@@ -125,6 +125,12 @@ pub(crate) fn q4k_row(blocks: &[Q4KBlock], per_row: usize, o: usize) -> impl Ite
     blocks[start..].iter().step_by(stride).take(per_row).enumerate()
 }
 
+/// Super-block `s` of weight row `o`.
+pub(crate) fn q4k_block(blocks: &[Q4KBlock], per_row: usize, o: usize, s: usize) -> &Q4KBlock {
+    let (start, stride) = q4k_row_layout(blocks.len(), per_row, o);
+    &blocks[start + s * stride]
+}
+
 /// Row-major blocks `[N, per_row]` -> the interleaved storage order of `q4k_row_layout`.
 pub(crate) fn q4k_interleave(row_major: Vec<Q4KBlock>, per_row: usize) -> Vec<Q4KBlock> {
     let mut out = row_major.clone();
