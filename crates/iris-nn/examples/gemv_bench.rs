@@ -1,7 +1,8 @@
 //! Decode-kernel benchmark: the bandwidth a plain 2-thread streaming sum reaches on this machine,
 //! next to `Linear::forward` on one token (the GEMV path) for f32/f16/bf16 weights at Qwen2-VL-2B
 //! sizes (an MLP projection and the 151936-row lm_head), and q8_0/q4k `QuantizedMatrix` products.
-//! `cargo run --release -p iris-nn --example gemv_bench [quant]` (`quant`: only the quantized products)
+//! `cargo run --release -p iris-nn --example gemv_bench [quant|dram]` (`quant`: only the quantized
+//! products; `dram`: only their from-DRAM rounds)
 
 use candle_core::{DType, Device, Tensor};
 use iris_nn::{QuantizedMatrix, WeightFormat};
@@ -11,7 +12,9 @@ fn main() {
     let bandwidth = iris_nn::bandwidth::read_bandwidth_gb_per_s(1 << 30, 3).expect("mapping the 1 GiB probe buffer");
     println!("streaming sum (1 GiB, rayon): {bandwidth:.1} GB/s");
     let dev = Device::Cpu;
-    let dense: &[DType] = if std::env::args().nth(1).as_deref() == Some("quant") { &[] } else { &[DType::F32, DType::F16, DType::BF16] };
+    let mode = std::env::args().nth(1);
+    let dram_only = mode.as_deref() == Some("dram");
+    let dense: &[DType] = if mode.is_some() { &[] } else { &[DType::F32, DType::F16, DType::BF16] };
     for &dt in dense {
         for (n, k) in [(8960usize, 1536usize), (151936, 1536)] {
             let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap().to_dtype(dt).unwrap();
@@ -30,7 +33,8 @@ fn main() {
     println!("quantized kernel: {:?}", iris_nn::quant::kernels::Kernel::best());
     for format in [WeightFormat::Q8_0, WeightFormat::Q4K] {
         // (256, 1536): a k/v projection, small enough that per-call overhead shows
-        for (n, k) in [(8960usize, 1536usize), (1536, 8960), (151936, 1536), (256, 1536)] {
+        let in_cache: &[(usize, usize)] = if dram_only { &[] } else { &[(8960, 1536), (1536, 8960), (151936, 1536), (256, 1536)] };
+        for &(n, k) in in_cache {
             let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
             let q = QuantizedMatrix::quantize_tensor(&w, format).unwrap();
             drop(w);

@@ -14,8 +14,9 @@
 //! packed as `[D/2][S][2]` (a key's two consecutive dims per lane) and V as `[S/2][D][2]` (two
 //! consecutive keys' values per lane) so each `vdpbf16ps` sums one pair. `attention` sends bf16
 //! inputs here (1.6-2x its blocked bf16 GEMM path, `attention_bench`) and keeps f32 inputs on
-//! f32 products: on the Zen 5 VM of 2026-12-05 `vdpbf16ps` retired at a quarter of the FMA
-//! rate (`simd_peak`: 119 against 246 GFLOP/s a thread), so bf16 operands were slower there.
+//! f32 products: on the 2-core Intel Xeon VM of 2026-12-05 `vdpbf16ps` retired at a quarter of
+//! the FMA rate (`simd_peak`: 119 against 246 GFLOP/s a thread), so bf16 operands were slower
+//! there (190 against 226 GFLOP/s on CogVLM2's vision attention shape).
 //!
 //! Why: the blocked path (`attention::blocked_attention`) ran two matmuls with a short inner
 //! dimension (`D` = 80 in Qwen2-VL's tower) through candle's GEMM plus a softmax pass over a

@@ -2,7 +2,7 @@
 //! bytes by 64 activation bytes per instruction. Compiled on every x86-64 build, selected only
 //! where the CPU has AVX512F/BW/VNNI; tested against the scalar twin there.
 
-use super::{q4k_row, Q4KBlock, QuantizedRow, MAX_ROWS, PREFETCH_AHEAD};
+use super::{q4k_row, Q4KBlock, QuantizedRow, MAX_ROWS, PREFETCH_AHEAD_Q8_0};
 use candle_core::quantized::k_quants::{QK8_0, QK_K};
 use half::f16;
 use std::arch::x86_64::*;
@@ -26,7 +26,7 @@ pub unsafe fn dot_row_q8_0(qs: &[i8], d: &[f16], k: usize, o: usize, rows: &[Qua
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn q8_0_pair<const M: usize>(w: *const i8, p: usize, rows: &[QuantizedRow; M], scale: impl Fn(usize) -> __m512, acc: &mut [__m512; M]) {
-    _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(64 * p + PREFETCH_AHEAD));
+    _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(64 * p + PREFETCH_AHEAD_Q8_0));
     let w = _mm512_loadu_si512(w.add(64 * p) as *const _);
     let abs_w = _mm512_abs_epi8(w);
     let negative = _mm512_movepi8_mask(w);
@@ -217,9 +217,15 @@ pub unsafe fn dot_4_rows_q4k(blocks: &[Q4KBlock], k: usize, o: usize, row: &Quan
         let group: &[Q4KBlock; 4] = blocks[o * per_row + 4 * s..][..4].try_into().expect("a group of four blocks");
         super::prefetch_ahead_of(group);
         let a = q4k_activations(row, s);
-        // written as four independent statements so the accumulators stay in registers (as a
-        // loop LLVM kept them on the stack, a store and reload per block)
-        let isum: [__m512i; 4] = std::array::from_fn(|i| q4k_block_dot(&q4k_weights(&group[i], &masks), &a));
+        // written out (not `from_fn`, whose closure stayed an outlined call per block, 11% of
+        // a q4k decode profile) and as four independent statements so the accumulators stay
+        // in registers (as a loop LLVM kept them on the stack, a store and reload per block)
+        let isum = [
+            q4k_block_dot(&q4k_weights(&group[0], &masks), &a),
+            q4k_block_dot(&q4k_weights(&group[1], &masks), &a),
+            q4k_block_dot(&q4k_weights(&group[2], &masks), &a),
+            q4k_block_dot(&q4k_weights(&group[3], &masks), &a),
+        ];
         q4k_fold(&mut acc[0], &mut min_acc[0], isum[0], &group[0], row, s);
         q4k_fold(&mut acc[1], &mut min_acc[1], isum[1], &group[1], row, s);
         q4k_fold(&mut acc[2], &mut min_acc[2], isum[2], &group[2], row, s);
