@@ -47,7 +47,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let t = Instant::now();
     let o = attention(&qb, &kb, &vb, None, 1.0 / (d as f64).sqrt(), iris_nn::attention::DEFAULT_SCORE_BYTES)?;
     let s = t.elapsed().as_secs_f64();
-    println!("bf16 inputs, default budget (bf16 GEMM: {}): {s:.2} s, {:.0} GFLOP/s (checksum {:.3})", iris_nn::bf16_gemm::available(), flop / s / 1e9, o.to_dtype(candle_core::DType::F32)?.sum_all()?.to_scalar::<f32>()?);
+    println!("bf16 inputs, default budget (fused: {}, else bf16 GEMM: {}): {s:.2} s, {:.0} GFLOP/s (checksum {:.3})", iris_nn::flash_attention::bf16_available(), iris_nn::bf16_gemm::available(), flop / s / 1e9, o.to_dtype(candle_core::DType::F32)?.sum_all()?.to_scalar::<f32>()?);
     Ok(())
 }
 
