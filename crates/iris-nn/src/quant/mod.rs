@@ -129,11 +129,18 @@ pub(crate) enum Blocks {
 /// roughly 100 rows; 64 keeps a margin for the slower q4k kernel.
 pub const INTEGER_KERNEL_MAX_ROWS: usize = 64;
 
-/// Rows from which the int8 GEMM (AVX512-VNNI) beats passes of the decode kernels. Packing the
-/// weight for it costs ~2.8 ms on a [8960, 1536] weight whatever the row count; `gemm_bench` on
-/// that weight (2-core Zen 5, q8_0 / q4k) measured passes vs GEMM at 64 rows 8.8/7.1 vs 5.8 ms,
-/// at 32 rows 4.5/3.7 vs 4.3, at 16 rows 2.3/1.9 vs 3.3.
-pub const INT8_GEMM_MIN_ROWS: usize = 33;
+/// Rows from which the int8 GEMM (AVX512-VNNI) beats passes of the decode kernels, per format.
+/// Packing the weight costs the same whatever the row count. `gemm_bench` on a [8960, 1536]
+/// weight, passes vs GEMM: 2-core Zen 5 (q8_0 / q4k, scalar packing) at 64 rows 8.8/7.1 vs 5.8
+/// ms, at 32 rows 4.5/3.7 vs 4.3, at 16 rows 2.3/1.9 vs 3.3; then q8_0 panels were packed with
+/// gathers, and on the 2-core Xeon VM of 2026-12-05 q8_0 measured 4.5-4.6 vs 1.9-2.3 ms at 32
+/// rows, 2.1-2.4 vs 1.5-1.6 at 16, 1.4 vs 1.2 at 9; q4k 4.1 vs 2.9 at 32, 1.9 vs 2.2 at 16.
+pub fn int8_gemm_min_rows(format: WeightFormat) -> usize {
+    match format {
+        WeightFormat::Q8_0 => 16,
+        _ => 33,
+    }
+}
 
 /// A `[N, K]` weight (PyTorch `[out, in]`) in a block-quantized format.
 #[derive(Clone)]
@@ -358,8 +365,8 @@ impl QuantizedMatrix {
         Ok(Self { n, k, blocks })
     }
 
-    /// `x [m, K] (f32) -> x W^T [m, N] (f32)`. Where the CPU has AVX512-VNNI, up to
-    /// `INT8_GEMM_MIN_ROWS - 1` rows (decode, batched decode) run the integer kernels in passes of
+    /// `x [m, K] (f32) -> x W^T [m, N] (f32)`. Where the CPU has AVX512-VNNI, fewer than
+    /// `int8_gemm_min_rows` rows (decode, batched decode) run the integer kernels in passes of
     /// `MAX_ROWS` rows and more rows the int8 GEMM (`gemm`); elsewhere up to
     /// `INTEGER_KERNEL_MAX_ROWS` rows take the passes and more decode weight tiles to f32 once
     /// for the f32 GEMM.
@@ -369,7 +376,7 @@ impl QuantizedMatrix {
             return Err(NnError::Quantization(format!("input has {k} features, weight expects {}", self.k)));
         }
         let x = x.to_dtype(DType::F32)?;
-        let passes = m <= INTEGER_KERNEL_MAX_ROWS && (m < INT8_GEMM_MIN_ROWS || !gemm::available());
+        let passes = m <= INTEGER_KERNEL_MAX_ROWS && (m < int8_gemm_min_rows(self.format()) || !gemm::available());
         if passes && x.device().is_cpu() {
             // integer kernels, MAX_ROWS input rows per pass over the weight
             let mut out = vec![0f32; m * self.n];
