@@ -42,9 +42,10 @@ pub(crate) struct Activations {
 }
 
 impl Activations {
-    /// `[m, K]` f32 activations quantized by the chosen row quantizer: the AVX-512 one on VNNI CPUs (a fused pass that
-    /// writes the quants, scales and sums in place; the general one took a third of a
-    /// `[1024, 5120]` product's time), the general one elsewhere. Same results (tested).
+    /// `[m, K]` f32 activations quantized by the chosen row quantizer: the AVX-512 one on VNNI
+    /// CPUs (a fused pass that writes the quants, scales and sums in place; the general one took
+    /// a third of a `[1024, 5120]` product's time), the general one elsewhere. Same results
+    /// (tested).
     pub fn quantize_with(x: &[f32], k: usize, kernel: Kernel) -> Self {
         let blocks = k / BLOCK;
         let rows = x.len() / k;
@@ -106,11 +107,10 @@ fn panel_byte(b: usize, c: usize, i: usize) -> usize {
 }
 
 impl PanelPair {
-    /// Columns `first..first + PAIR` of the weight; columns past `n` are zero. Blocks outermost:
-    /// a block's 1 KiB of the panel stays in L1 while its 32 columns are written (column by
-    /// column over the whole panel, every write missed L1 once K passed ~1500: 10% of a vision
-    /// encode in packing).
-    /// `kernel` Avx512Vnni gathers whole q8_0 panels (`avx512_gemm::pack_q8_0_block`).
+    /// Columns `first..first + PAIR` of the weight; columns past `n` are zero. Blocks outermost,
+    /// so a block's 1 KiB of the panel is written while it is in L1 (by itself this order
+    /// measured no faster in `gemm_bench`). `kernel` Avx512Vnni gathers whole q8_0 panels
+    /// (`avx512_gemm::pack_q8_0_block`): packing had been ~10% of a vision encode's profile.
     pub fn pack_with(blocks: &Blocks, n: usize, k: usize, first: usize, kernel: Kernel) -> Self {
         let nb = k / BLOCK;
         let cols = PAIR.min(n - first);

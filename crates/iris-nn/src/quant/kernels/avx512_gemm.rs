@@ -114,7 +114,7 @@ pub unsafe fn quantize_row(src: &[f32], row: QuantizedRowOut) {
 /// Block `b` of q8_0 weight rows `first..first + 32` (`qs [N, K]`) in the panel layout of
 /// `PanelPair` (`out`: that block's `[8 groups][2 halves][16 columns][4 bytes]`), biased to
 /// unsigned bytes: each group's four bytes of 16 rows in one gather. Same bytes as the general
-/// `PanelPair::pack` (tested); the general one's 256 scalar moves per block cost ~6% of a vision
+/// `PanelPair::pack_with` (tested); the general one's 256 scalar moves per block cost ~6% of a vision
 /// encode.
 #[target_feature(enable = "avx512f")]
 pub unsafe fn pack_q8_0_block(qs: &[i8], k: usize, first: usize, b: usize, out: &mut [u8]) {
