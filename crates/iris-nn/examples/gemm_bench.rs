@@ -3,7 +3,8 @@
 //! already dequantized (the f32 path's GEMM alone), at Qwen2-VL-2B sizes: the vision MLP on 1024
 //! patches, the language MLP on a 307-token prompt and on 9-64 rows (batched decode); and for bf16
 //! weights the bf16 GEMM (AVX512-BF16) next to the general path it replaces (widen the weight to
-//! f32, then candle's f32 matmul). Prints GFLOP/s (2 * m * N * K per product).
+//! f32, then candle's f32 matmul). On AMX CPUs the q8_0/q4k rows and the "bf16 AMX GEMM" row take
+//! the AMX GEMM (`IRIS_NO_AMX=1` for the AVX-512 paths). Prints GFLOP/s (2 * m * N * K per product).
 //! `cargo run --release -p iris-nn --example gemm_bench`
 
 use candle_core::{DType, Device, Tensor};
@@ -29,6 +30,7 @@ fn main() {
         ("vision fc2", 1024, 1280, 5120),
         ("lm gate", 307, 8960, 1536),
         ("lm down", 307, 1536, 8960),
+        ("lm gate", 128, 8960, 1536),
         ("lm gate", 64, 8960, 1536),
         ("lm gate", 32, 8960, 1536),
         ("lm gate", 16, 8960, 1536),
@@ -54,12 +56,16 @@ fn main() {
             x.matmul(&wb.to_dtype(DType::F32).unwrap().t().unwrap()).unwrap();
         });
         println!("{label} [{m}, {k}] x [{n}, {k}]^T bf16 widened + f32 matmul: {:.1} ms, {:.0} GFLOP/s", widened * 1e3, flops / widened / 1e9);
+        let xs: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
         if iris_nn::bf16_gemm::available() {
-            let xs: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
             let ws: Vec<half::bf16> = wb.flatten_all().unwrap().to_vec1().unwrap();
             let mut out = vec![0f32; m * n];
             let t = best_of(3, || iris_nn::bf16_gemm::gemm(&xs, m, &ws, n, k, &mut out));
             println!("{label} [{m}, {k}] x [{n}, {k}]^T bf16 GEMM: {:.1} ms, {:.0} GFLOP/s", t * 1e3, flops / t / 1e9);
+        }
+        if iris_nn::amx::available() {
+            let t = best_of(3, || drop(iris_nn::ops::dense_forward(&x, &wb).unwrap().expect("the AMX path takes bf16 weights")));
+            println!("{label} [{m}, {k}] x [{n}, {k}]^T bf16 AMX GEMM: {:.1} ms, {:.0} GFLOP/s", t * 1e3, flops / t / 1e9);
         }
     }
 }

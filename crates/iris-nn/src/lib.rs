@@ -3,6 +3,7 @@
 //! Nothing here names a model family: weight loading from memory-mapped safetensors, norms in the
 //! reference operation order, chunked multi-head attention, rotary embedding and the KV cache.
 
+pub mod amx;
 pub mod attention;
 pub mod bandwidth;
 pub mod bf16_gemm;

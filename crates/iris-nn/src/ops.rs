@@ -202,7 +202,8 @@ pub fn dense_forward(x: &Tensor, weight: &Tensor) -> Result<Option<Tensor>> {
     let (m, k) = x.dims2()?;
     let n = weight.dim(0)?;
     let gemv = m <= crate::gemv::MAX_ROWS;
-    let bf16_gemm = !gemv && weight.dtype() == DType::BF16 && crate::bf16_gemm::available();
+    let amx = !gemv && weight.dtype() == DType::BF16 && crate::amx::available();
+    let bf16_gemm = !gemv && weight.dtype() == DType::BF16 && (amx || crate::bf16_gemm::available());
     if m == 0 || !(gemv || bf16_gemm) || !x.device().is_cpu() || !weight.is_contiguous() || weight.dim(1)? != k {
         return Ok(None);
     }
@@ -216,6 +217,7 @@ pub fn dense_forward(x: &Tensor, weight: &Tensor) -> Result<Option<Tensor>> {
     };
     let mut out = vec![0f32; m * n];
     with_f32_values(&x.to_dtype(DType::F32)?, |xs| match rows {
+        WeightRows::BF16(w) if amx => crate::amx::gemm(xs, m, &crate::amx::WeightRows::Bf16(w), n, k, &mut out),
         WeightRows::BF16(w) if bf16_gemm => crate::bf16_gemm::gemm(xs, m, w, n, k, &mut out),
         rows => crate::gemv::gemv(xs, m, rows, n, k, &mut out),
     })?;

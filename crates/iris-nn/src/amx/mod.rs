@@ -1,0 +1,270 @@
+//! Many-row products (prefill, the vision tower) on Intel AMX: `[m, K] x W^T` for q8_0, q4_K
+//! and bf16 weights, f32 out, on `tdpbf16ps` tiles (a 16 x 32 by 32 x 16 bf16 product per
+//! instruction into f32 accumulators). On the Xeon VM of BENCHMARKS.md one core retires a tile
+//! product every ~16 cycles, 1024 flops per cycle, where the AVX512-VNNI int8 GEMM (`quant::gemm`)
+//! reaches ~200; that GEMM and the AVX512-BF16 one (`bf16_gemm`) remain for CPUs without AMX.
+//!
+//! Numbers: activations are rounded to bf16 (to nearest even), as PyTorch's bf16 matmul does,
+//! and weights are decoded to f32 and rounded to bf16; products are exact and summed in f32.
+//! For q8_0 and q4_K weights that is the decoded weight within 2^-9 relative, against bf16
+//! activations; the VNNI GEMM uses int8 activations in blocks of 32 instead (coarser: 1/254 of a
+//! block's largest value). Tiles flush bf16 denormals to zero.
+//!
+//! Blocking: the weight is packed, a chunk of columns at a time (`CHUNK_BYTES`), into panels of
+//! 32 columns in the B tiles' pair layout (`pack`); the activations once, as zero-padded bf16
+//! rows. A task owns `ROW_BLOCK x COL_BLOCK` outputs and walks K in `K_BLOCK` slices (its A and B
+//! slices, 256 KiB each, stay in L2; one 32-row A slice, 32 KiB, in L1 across the panels),
+//! running 32 x 32 blocks of 2 x 2 tiles (`tiles::block_2x2`) into an f32 accumulator.
+//!
+//! Rust has no stable AMX intrinsics (the tile code is inline assembly), and Linux hands out
+//! the 8 KiB tile state only to processes that ask (`arch_prctl(ARCH_REQ_XCOMP_PERM)`).
+
+mod pack;
+#[cfg(test)]
+mod tests;
+#[cfg(target_arch = "x86_64")]
+mod tiles;
+
+use crate::quant::QuantizedMatrix;
+use crate::tiled_output::ColumnTiles;
+use half::bf16;
+use pack::{K_STEP, PANEL};
+use rayon::prelude::*;
+
+/// A weight `[n, k]` (PyTorch `[out, in]`) the AMX GEMM can pack.
+pub(crate) enum WeightRows<'a> {
+    Quantized(&'a QuantizedMatrix),
+    Bf16(&'a [bf16]),
+}
+
+/// One cache line; `Aligned` buffers are made of them.
+#[repr(C, align(64))]
+#[derive(Clone, Copy)]
+struct CacheLine([u8; 64]);
+
+/// Plain numbers: any bits are a valid value, so a zeroed cache line is a valid `[Self]`.
+trait Plain: Copy {}
+impl Plain for u16 {}
+impl Plain for u32 {}
+impl Plain for f32 {}
+
+/// A buffer of `len` values starting on a cache-line boundary. Tile rows that straddle two
+/// lines made tile loads and stores ~6x slower on the Xeon VM (16 against 2.4 ns a load).
+/// Buffers come from and go back to `POOL`: fresh ones page-faulted on every product (a
+/// `[1024, 5120]` activation copy took 1.6-2.8 ms instead of ~0.3).
+struct Aligned<T: Plain> {
+    lines: Vec<CacheLine>,
+    len: usize,
+    _values: std::marker::PhantomData<T>,
+}
+
+/// Released buffers, for the next products.
+static POOL: std::sync::Mutex<Vec<Vec<CacheLine>>> = std::sync::Mutex::new(Vec::new());
+/// Buffers the pool keeps, and the largest it keeps (bytes): a product needs at most three
+/// kinds (activations, packed weight, accumulators), the largest ~10 MiB for Qwen2-VL.
+const POOL_BUFFERS: usize = 8;
+const POOL_MAX_BYTES: usize = 32 << 20;
+
+impl<T: Plain> Aligned<T> {
+    /// `len` values left from earlier use (any bits are valid values): the caller writes
+    /// what it reads.
+    fn reused(len: usize) -> Self {
+        let need = (len * std::mem::size_of::<T>()).div_ceil(64);
+        let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
+        // the smallest pooled buffer that is large enough
+        let best = pool.iter().enumerate().filter(|(_, b)| b.len() >= need).min_by_key(|(_, b)| b.len()).map(|(i, _)| i);
+        let lines = match best {
+            Some(i) => pool.swap_remove(i),
+            None => vec![CacheLine([0; 64]); need],
+        };
+        Self { lines, len, _values: std::marker::PhantomData }
+    }
+
+    fn as_slice(&self) -> &[T] {
+        // SAFETY: the lines hold at least `len` values, are at least as aligned as `T`, and
+        // any bits are a valid `T` (`Plain`).
+        unsafe { std::slice::from_raw_parts(self.lines.as_ptr() as *const T, self.len) }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [T] {
+        // SAFETY: as in `as_slice`, and `&mut self` makes the view exclusive.
+        unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr() as *mut T, self.len) }
+    }
+}
+
+impl<T: Plain> Drop for Aligned<T> {
+    fn drop(&mut self) {
+        let lines = std::mem::take(&mut self.lines);
+        let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
+        if pool.len() < POOL_BUFFERS && lines.len() * 64 <= POOL_MAX_BYTES {
+            pool.push(lines);
+        }
+    }
+}
+
+impl WeightRows<'_> {
+    /// A q8_0 weight's int8 quants `[n * k]` and scales `[n * k / 32]`.
+    fn q8_0(&self) -> Option<(&[i8], &[half::f16])> {
+        match self {
+            WeightRows::Quantized(q) => q.q8_0_parts(),
+            WeightRows::Bf16(_) => None,
+        }
+    }
+}
+
+/// Rows and columns of one 2 x 2-tile block.
+const MICRO: usize = 32;
+/// Output rows per pass of a task over its columns.
+const ROW_BLOCK: usize = 256;
+/// Most output columns per task.
+const COL_BLOCK: usize = 256;
+/// k values per slice of a task's walk over K.
+const K_BLOCK: usize = 512;
+
+/// Whether many-row products take the AMX GEMM: on CPUs with AMX-TILE, AMX-BF16 and
+/// AVX512-BF16 whose kernel grants the tile state, unless the environment sets `IRIS_NO_AMX`
+/// (then they take the AVX-512 GEMMs, for A/B measurements).
+pub fn available() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("IRIS_NO_AMX").is_none() && cpu_and_os_support())
+}
+
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+fn cpu_and_os_support() -> bool {
+    use std::arch::x86_64::__cpuid_count;
+    if !(std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bf16") && std::is_x86_feature_detected!("avx512vl")) {
+        return false;
+    }
+    // CPUID.(7, 0):EDX bit 22 AMX-BF16, bit 24 AMX-TILE
+    let edx = __cpuid_count(7, 0).edx;
+    if edx & (1 << 22) == 0 || edx & (1 << 24) == 0 {
+        return false;
+    }
+    // ARCH_REQ_XCOMP_PERM for XFEATURE_XTILEDATA: permission for the whole process
+    const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+    const XFEATURE_XTILEDATA: libc::c_long = 18;
+    // SAFETY: a plain syscall with integer arguments.
+    let granted = unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) } == 0;
+    if !granted {
+        tracing::info!("the CPU has AMX but the kernel did not grant the tile state; using AVX-512 kernels");
+    }
+    granted
+}
+
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+fn cpu_and_os_support() -> bool {
+    false
+}
+
+/// `out[r * n + o] = sum_i x[r * k + i] * W[o, i]` for `m` rows of `x` (any `m`, any `k`).
+/// Only call where `available()`.
+pub(crate) fn gemm(x: &[f32], m: usize, w: &WeightRows, n: usize, k: usize, out: &mut [f32]) {
+    assert!(x.len() == m * k && out.len() == m * n, "AMX GEMM operands: x {} values for [{m}, {k}], out {} for [{m}, {n}]", x.len(), out.len());
+    assert!(available(), "AMX GEMM called without AMX");
+    if m == 0 || n == 0 {
+        return;
+    }
+    let (k_pad, m_pad) = (k.next_multiple_of(K_STEP), m.next_multiple_of(MICRO));
+    // [m, k] f32 -> [m_pad, k_pad] bf16, zero rows and columns past m, k
+    let mut a = Aligned::<u16>::reused(m_pad * k_pad);
+    a.as_mut_slice()[m * k_pad..].fill(0);
+    // SAFETY (both): `available()` checked AVX-512 F/BF16/VL.
+    a.as_mut_slice().par_chunks_mut(k_pad).zip(x.par_chunks(k)).for_each(|(dst, src)| unsafe { pack::round_row_avx512(src, dst) });
+    let panel_len = k_pad / 2 * PANEL;
+    let panels = n.div_ceil(PANEL);
+    // at least four tasks per thread when the weight is wide enough, so that no thread idles
+    let per_task = panels.div_ceil(4 * rayon::current_num_threads()).clamp(1, COL_BLOCK / PANEL);
+    let dst = ColumnTiles::new(out, m, n);
+    (0..panels.div_ceil(per_task)).into_par_iter().for_each(|t| {
+        let (p0, count) = (t * per_task, per_task.min(panels - t * per_task));
+        // this task's columns, packed: [count][k_pad / 2][PANEL] pairs
+        let mut packed = Aligned::<u32>::reused(count * panel_len);
+        let mut scratch = Aligned::<f32>::reused(16 * k_pad);
+        for (p, panel) in packed.as_mut_slice().chunks_exact_mut(panel_len).enumerate() {
+            // SAFETY: `available()` checked AVX-512 F/BF16 (and F16C comes with them).
+            unsafe { pack::panel_avx512(w, n, k, (p0 + p) * PANEL, scratch.as_mut_slice(), panel) };
+        }
+        let (first, cols, ldc) = (p0 * PANEL, (count * PANEL).min(n - p0 * PANEL), count * PANEL);
+        // [ROW_BLOCK][ldc] accumulators
+        let mut acc = Aligned::<f32>::reused(ROW_BLOCK.min(m_pad) * ldc);
+        for r0 in (0..m_pad).step_by(ROW_BLOCK) {
+            let rows_pad = ROW_BLOCK.min(m_pad - r0);
+            let block = TaskBlock { a: a.as_slice(), k_pad, r0, rows_pad, panels: packed.as_slice(), acc: &mut acc.as_mut_slice()[..rows_pad * ldc], ldc };
+            // SAFETY: `available()` checked AMX and the tile permission.
+            unsafe { block.run() };
+            // SAFETY: this task alone owns columns first..first + cols of the output.
+            unsafe { dst.write(r0, rows_pad.min(m - r0), first, cols, acc.as_slice(), ldc) };
+        }
+    });
+}
+
+/// One task's share: rows `r0..r0 + rows_pad` of the padded activations against `panels`.
+struct TaskBlock<'a> {
+    a: &'a [u16],
+    k_pad: usize,
+    r0: usize,
+    rows_pad: usize,
+    panels: &'a [u32],
+    acc: &'a mut [f32],
+    ldc: usize,
+}
+
+impl TaskBlock<'_> {
+    /// # Safety
+    /// AMX must be `available()`.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn run(self) {
+        let panel_len = self.k_pad / 2 * PANEL;
+        assert!(self.a.len() >= (self.r0 + self.rows_pad) * self.k_pad && self.acc.len() == self.rows_pad * self.ldc);
+        assert!(self.panels.len() == self.ldc / PANEL * panel_len && self.rows_pad.is_multiple_of(MICRO));
+        // SAFETY: per the contract; every block's A rows, panel slice and accumulators are inside
+        // the slices asserted above.
+        unsafe {
+            tiles::configure();
+            for kb in (0..self.k_pad).step_by(K_BLOCK) {
+                let steps = K_BLOCK.min(self.k_pad - kb) / K_STEP;
+                for i in (0..self.rows_pad).step_by(MICRO) {
+                    let a = self.a.as_ptr().add((self.r0 + i) * self.k_pad + kb);
+                    for j in 0..self.ldc / PANEL {
+                        // pair row kb / 2 of panel j
+                        let b = self.panels.as_ptr().add(j * panel_len + kb / 2 * PANEL);
+                        let c = self.acc.as_mut_ptr().add(i * self.ldc + j * PANEL);
+                        tiles::block_2x2(a, self.k_pad, b, steps, c, self.ldc, kb > 0);
+                    }
+                }
+            }
+            tiles::release();
+        }
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    unsafe fn run(self) {
+        unreachable!("AMX is x86-64 only")
+    }
+}
+
+/// Plain twin of `gemm` for any CPU: bf16-rounded activations and weights, products summed in
+/// f32 in k order.
+#[cfg(test)]
+pub(crate) fn gemm_reference(x: &[f32], m: usize, w: &WeightRows, n: usize, k: usize, out: &mut [f32]) {
+    let k_pad = k.next_multiple_of(K_STEP);
+    let mut panel = vec![0u32; k_pad / 2 * PANEL];
+    let mut row = vec![0f32; k_pad];
+    let mut xr = vec![0u16; k_pad];
+    let widen = |bits: u16| f32::from_bits((bits as u32) << 16);
+    for first in (0..n).step_by(PANEL) {
+        pack::panel_scalar(w, n, k, first, &mut row, &mut panel);
+        for r in 0..m {
+            pack::round_row_scalar(&x[r * k..(r + 1) * k], &mut xr);
+            for c in 0..PANEL.min(n - first) {
+                let mut acc = 0f32;
+                for (p, xp) in xr.chunks_exact(2).enumerate() {
+                    let wp = panel[p * PANEL + c];
+                    acc += widen(xp[0]) * widen(wp as u16);
+                    acc += widen(xp[1]) * widen((wp >> 16) as u16);
+                }
+                out[r * n + first + c] = acc;
+            }
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! Operand packing for the AMX GEMM: f32 activation rows rounded to bf16 rows (the A tiles'
+//! layout is plain row-major bf16), and weight columns rounded to bf16 and interleaved into the
+//! B tiles' pair layout. AVX-512 versions with plain twins (`*_scalar`), tested equal.
+//!
+//! Packing runs once per weight per product, so it has to stream: a 448² vision encode packs
+//! ~630 M weights.
+
+use super::WeightRows;
+use crate::bf16_gemm::bf16_bits;
+
+/// Columns per weight panel (two B tiles side by side).
+pub(super) const PANEL: usize = 32;
+/// k values per tile step.
+pub(super) const K_STEP: usize = 32;
+
+/// `src` (`k` f32) rounded to bf16 into `dst` (`k_pad >= k` values, the rest zero).
+pub(super) fn round_row_scalar(src: &[f32], dst: &mut [u16]) {
+    let (head, pad) = dst.split_at_mut(src.len());
+    for (d, &v) in head.iter_mut().zip(src) {
+        *d = bf16_bits(v);
+    }
+    pad.fill(0);
+}
+
+/// Column `col`'s weights as f32 into `row` (`k_pad` values, zero past `k`); zero past `n`.
+fn weight_column(w: &WeightRows, n: usize, k: usize, col: usize, row: &mut [f32]) {
+    if col >= n {
+        row.fill(0.0);
+        return;
+    }
+    match w {
+        WeightRows::Quantized(q) => q.dequantize_row_into(col, &mut row[..k]),
+        WeightRows::Bf16(v) => {
+            for (d, s) in row.iter_mut().zip(&v[col * k..(col + 1) * k]) {
+                *d = s.to_f32();
+            }
+        }
+    }
+    row[k..].fill(0.0);
+}
+
+/// Columns `first..first + PANEL` of the weight as `[k_pad / 2][PANEL]` u32 bf16 pairs (the even
+/// k in the low half), `row` a `k_pad` scratch row. Plain twin of `panel_avx512`.
+#[cfg(test)]
+pub(super) fn panel_scalar(w: &WeightRows, n: usize, k: usize, first: usize, row: &mut [f32], panel: &mut [u32]) {
+    for c in 0..PANEL {
+        weight_column(w, n, k, first + c, row);
+        for (p, pair) in row.chunks_exact(2).enumerate() {
+            panel[p * PANEL + c] = bf16_bits(pair[0]) as u32 | (bf16_bits(pair[1]) as u32) << 16;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+pub(super) use x86::{panel_avx512, round_row_avx512};
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{weight_column, WeightRows, K_STEP, PANEL};
+    use std::arch::x86_64::*;
+
+    /// `round_row_scalar` with `vcvtneps2bf16` (round to nearest even, as `bf16_bits`).
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512 F and BF16.
+    #[target_feature(enable = "avx512f,avx512bf16,avx512vl")]
+    pub unsafe fn round_row_avx512(src: &[f32], dst: &mut [u16]) {
+        assert!(dst.len() >= src.len());
+        let whole = src.len() / 16 * 16;
+        // SAFETY: every access is inside `src` / `dst` (16-value steps below `whole`).
+        unsafe {
+            for i in (0..whole).step_by(16) {
+                let v = _mm512_loadu_ps(src.as_ptr().add(i));
+                let b: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(v));
+                _mm256_storeu_si256(dst.as_mut_ptr().add(i) as *mut __m256i, b);
+            }
+        }
+        super::round_row_scalar(&src[whole..], &mut dst[whole..]);
+    }
+
+    /// `panel_scalar` 16 columns at a time: each column's 32 values of a k step rounded into one
+    /// vector of 16 pairs, the 16 vectors transposed in registers, and each transposed vector
+    /// stored as one 64-byte row of the panel. bf16 weights are loaded as they are and q8_0 ones
+    /// decoded in registers; other formats (and partial column groups) go through `scratch`,
+    /// `[16][k_pad]` f32 rows from `weight_column`. (Scattering each column's pairs to their 16
+    /// rows ran at ~3 cycles a weight: packing took longer than the product.)
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512 F and BF16; `scratch.len()` is `16 * k_pad`, `k_pad` a multiple
+    /// of `K_STEP` and at least `k`, and `panel.len()` is `k_pad / 2 * PANEL`.
+    #[target_feature(enable = "avx512f,avx512bf16,f16c")]
+    pub unsafe fn panel_avx512(w: &WeightRows, n: usize, k: usize, first: usize, scratch: &mut [f32], panel: &mut [u32]) {
+        let k_pad = scratch.len() / 16;
+        assert!(k_pad.is_multiple_of(K_STEP) && k_pad >= k && scratch.len() == 16 * k_pad && panel.len() == k_pad / 2 * PANEL);
+        let steps = k_pad / K_STEP;
+        for half in 0..2 {
+            let c0 = first + 16 * half;
+            let whole = c0 + 16 <= n && k == k_pad;
+            // SAFETY (all blocks): the loads read columns c0..c0 + 16 < n of a weight with k
+            // values per column, or the scratch rows; the stores write rows 16s..16s + 16 < k_pad / 2
+            // of the panel at columns 16 * half..+16.
+            unsafe {
+                let store = |s: usize, mut v: [__m512i; 16], panel: &mut [u32]| {
+                    transpose_16x16(&mut v);
+                    for (p, row) in v.iter().enumerate() {
+                        _mm512_storeu_si512(panel.as_mut_ptr().add((16 * s + p) * PANEL + 16 * half) as *mut _, *row);
+                    }
+                };
+                match (w, w.q8_0()) {
+                    (WeightRows::Bf16(v), _) if whole => {
+                        for s in 0..steps {
+                            let cols = std::array::from_fn(|c| _mm512_loadu_si512(v.as_ptr().add((c0 + c) * k + K_STEP * s) as *const _));
+                            store(s, cols, panel);
+                        }
+                    }
+                    (_, Some((qs, d))) if whole => {
+                        for s in 0..steps {
+                            let cols = std::array::from_fn(|c| {
+                                // one q8_0 block per k step: 32 int8 and their scale
+                                let q = _mm256_loadu_si256(qs.as_ptr().add((c0 + c) * k + K_STEP * s) as *const __m256i);
+                                // (`f16::to_f32` is a call here; F16C converts in a register)
+                                let scale = _mm512_broadcastss_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(d[(c0 + c) * steps + s].to_bits() as i32)));
+                                let lo = _mm512_mul_ps(scale, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(q))));
+                                let hi = _mm512_mul_ps(scale, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256::<1>(q))));
+                                std::mem::transmute::<_, __m512i>(_mm512_cvtne2ps_pbh(hi, lo))
+                            });
+                            store(s, cols, panel);
+                        }
+                    }
+                    _ => {
+                        for (c, row) in scratch.chunks_exact_mut(k_pad).enumerate() {
+                            weight_column(w, n, k, c0 + c, row);
+                        }
+                        for s in 0..steps {
+                            let cols = std::array::from_fn(|c| {
+                                let at = scratch.as_ptr().add(c * k_pad + K_STEP * s);
+                                // bf16 j of the result is value j of (lo, hi)
+                                std::mem::transmute::<_, __m512i>(_mm512_cvtne2ps_pbh(_mm512_loadu_ps(at.add(16)), _mm512_loadu_ps(at)))
+                            });
+                            store(s, cols, panel);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Transposes 16 x 16 u32 lanes: lane `c` of `v[p]` becomes lane `p` of `v[c]`. Three rounds:
+    /// 32-bit and 64-bit interleaves inside 128-bit lanes, then two rounds of 128-bit lane
+    /// shuffles.
+    #[inline(always)]
+    unsafe fn transpose_16x16(v: &mut [__m512i; 16]) {
+        // t[2i], t[2i + 1]: rows 2i, 2i + 1 interleaved (lanes 0-1 and 2-3 of each 128 bits)
+        let t: [__m512i; 16] = std::array::from_fn(|j| {
+            let (a, b) = (v[j & !1], v[j | 1]);
+            if j % 2 == 0 { _mm512_unpacklo_epi32(a, b) } else { _mm512_unpackhi_epi32(a, b) }
+        });
+        // u[4g + j]: rows 4g..4g + 4 of columns j, j + 4, j + 8, j + 12 (one per 128-bit lane)
+        let u: [__m512i; 16] = std::array::from_fn(|i| {
+            let (g, j) = (i / 4, i % 4);
+            let (a, b) = (t[4 * g + j / 2], t[4 * g + 2 + j / 2]);
+            if j % 2 == 0 { _mm512_unpacklo_epi64(a, b) } else { _mm512_unpackhi_epi64(a, b) }
+        });
+        for j in 0..4 {
+            // x: lanes 0 and 2 of u[j], u[4 + j]; y: lanes 1 and 3 (likewise x2, y2 for 8 + j, 12 + j)
+            let x = _mm512_shuffle_i32x4::<0x88>(u[j], u[4 + j]);
+            let y = _mm512_shuffle_i32x4::<0xDD>(u[j], u[4 + j]);
+            let x2 = _mm512_shuffle_i32x4::<0x88>(u[8 + j], u[12 + j]);
+            let y2 = _mm512_shuffle_i32x4::<0xDD>(u[8 + j], u[12 + j]);
+            v[j] = _mm512_shuffle_i32x4::<0x88>(x, x2);
+            v[j + 8] = _mm512_shuffle_i32x4::<0xDD>(x, x2);
+            v[j + 4] = _mm512_shuffle_i32x4::<0x88>(y, y2);
+            v[j + 12] = _mm512_shuffle_i32x4::<0xDD>(y, y2);
+        }
+    }
+}

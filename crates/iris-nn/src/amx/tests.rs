@@ -1,0 +1,126 @@
+//! The AMX GEMM against its plain twin, and the AVX-512 packers against theirs. Tests that need
+//! AMX say so and pass trivially on CPUs without it (CI machines may lack it).
+
+use super::*;
+use crate::quant::WeightFormat;
+
+fn values(len: usize, seed: u32) -> Vec<f32> {
+    // a small LCG: deterministic, mixed signs and magnitudes
+    let mut s = seed;
+    (0..len)
+        .map(|_| {
+            s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            ((s >> 8) as f32 / (1u32 << 24) as f32 - 0.5) * 2.0
+        })
+        .collect()
+}
+
+#[test]
+fn avx512_packers_equal_their_twins() {
+    if !available() {
+        println!("SKIPPED: no AMX on this CPU (the AVX-512 packers are only used with AMX)");
+        return;
+    }
+    let n = 45;
+    let bf16_values = |k: usize| -> Vec<bf16> { values(n * k, 3).into_iter().map(bf16::from_f32).collect() };
+    let (w101, w128) = (bf16_values(101), bf16_values(128));
+    let q8 = QuantizedMatrix::quantize(&values(n * 128, 5), n, 128, WeightFormat::Q8_0).unwrap();
+    let q4 = QuantizedMatrix::quantize(&values(n * 256, 5), n, 256, WeightFormat::Q4K).unwrap();
+    // whole 16-column groups take the in-register paths (bf16 with k = k_pad, q8_0); partial
+    // groups, an odd k and q4_K the scratch rows
+    let cases = [(WeightRows::Bf16(&w101), 101), (WeightRows::Bf16(&w128), 128), (WeightRows::Quantized(&q8), 128), (WeightRows::Quantized(&q4), 256)];
+    for (weight, k) in cases {
+        let k: usize = k;
+        let k_pad = k.next_multiple_of(K_STEP);
+        for first in [0, 32] {
+            let (mut row, mut scratch) = (vec![0f32; k_pad], vec![0f32; 16 * k_pad]);
+            let (mut fast, mut plain) = (vec![7u32; k_pad / 2 * PANEL], vec![9u32; k_pad / 2 * PANEL]);
+            pack::panel_scalar(&weight, n, k, first, &mut row, &mut plain);
+            // SAFETY: `available()` checked AVX-512 F/BF16.
+            unsafe { pack::panel_avx512(&weight, n, k, first, &mut scratch, &mut fast) };
+            assert_eq!(fast, plain, "panel at column {first}, k {k}");
+        }
+    }
+    let x = values(1000, 7);
+    for len in [0, 15, 16, 999, 1000] {
+        let (mut fast, mut plain) = (vec![1u16; 1024], vec![2u16; 1024]);
+        pack::round_row_scalar(&x[..len], &mut plain);
+        // SAFETY: as above.
+        unsafe { pack::round_row_avx512(&x[..len], &mut fast) };
+        assert_eq!(fast, plain, "row of {len}");
+    }
+}
+
+/// Max |fast - reference| over the scale of the sums, `sum |x| |w|` per output.
+fn gemm_error(x: &[f32], m: usize, w: &WeightRows, dense: &[f32], n: usize, k: usize) -> f32 {
+    let (mut fast, mut plain) = (vec![f32::NAN; m * n], vec![f32::NAN; m * n]);
+    gemm(x, m, w, n, k, &mut fast);
+    gemm_reference(x, m, w, n, k, &mut plain);
+    let mut worst = 0f32;
+    for r in 0..m {
+        for c in 0..n {
+            let scale: f32 = (0..k).map(|i| (x[r * k + i] * dense[c * k + i]).abs()).sum();
+            worst = worst.max((fast[r * n + c] - plain[r * n + c]).abs() / scale.max(1e-30));
+        }
+    }
+    worst
+}
+
+#[test]
+fn amx_gemm_matches_the_plain_twin() {
+    if !available() {
+        println!("SKIPPED: no AMX on this CPU");
+        return;
+    }
+    // shapes crossing every block edge: rows past ROW_BLOCK and not a multiple of MICRO,
+    // columns past COL_BLOCK and not a multiple of PANEL, K past K_BLOCK and (bf16) not a
+    // multiple of K_STEP
+    for (m, n, k) in [(1, 1, 32), (37, 45, 64), (300, 290, 544), (33, 270, 1176)] {
+        let x = values(m * k, 11);
+        let w: Vec<bf16> = values(n * k, 13).into_iter().map(bf16::from_f32).collect();
+        let dense: Vec<f32> = w.iter().map(|v| v.to_f32()).collect();
+        let err = gemm_error(&x, m, &WeightRows::Bf16(&w), &dense, n, k);
+        println!("bf16 [{m}, {k}] x [{n}, {k}]^T: max error {err:.2e} of sum |x w|");
+        assert!(err < 1e-5, "bf16 weights: {err:e}");
+    }
+    for format in [WeightFormat::Q8_0, WeightFormat::Q4K] {
+        let (m, n, k) = (70, 40, 512);
+        let x = values(m * k, 17);
+        let q = QuantizedMatrix::quantize(&values(n * k, 19), n, k, format).unwrap();
+        let dense: Vec<f32> = (0..n).flat_map(|c| {
+            let mut row = vec![0f32; k];
+            q.dequantize_row_into(c, &mut row);
+            row
+        }).collect();
+        let err = gemm_error(&x, m, &WeightRows::Quantized(&q), &dense, n, k);
+        println!("{format} [{m}, {k}] x [{n}, {k}]^T: max error {err:.2e} of sum |x w|");
+        assert!(err < 1e-5, "{format}: {err:e}");
+    }
+}
+
+#[test]
+fn amx_gemm_is_close_to_the_f32_product() {
+    if !available() {
+        println!("SKIPPED: no AMX on this CPU");
+        return;
+    }
+    // bf16 rounding of both operands: each product within ~2^-8 relative
+    let (m, n, k) = (64, 96, 640);
+    let x = values(m * k, 23);
+    let w: Vec<bf16> = values(n * k, 29).into_iter().map(bf16::from_f32).collect();
+    let mut out = vec![0f32; m * n];
+    gemm(&x, m, &WeightRows::Bf16(&w), n, k, &mut out);
+    let mut worst = 0f32;
+    for r in 0..m {
+        for c in 0..n {
+            let (exact, scale) = (0..k).fold((0f64, 0f64), |(s, a), i| {
+                let p = x[r * k + i] as f64 * w[c * k + i].to_f64();
+                (s + p, a + p.abs())
+            });
+            worst = worst.max(((out[r * n + c] as f64 - exact).abs() / scale) as f32);
+        }
+    }
+    println!("max error against f64 with f32 activations: {worst:.2e} of sum |x w|");
+    assert!(worst < 4e-3, "{worst:e}");
+}
+
