@@ -1,7 +1,8 @@
 //! Times `iris_nn::attention::attention` on vision-tower shapes (full attention, f32) for several
 //! score-block budgets: how much the query chunking costs against one big block; then with bf16
 //! inputs (the bf16 GEMM's products on AVX512-BF16 CPUs) at the default budget, and f32 inputs
-//! through the fused bf16 kernel (`flash_attention_bf16`).
+//! through the fused bf16 kernel (`flash_attention_bf16`) and, on AMX CPUs, the AMX kernel
+//! (`attention_with(.., Products::Bf16)`).
 //! usage: cargo run --release -p iris-nn --example attention_bench [heads tokens head_dim]
 //!        cargo run --release -p iris-nn --example attention_bench decode [heads kv_heads cached head_dim]
 //!        (the decode case once per KV cache storage dtype: f32, f16, bf16)
@@ -41,6 +42,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             println!("f32 inputs, fused bf16 products: {s:.2} s, {:.0} GFLOP/s (checksum {:.3})", flop / s / 1e9, o.sum_all()?.to_scalar::<f32>()?);
         }
         None => println!("f32 inputs, fused bf16 products: not available on this CPU"),
+    }
+    if iris_nn::amx::available() {
+        let t = Instant::now();
+        let o = iris_nn::attention::attention_with(&q, &k, &v, None, 1.0 / (d as f64).sqrt(), iris_nn::attention::DEFAULT_SCORE_BYTES, iris_nn::attention::Products::Bf16)?;
+        let s = t.elapsed().as_secs_f64();
+        println!("f32 inputs, bf16 products on AMX tiles: {s:.2} s, {:.0} GFLOP/s (checksum {:.3})", flop / s / 1e9, o.sum_all()?.to_scalar::<f32>()?);
     }
     let [qb, kb, vb] = [&q, &k, &v].map(|t| t.to_dtype(candle_core::DType::BF16));
     let (qb, kb, vb) = (qb?, kb?, vb?);

@@ -15,6 +15,60 @@ use candle_core::{DType, Tensor, D};
 /// ViT layer's scores (64 MiB in all): 40 MB less peak memory for a 448² image, same speed.
 pub const DEFAULT_SCORE_BYTES: usize = 16 << 20;
 
+/// What precision the two products of `attention_with` may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Products {
+    /// The inputs' dtype (f32 inputs: f32 products).
+    AsInputs,
+    /// bf16 operands with f32 sums and an f32 softmax even for f32 inputs, where a CPU runs them
+    /// much faster (AMX); elsewhere as `AsInputs`. For models whose weights are already
+    /// quantized (the vision towers of q8_0/q4k models), whose products round their
+    /// activations anyway.
+    Bf16,
+}
+
+impl Products {
+    /// The policy for a model part whose linears are stored as `linears` (None: dense in the
+    /// compute dtype): bf16 products where the linears are quantized.
+    pub fn for_linears(linears: Option<crate::quant::WeightFormat>) -> Self {
+        if linears.is_some_and(|f| f.is_quantized()) {
+            Products::Bf16
+        } else {
+            Products::AsInputs
+        }
+    }
+}
+
+/// `attention` with the products' precision chosen by the caller: full (non-causal) attention
+/// on f32 inputs with `Products::Bf16` takes the AMX kernel (`amx::attention`) where the CPU
+/// has AMX.
+pub fn attention_with(q: &Tensor, k: &Tensor, v: &Tensor, causal: Option<usize>, scale: f64, max_score_bytes: usize, products: Products) -> Result<Tensor> {
+    if products == Products::Bf16 && causal.is_none() && crate::amx::available() {
+        if let Some(o) = amx_attention(q, k, v, scale)? {
+            return Ok(o);
+        }
+    }
+    attention(q, k, v, causal, scale, max_score_bytes)
+}
+
+/// Full attention of contiguous f32 CPU tensors on AMX tiles; `None` for other inputs.
+fn amx_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Option<Tensor>> {
+    let (h, t, d) = q.dims3()?;
+    let (kvh, s, k_dim) = k.dims3()?;
+    let fits = kvh > 0 && h % kvh == 0 && s > 0 && t > 0 && k_dim == d && v.dims3()? == (kvh, s, d);
+    let f32_cpu = [q, k, v].iter().all(|x| x.dtype() == DType::F32 && x.device().is_cpu() && x.is_contiguous());
+    if !(fits && f32_cpu) {
+        return Ok(None);
+    }
+    let mut out = vec![0f32; h * t * d];
+    crate::ops::with_f32_values(q, |qs| {
+        crate::ops::with_f32_values(k, |ks| {
+            crate::ops::with_f32_values(v, |vs| crate::amx::attention::attention(qs, ks, vs, (h, t, d, kvh, s), scale as f32, &mut out))
+        })
+    })???;
+    Ok(Some(Tensor::from_vec(out, (h, t, d), q.device())?))
+}
+
 /// `q [H, T, D]`, `k`/`v` `[KVH, S, D]` with `H % KVH == 0` -> `[H, T, D]`.
 /// With `causal = Some(offset)`, query `t` sits at absolute position `offset + t` and sees keys
 /// `0..=offset + t`; with `None` every query sees every key.

@@ -6,7 +6,7 @@
 use super::config::VisionConfig;
 use crate::error::Result;
 use candle_core::{DType, Tensor};
-use iris_nn::attention::{attention, DEFAULT_SCORE_BYTES};
+use iris_nn::attention::{attention_with, Products, DEFAULT_SCORE_BYTES};
 use iris_nn::inplace::{gelu_erf, silu_mul};
 use iris_nn::ops::{LayerNorm, Linear};
 use iris_nn::weights::Weights;
@@ -45,6 +45,8 @@ pub struct VisionTower {
     eoi: Tensor,
     cfg: VisionConfig,
     dtype: DType,
+    /// Attention products: bf16 where the linears are quantized (`Products::for_linears`).
+    products: Products,
 }
 
 impl VisionTower {
@@ -95,6 +97,7 @@ impl VisionTower {
             eoi: w.get(&[1, 1, hidden], "eoi")?.reshape((1, hidden))?,
             cfg: cfg.clone(),
             dtype: w.dtype(),
+            products: Products::for_linears(w.linear_format()),
         })
     }
 
@@ -144,7 +147,7 @@ impl VisionTower {
         let (q, k, v) = (qkv.get(0)?.contiguous()?, qkv.get(1)?.contiguous()?, qkv.get(2)?.contiguous()?);
         drop(qkv);
         // chunked so 9217 x 9217 scores of all heads never coexist
-        let o = attention(&q, &k, &v, None, 1.0 / (hd as f64).sqrt(), DEFAULT_SCORE_BYTES)?;
+        let o = attention_with(&q, &k, &v, None, 1.0 / (hd as f64).sqrt(), DEFAULT_SCORE_BYTES, self.products)?;
         drop((q, k, v));
         // [H, N, D] -> [N, H, D] -> [N, E]
         Ok(o.transpose(0, 1)?.contiguous()?.reshape((n, e))?)

@@ -7,7 +7,7 @@
 use super::config::VisionConfig;
 use crate::error::Result;
 use candle_core::{DType, Device, Tensor};
-use iris_nn::attention::{attention, DEFAULT_SCORE_BYTES};
+use iris_nn::attention::{attention_with, Products, DEFAULT_SCORE_BYTES};
 use iris_nn::inplace::{gelu_erf, quick_gelu};
 use iris_nn::ops::{LayerNorm, Linear};
 use iris_nn::weights::Weights;
@@ -34,6 +34,8 @@ pub struct VisionTower {
     inv_freq: Vec<f32>,
     cfg: VisionConfig,
     dtype: DType,
+    /// Attention products: bf16 where the linears are quantized (`Products::for_linears`).
+    products: Products,
 }
 
 impl VisionTower {
@@ -73,6 +75,7 @@ impl VisionTower {
             merger_fc1: Linear::load(&m.pp("mlp.0"), merged, merged, true)?,
             merger_fc2: Linear::load(&m.pp("mlp.2"), merged, cfg.hidden_size, true)?,
             inv_freq,
+            products: Products::for_linears(w.linear_format()),
             cfg: cfg.clone(),
             dtype: w.dtype(),
         })
@@ -150,7 +153,7 @@ impl VisionTower {
         let mut outs = Vec::with_capacity(n / slice);
         for s in (0..n).step_by(slice) {
             let (qs, ks, vs) = (q.narrow(1, s, slice)?, k.narrow(1, s, slice)?, v.narrow(1, s, slice)?);
-            outs.push(attention(&qs.contiguous()?, &ks.contiguous()?, &vs.contiguous()?, None, scale, DEFAULT_SCORE_BYTES)?);
+            outs.push(attention_with(&qs.contiguous()?, &ks.contiguous()?, &vs.contiguous()?, None, scale, DEFAULT_SCORE_BYTES, self.products)?);
         }
         drop((q, k, v));
         let o = if outs.len() == 1 { outs.pop().unwrap() } else { Tensor::cat(&outs, 1)? };

@@ -19,6 +19,7 @@
 //! Rust has no stable AMX intrinsics (the tile code is inline assembly), and Linux hands out
 //! the 8 KiB tile state only to processes that ask (`arch_prctl(ARCH_REQ_XCOMP_PERM)`).
 
+pub(crate) mod attention;
 mod pack;
 #[cfg(test)]
 mod tests;
@@ -35,6 +36,7 @@ use rayon::prelude::*;
 pub(crate) enum WeightRows<'a> {
     Quantized(&'a QuantizedMatrix),
     Bf16(&'a [bf16]),
+    F32(&'a [f32]),
 }
 
 /// One cache line; `Aligned` buffers are made of them.
@@ -60,9 +62,10 @@ struct Aligned<T: Plain> {
 
 /// Released buffers, for the next products.
 static POOL: std::sync::Mutex<Vec<Vec<CacheLine>>> = std::sync::Mutex::new(Vec::new());
-/// Buffers the pool keeps, and the largest it keeps (bytes): a product needs at most three
-/// kinds (activations, packed weight, accumulators), the largest ~10 MiB for Qwen2-VL.
-const POOL_BUFFERS: usize = 8;
+/// Buffers the pool keeps, and the largest it keeps (bytes): a product's threads hold up to
+/// eight at once (attention: packed K and V, and per task Q, scores, probabilities, output),
+/// the largest ~10 MiB for Qwen2-VL.
+const POOL_BUFFERS: usize = 16;
 const POOL_MAX_BYTES: usize = 32 << 20;
 
 impl<T: Plain> Aligned<T> {
@@ -107,7 +110,7 @@ impl WeightRows<'_> {
     fn q8_0(&self) -> Option<(&[i8], &[half::f16])> {
         match self {
             WeightRows::Quantized(q) => q.q8_0_parts(),
-            WeightRows::Bf16(_) => None,
+            WeightRows::Bf16(_) | WeightRows::F32(_) => None,
         }
     }
 }

@@ -35,6 +35,7 @@ fn weight_column(w: &WeightRows, n: usize, k: usize, col: usize, row: &mut [f32]
                 *d = s.to_f32();
             }
         }
+        WeightRows::F32(v) => row[..k].copy_from_slice(&v[col * k..(col + 1) * k]),
     }
     row[k..].fill(0.0);
 }

@@ -1,0 +1,97 @@
+//! Full (non-causal) attention on AMX tiles for f32 inputs whose products may be bf16 (the
+//! vision towers of quantized models, `attention::Products::Bf16`): per head, scores `Q K^T` and
+//! the weighted sum `P V` as two tile products with the `[T, S]` scores of a query chunk in f32
+//! between them. Q, K and V are rounded to bf16, the scores and softmax stay f32 and the
+//! probabilities are rounded to bf16 for `P V` (PyTorch's bf16 attention rounds the same values).
+//! `attention::attention_slow` on the rounded inputs is its twin in the tests.
+//!
+//! Why: the f32 flash attention (`flash_attention`) runs at ~226 GFLOP/s on the Xeon VM of
+//! BENCHMARKS.md, ~20% of a q8_0 448² vision encode; tile products run at 1.2-1.8 TFLOP/s.
+
+use super::pack::{self, K_STEP, PANEL};
+use super::{Aligned, TaskBlock, WeightRows};
+use crate::bf16_gemm::bf16_bits;
+use rayon::prelude::*;
+
+/// Score bytes of one query chunk: bounds a task's f32 scores (256 rows of 1024 keys, 32 rows
+/// of CogVLM2's 9217).
+const SCORE_CHUNK_BYTES: usize = 1 << 20;
+
+/// Heads, query rows, head dim, KV heads, keys.
+pub(crate) type AttentionDims = (usize, usize, usize, usize, usize);
+
+/// `q [H, T, D]`, `k`/`v` `[KVH, S, D]` (f32, `H % KVH == 0`), every query seeing every key,
+/// into `out [H, T, D]`. Only call where `super::available()`.
+pub(crate) fn attention(q: &[f32], k: &[f32], v: &[f32], (h, t, d, kvh, s): AttentionDims, scale: f32, out: &mut [f32]) {
+    assert!(q.len() == h * t * d && k.len() == kvh * s * d && v.len() == k.len() && out.len() == q.len() && kvh > 0 && h % kvh == 0);
+    assert!(super::available(), "AMX attention called without AMX");
+    let (d_pad, s_pad, o_cols) = (d.next_multiple_of(K_STEP), s.next_multiple_of(K_STEP), d.next_multiple_of(PANEL));
+    // per KV head: K as the weight of the score product ([n = S, k = D]) and V^T as the weight
+    // of the output product ([n = D, k = S]), both packed once for all query chunks
+    let (k_len, v_len) = (s_pad / PANEL * d_pad / 2 * PANEL, o_cols / PANEL * s_pad / 2 * PANEL);
+    let mut k_panels = Aligned::<u32>::reused(kvh * k_len);
+    let mut v_panels = Aligned::<u32>::reused(kvh * v_len);
+    k_panels.as_mut_slice().par_chunks_mut(k_len).zip(v_panels.as_mut_slice().par_chunks_mut(v_len)).enumerate().for_each(|(i, (kp, vp))| {
+        let (kh, vh) = (&k[i * s * d..(i + 1) * s * d], &v[i * s * d..(i + 1) * s * d]);
+        let mut scratch = Aligned::<f32>::reused(16 * d_pad);
+        for (j, panel) in kp.chunks_exact_mut(d_pad / 2 * PANEL).enumerate() {
+            // SAFETY: `available()` checked AVX-512 F/BF16.
+            unsafe { pack::panel_avx512(&WeightRows::F32(kh), s, d, j * PANEL, scratch.as_mut_slice(), panel) };
+        }
+        transposed_panels(vh, s, d, s_pad, vp);
+    });
+    let rows = (SCORE_CHUNK_BYTES / (s_pad * 4) / 32 * 32).clamp(32, 256).min(t.next_multiple_of(32));
+    let dst = crate::tiled_output::ColumnTiles::new(out, h * t, d);
+    let (k_panels, v_panels) = (k_panels.as_slice(), v_panels.as_slice());
+    (0..h * t.div_ceil(rows)).into_par_iter().for_each(|task| {
+        let (hi, t0) = (task / t.div_ceil(rows), task % t.div_ceil(rows) * rows);
+        let (len, kv) = (rows.min(t - t0), hi / (h / kvh));
+        let rows_pad = len.next_multiple_of(32);
+        // Q rows [rows_pad, d_pad] in bf16, zero padded
+        let mut a = Aligned::<u16>::reused(rows_pad * d_pad);
+        let qh = &q[(hi * t + t0) * d..][..len * d];
+        for (dst, src) in a.as_mut_slice().chunks_exact_mut(d_pad).zip(qh.chunks_exact(d).chain(std::iter::repeat(&[][..]))) {
+            // SAFETY: `available()` checked AVX-512 F/BF16/VL.
+            unsafe { pack::round_row_avx512(src, dst) };
+        }
+        // scores [rows_pad, s_pad] in f32
+        let mut scores = Aligned::<f32>::reused(rows_pad * s_pad);
+        let block = TaskBlock { a: a.as_slice(), k_pad: d_pad, r0: 0, rows_pad, panels: &k_panels[kv * k_len..][..k_len], acc: scores.as_mut_slice(), ldc: s_pad };
+        // SAFETY: `available()` checked AMX and the tile permission.
+        unsafe { block.run() };
+        // probabilities [rows_pad, s_pad] in bf16, keys past S and rows past the chunk zero
+        let mut p = Aligned::<u16>::reused(rows_pad * s_pad);
+        let avx2 = crate::softmax::avx2_fma_detected();
+        for (r, (dst, row)) in p.as_mut_slice().chunks_exact_mut(s_pad).zip(scores.as_mut_slice().chunks_exact_mut(s_pad)).enumerate() {
+            if r < len {
+                crate::softmax::softmax_scores_row(&mut row[..s], r, scale, None, avx2);
+                // SAFETY: as above.
+                unsafe { pack::round_row_avx512(&row[..s], dst) };
+            } else {
+                dst.fill(0);
+            }
+        }
+        drop(scores);
+        // output [rows_pad, o_cols]
+        let mut o = Aligned::<f32>::reused(rows_pad * o_cols);
+        let block = TaskBlock { a: p.as_slice(), k_pad: s_pad, r0: 0, rows_pad, panels: &v_panels[kv * v_len..][..v_len], acc: o.as_mut_slice(), ldc: o_cols };
+        // SAFETY: as above.
+        unsafe { block.run() };
+        // SAFETY: this task alone owns rows hi * t + t0.. of the [H * T, D] output.
+        unsafe { dst.write(hi * t + t0, len, 0, d, o.as_slice(), o_cols) };
+    });
+}
+
+/// `v [S, D]` as the B panels of the weight `V^T` (`[n = D, k = S]`): panel `j` holds dims
+/// `32j..32j + 32` as `[s_pad / 2][PANEL]` pairs of consecutive keys, zero past S and D.
+fn transposed_panels(v: &[f32], s: usize, d: usize, s_pad: usize, out: &mut [u32]) {
+    let value = |key: usize, dim: usize| if key < s && dim < d { bf16_bits(v[key * d + dim]) as u32 } else { 0 };
+    for (j, panel) in out.chunks_exact_mut(s_pad / 2 * PANEL).enumerate() {
+        for (pair, row) in panel.chunks_exact_mut(PANEL).enumerate() {
+            for (c, slot) in row.iter_mut().enumerate() {
+                let dim = j * PANEL + c;
+                *slot = value(2 * pair, dim) | value(2 * pair + 1, dim) << 16;
+            }
+        }
+    }
+}
