@@ -102,7 +102,7 @@ pub(crate) fn softmax_scores_row(row: &mut [f32], r: usize, scale: f32, causal: 
 
 /// One row in place: `exp((x - max) * scale) / sum`. `scale > 0` keeps the argmax.
 fn softmax_row_in_place(row: &mut [f32], scale: f32, avx2: bool) {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let max = row_max(row);
     #[cfg(target_arch = "x86_64")]
     // SAFETY: `avx2` says AVX2 and FMA were detected at run time.
     let sum = if avx2 { unsafe { avx2::exp_shifted_in_place(row, max, scale) } } else { exp_shifted_in_place(row, max, scale) };
@@ -113,6 +113,22 @@ fn softmax_row_in_place(row: &mut [f32], scale: f32, avx2: bool) {
     };
     let inv = 1.0 / sum;
     row.iter_mut().for_each(|v| *v *= inv);
+}
+
+/// The largest value of `row` (NaNs ignored, as `f32::max` does; -inf for an empty or all-NaN
+/// row), in 16 lanes: a plain `fold(f32::max)` does not vectorise, and was ~2.5% of a 448²
+/// vision encode once attention ran on AMX tiles.
+fn row_max(row: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; 16];
+    let mut chunks = row.chunks_exact(16);
+    for c in &mut chunks {
+        for (l, &v) in lanes.iter_mut().zip(c) {
+            // a select the compiler turns into `maxps` (which also keeps `l` when `v` is NaN)
+            *l = if v > *l { v } else { *l };
+        }
+    }
+    let tail = chunks.remainder().iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    lanes.into_iter().fold(tail, f32::max)
 }
 
 /// Replaces each `v` by `exp((v - max) * scale)` and returns their sum (scalar `expf`).
@@ -204,6 +220,18 @@ mod tests {
     use super::*;
     use crate::ops::max_abs_diff;
     use candle_core::Device;
+
+    #[test]
+    fn row_max_equals_the_plain_fold() {
+        let mut row: Vec<f32> = (0..103).map(|i| ((i * 37) % 101) as f32 - 50.0).collect();
+        for len in [0, 1, 15, 16, 17, 103] {
+            assert_eq!(row_max(&row[..len]), row[..len].iter().copied().fold(f32::NEG_INFINITY, f32::max), "{len} values");
+        }
+        row[20] = f32::NAN;
+        row[90] = 1000.0;
+        assert_eq!(row_max(&row), 1000.0);
+        assert_eq!(row_max(&[f32::NAN; 20]), f32::NEG_INFINITY);
+    }
 
     #[test]
     fn fused_softmax_matches_the_reference_formula() {
