@@ -39,31 +39,38 @@ impl Products {
     }
 }
 
-/// `attention` with the products' precision chosen by the caller: full (non-causal) attention
-/// on f32 inputs with `Products::Bf16` takes the AMX kernel (`amx::attention`) where the CPU
-/// has AMX.
+/// Query rows from which `Products::Bf16` attention takes the AMX kernel (decode steps keep
+/// `decode_attention`).
+const AMX_MIN_QUERY_ROWS: usize = 16;
+
+/// `attention` with the products' precision chosen by the caller: attention of f32 queries
+/// over f32, f16 or bf16 keys and values (a narrower KV cache) with `Products::Bf16` takes the
+/// AMX kernel (`amx::attention`) where the CPU has AMX and there are at least
+/// `AMX_MIN_QUERY_ROWS` query rows.
 pub fn attention_with(q: &Tensor, k: &Tensor, v: &Tensor, causal: Option<usize>, scale: f64, max_score_bytes: usize, products: Products) -> Result<Tensor> {
-    if products == Products::Bf16 && causal.is_none() && crate::amx::available() {
-        if let Some(o) = amx_attention(q, k, v, scale)? {
+    if products == Products::Bf16 && q.dim(1)? >= AMX_MIN_QUERY_ROWS && crate::amx::available() {
+        if let Some(o) = amx_attention(q, k, v, causal, scale)? {
             return Ok(o);
         }
     }
     attention(q, k, v, causal, scale, max_score_bytes)
 }
 
-/// Full attention of contiguous f32 CPU tensors on AMX tiles; `None` for other inputs.
-fn amx_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Option<Tensor>> {
+/// Attention of f32 CPU queries on AMX tiles; `None` for other inputs.
+fn amx_attention(q: &Tensor, k: &Tensor, v: &Tensor, causal: Option<usize>, scale: f64) -> Result<Option<Tensor>> {
     let (h, t, d) = q.dims3()?;
     let (kvh, s, k_dim) = k.dims3()?;
     let fits = kvh > 0 && h % kvh == 0 && s > 0 && t > 0 && k_dim == d && v.dims3()? == (kvh, s, d);
-    let f32_cpu = [q, k, v].iter().all(|x| x.dtype() == DType::F32 && x.device().is_cpu() && x.is_contiguous());
-    if !(fits && f32_cpu) {
+    let cpu = [q, k, v].iter().all(|x| x.device().is_cpu()) && q.dtype() == DType::F32;
+    if !(fits && cpu) {
         return Ok(None);
     }
+    // a narrower cache's visible rows widened once (the kernel rounds them to bf16 anyway)
+    let (k, v) = (k.to_dtype(DType::F32)?, v.to_dtype(DType::F32)?);
     let mut out = vec![0f32; h * t * d];
     crate::ops::with_f32_values(q, |qs| {
-        crate::ops::with_f32_values(k, |ks| {
-            crate::ops::with_f32_values(v, |vs| crate::amx::attention::attention(qs, ks, vs, (h, t, d, kvh, s), scale as f32, &mut out))
+        crate::ops::with_f32_values(&k, |ks| {
+            crate::ops::with_f32_values(&v, |vs| crate::amx::attention::attention(qs, ks, vs, (h, t, d, kvh, s), causal, scale as f32, &mut out))
         })
     })???;
     Ok(Some(Tensor::from_vec(out, (h, t, d), q.device())?))
@@ -162,13 +169,13 @@ fn bf16_heads_matmul_t(a: &Tensor, w: &Tensor) -> Result<Tensor> {
 /// Attention for a batch of sequences whose tokens are stacked on one axis: `q [H, ΣT, D]`,
 /// `k`/`v` `[KVH, ΣT, D]`, sequence `i` owning the next `lens[i]` rows. Each sequence appends its
 /// K/V to its own cache layer and attends causally over it alone -> `[H, ΣT, D]`.
-pub fn batched_cached_attention(q: &Tensor, k: &Tensor, v: &Tensor, lens: &[usize], kvs: &mut [&mut LayerKv], scale: f64) -> Result<Tensor> {
+pub fn batched_cached_attention(q: &Tensor, k: &Tensor, v: &Tensor, lens: &[usize], kvs: &mut [&mut LayerKv], scale: f64, products: Products) -> Result<Tensor> {
     let mut outs = Vec::with_capacity(lens.len());
     let mut row = 0;
     for (&len, kv) in lens.iter().zip(kvs.iter_mut()) {
         let offset = kv.len();
         let (k_all, v_all) = kv.append(&k.narrow(1, row, len)?, &v.narrow(1, row, len)?)?;
-        outs.push(attention(&q.narrow(1, row, len)?.contiguous()?, &k_all, &v_all, Some(offset), scale, DEFAULT_SCORE_BYTES)?);
+        outs.push(attention_with(&q.narrow(1, row, len)?.contiguous()?, &k_all, &v_all, Some(offset), scale, DEFAULT_SCORE_BYTES, products)?);
         row += len;
     }
     Ok(if outs.len() == 1 { outs.pop().unwrap() } else { Tensor::cat(&outs, 1)? })

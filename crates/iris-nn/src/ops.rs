@@ -215,11 +215,16 @@ pub fn dense_forward(x: &Tensor, weight: &Tensor) -> Result<Option<Tensor>> {
         Storage::Cpu(CpuStorage::BF16(v)) => WeightRows::BF16(&v[off..off + len]),
         _ => return Ok(None),
     };
-    let mut out = vec![0f32; m * n];
-    with_f32_values(&x.to_dtype(DType::F32)?, |xs| match rows {
-        WeightRows::BF16(w) if amx => crate::amx::gemm(xs, m, &crate::amx::WeightRows::Bf16(w), n, k, &mut out),
-        WeightRows::BF16(w) if bf16_gemm => crate::bf16_gemm::gemm(xs, m, w, n, k, &mut out),
-        rows => crate::gemv::gemv(xs, m, rows, n, k, &mut out),
+    let out = with_f32_values(&x.to_dtype(DType::F32)?, |xs| match rows {
+        WeightRows::BF16(w) if amx => crate::amx::gemm_vec(xs, m, &crate::amx::WeightRows::Bf16(w), n, k),
+        rows => {
+            let mut out = vec![0f32; m * n];
+            match rows {
+                WeightRows::BF16(w) if bf16_gemm => crate::bf16_gemm::gemm(xs, m, w, n, k, &mut out),
+                rows => crate::gemv::gemv(xs, m, rows, n, k, &mut out),
+            }
+            out
+        }
     })?;
     drop(storage);
     Ok(Some(Tensor::from_vec(out, (m, n), x.device())?.to_dtype(x.dtype())?))

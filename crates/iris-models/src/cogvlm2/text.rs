@@ -12,7 +12,7 @@ use crate::error::{ModelError, Result};
 use candle_core::{DType, Device, Tensor};
 use crate::api::StepInput;
 use crate::common::{logit_rows, split_rows, stacked_positions};
-use iris_nn::attention::batched_cached_attention;
+use iris_nn::attention::{batched_cached_attention, Products};
 use iris_nn::inplace::silu_mul;
 use iris_nn::ops::{Embedding, Linear, RmsNorm};
 use iris_nn::weights::Weights;
@@ -143,6 +143,8 @@ pub struct TextModel {
     cfg: TextConfig,
     dtype: DType,
     device: Device,
+    /// Attention products: bf16 where the linears are quantized (`Products::for_linears`).
+    products: Products,
 }
 
 impl TextModel {
@@ -185,6 +187,7 @@ impl TextModel {
             cfg: cfg.clone(),
             dtype: w.dtype(),
             device: w.device().clone(),
+            products: Products::for_linears(w.linear_format()),
         })
     }
 
@@ -282,7 +285,7 @@ impl TextModel {
         let v = split(nh + nkv, nkv)?.squeeze(0)?;
         drop(qkv);
         // plain causal attention over everything, image tokens included
-        let o = batched_cached_attention(&q, &k, &v, lens, kvs, 1.0 / (hd as f64).sqrt())?;
+        let o = batched_cached_attention(&q, &k, &v, lens, kvs, 1.0 / (hd as f64).sqrt(), self.products)?;
         // [H, T, D] -> [T, H, D] -> [T, C]
         Ok(o.transpose(0, 1)?.contiguous()?.reshape((t, c))?)
     }

@@ -9,7 +9,7 @@ use crate::error::{ModelError, Result};
 use candle_core::{DType, Device, Tensor};
 use crate::api::StepInput;
 use crate::common::{logit_rows, split_rows, stacked_positions};
-use iris_nn::attention::batched_cached_attention;
+use iris_nn::attention::{batched_cached_attention, Products};
 use iris_nn::inplace::silu_mul;
 use iris_nn::ops::{Embedding, Linear, RmsNorm};
 use iris_nn::weights::Weights;
@@ -38,6 +38,8 @@ pub struct TextModel {
     cfg: TextConfig,
     dtype: DType,
     device: Device,
+    /// Attention products: bf16 where the linears are quantized (`Products::for_linears`).
+    products: Products,
 }
 
 impl TextModel {
@@ -81,7 +83,7 @@ impl TextModel {
         let half = hd / 2;
         let base = cfg.rope_theta as f32;
         let inv_freq = (0..half).map(|j| 1.0 / base.powf((2 * j) as f32 / hd as f32)).collect();
-        Ok(Self { embed_tokens, layers, norm, lm_head, inv_freq, cfg: cfg.clone(), dtype: w.dtype(), device: w.device().clone() })
+        Ok(Self { embed_tokens, layers, norm, lm_head, inv_freq, cfg: cfg.clone(), dtype: w.dtype(), device: w.device().clone(), products: Products::for_linears(w.linear_format()) })
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -179,7 +181,7 @@ impl TextModel {
         let k = candle_nn::rotary_emb::rope(&split(nh * hd, nkv)?, cos, sin)?.squeeze(0)?;
         let v = split((nh + nkv) * hd, nkv)?.squeeze(0)?;
         drop(qkv);
-        let o = batched_cached_attention(&q, &k, &v, lens, kvs, 1.0 / (hd as f64).sqrt())?;
+        let o = batched_cached_attention(&q, &k, &v, lens, kvs, 1.0 / (hd as f64).sqrt(), self.products)?;
         // [H, T, D] -> [T, H, D] -> [T, C]
         Ok(o.transpose(0, 1)?.contiguous()?.reshape((t, c))?)
     }

@@ -1,5 +1,5 @@
-//! Full (non-causal) attention on AMX tiles for f32 inputs whose products may be bf16 (the
-//! vision towers of quantized models, `attention::Products::Bf16`): per head, scores `Q K^T` and
+//! Attention (full, or causal for prefill) on AMX tiles for f32 inputs whose products may be
+//! bf16 (models with quantized linears, `attention::Products::Bf16`): per head, scores `Q K^T` and
 //! the weighted sum `P V` as two tile products with the `[T, S]` scores of a query chunk in f32
 //! between them. Q, K and V are rounded to bf16, the scores and softmax stay f32 and the
 //! probabilities are rounded to bf16 for `P V` (PyTorch's bf16 attention rounds the same values).
@@ -11,6 +11,7 @@
 use super::pack::{self, K_STEP, PANEL};
 use super::{Aligned, TaskBlock, WeightRows};
 use crate::bf16_gemm::bf16_bits;
+use crate::softmax::CausalRows;
 use rayon::prelude::*;
 
 /// Score bytes of one query chunk: bounds a task's f32 scores (256 rows of 1024 keys, 32 rows
@@ -20,9 +21,11 @@ const SCORE_CHUNK_BYTES: usize = 1 << 20;
 /// Heads, query rows, head dim, KV heads, keys.
 pub(crate) type AttentionDims = (usize, usize, usize, usize, usize);
 
-/// `q [H, T, D]`, `k`/`v` `[KVH, S, D]` (f32, `H % KVH == 0`), every query seeing every key,
-/// into `out [H, T, D]`. Only call where `super::available()`.
-pub(crate) fn attention(q: &[f32], k: &[f32], v: &[f32], (h, t, d, kvh, s): AttentionDims, scale: f32, out: &mut [f32]) {
+/// `q [H, T, D]`, `k`/`v` `[KVH, S, D]` (f32, `H % KVH == 0`) into `out [H, T, D]`. With
+/// `causal = Some(offset)` query `t` sits at position `offset + t` and sees keys
+/// `0..=offset + t` (each query chunk's products stop at the last key it sees); with `None`
+/// every query sees every key. Only call where `super::available()`.
+pub(crate) fn attention(q: &[f32], k: &[f32], v: &[f32], (h, t, d, kvh, s): AttentionDims, causal: Option<usize>, scale: f32, out: &mut [f32]) {
     assert!(q.len() == h * t * d && k.len() == kvh * s * d && v.len() == k.len() && out.len() == q.len() && kvh > 0 && h % kvh == 0);
     assert!(super::available(), "AMX attention called without AMX");
     let (d_pad, s_pad, o_cols) = (d.next_multiple_of(K_STEP), s.next_multiple_of(K_STEP), d.next_multiple_of(PANEL));
@@ -55,26 +58,33 @@ pub(crate) fn attention(q: &[f32], k: &[f32], v: &[f32], (h, t, d, kvh, s): Atte
             unsafe { pack::round_row_avx512(src, dst) };
         }
         // scores [rows_pad, s_pad] in f32
-        let mut scores = Aligned::<f32>::reused(rows_pad * s_pad);
-        let block = TaskBlock { a: a.as_slice(), k_pad: d_pad, r0: 0, rows_pad, panels: &k_panels[kv * k_len..][..k_len], acc: scores.as_mut_slice(), ldc: s_pad };
+        // the keys this chunk sees: all, or up to its last query's position
+        let seen = causal.map_or(s, |offset| (offset + t0 + len).min(s));
+        let seen_pad = seen.next_multiple_of(K_STEP);
+        let mask = causal.map(|offset| CausalRows { first_position: offset + t0, rows_per_query_block: rows_pad });
+        // scores [rows_pad, seen_pad] in f32
+        let mut scores = Aligned::<f32>::reused(rows_pad * seen_pad);
+        let k_panel_len = d_pad / 2 * PANEL;
+        let block = TaskBlock { a: a.as_slice(), k_pad: d_pad, r0: 0, rows_pad, panels: &k_panels[kv * k_len..][..seen_pad / PANEL * k_panel_len], panel_len: k_panel_len, acc: scores.as_mut_slice(), ldc: seen_pad };
         // SAFETY: `available()` checked AMX and the tile permission.
         unsafe { block.run() };
-        // probabilities [rows_pad, s_pad] in bf16, keys past S and rows past the chunk zero
-        let mut p = Aligned::<u16>::reused(rows_pad * s_pad);
+        // probabilities [rows_pad, seen_pad] in bf16; masked keys, keys past S and rows past the
+        // chunk zero
+        let mut p = Aligned::<u16>::reused(rows_pad * seen_pad);
         let avx2 = crate::softmax::avx2_fma_detected();
-        for (r, (dst, row)) in p.as_mut_slice().chunks_exact_mut(s_pad).zip(scores.as_mut_slice().chunks_exact_mut(s_pad)).enumerate() {
+        for (r, (dst, row)) in p.as_mut_slice().chunks_exact_mut(seen_pad).zip(scores.as_mut_slice().chunks_exact_mut(seen_pad)).enumerate() {
             if r < len {
-                crate::softmax::softmax_scores_row(&mut row[..s], r, scale, None, avx2);
+                crate::softmax::softmax_scores_row(&mut row[..seen], r, scale, mask, avx2);
                 // SAFETY: as above.
-                unsafe { pack::round_row_avx512(&row[..s], dst) };
+                unsafe { pack::round_row_avx512(&row[..seen], dst) };
             } else {
                 dst.fill(0);
             }
         }
         drop(scores);
-        // output [rows_pad, o_cols]
+        // output [rows_pad, o_cols], summing over the keys seen only
         let mut o = Aligned::<f32>::reused(rows_pad * o_cols);
-        let block = TaskBlock { a: p.as_slice(), k_pad: s_pad, r0: 0, rows_pad, panels: &v_panels[kv * v_len..][..v_len], acc: o.as_mut_slice(), ldc: o_cols };
+        let block = TaskBlock { a: p.as_slice(), k_pad: seen_pad, r0: 0, rows_pad, panels: &v_panels[kv * v_len..][..v_len], panel_len: s_pad / 2 * PANEL, acc: o.as_mut_slice(), ldc: o_cols };
         // SAFETY: as above.
         unsafe { block.run() };
         // SAFETY: this task alone owns rows hi * t + t0.. of the [H * T, D] output.

@@ -161,8 +161,26 @@ fn cpu_and_os_support() -> bool {
 
 /// `out[r * n + o] = sum_i x[r * k + i] * W[o, i]` for `m` rows of `x` (any `m`, any `k`).
 /// Only call where `available()`.
+#[cfg(test)]
 pub(crate) fn gemm(x: &[f32], m: usize, w: &WeightRows, n: usize, k: usize, out: &mut [f32]) {
-    assert!(x.len() == m * k && out.len() == m * n, "AMX GEMM operands: x {} values for [{m}, {k}], out {} for [{m}, {n}]", x.len(), out.len());
+    assert_eq!(out.len(), m * n, "AMX GEMM output for [{m}, {n}]");
+    gemm_into(x, m, w, n, k, ColumnTiles::new(out, m, n));
+}
+
+/// `gemm` into a new `[m, n]` buffer, written once (never zeroed first).
+pub(crate) fn gemm_vec(x: &[f32], m: usize, w: &WeightRows, n: usize, k: usize) -> Vec<f32> {
+    let mut out = Vec::<f32>::with_capacity(m * n);
+    // SAFETY: the capacity holds m * n values; `gemm_into` writes every one of them (its tasks
+    // cover all columns, each for all rows) before `set_len` exposes them.
+    unsafe {
+        gemm_into(x, m, w, n, k, ColumnTiles::for_uninit(out.as_mut_ptr(), m, n));
+        out.set_len(m * n);
+    }
+    out
+}
+
+fn gemm_into(x: &[f32], m: usize, w: &WeightRows, n: usize, k: usize, dst: ColumnTiles) {
+    assert!(x.len() == m * k, "AMX GEMM operands: x {} values for [{m}, {k}]", x.len());
     assert!(available(), "AMX GEMM called without AMX");
     if m == 0 || n == 0 {
         return;
@@ -177,7 +195,6 @@ pub(crate) fn gemm(x: &[f32], m: usize, w: &WeightRows, n: usize, k: usize, out:
     let panels = n.div_ceil(PANEL);
     // at least four tasks per thread when the weight is wide enough, so that no thread idles
     let per_task = panels.div_ceil(4 * rayon::current_num_threads()).clamp(1, COL_BLOCK / PANEL);
-    let dst = ColumnTiles::new(out, m, n);
     (0..panels.div_ceil(per_task)).into_par_iter().for_each(|t| {
         let (p0, count) = (t * per_task, per_task.min(panels - t * per_task));
         // this task's columns, packed: [count][k_pad / 2][PANEL] pairs
@@ -192,7 +209,7 @@ pub(crate) fn gemm(x: &[f32], m: usize, w: &WeightRows, n: usize, k: usize, out:
         let mut acc = Aligned::<f32>::reused(ROW_BLOCK.min(m_pad) * ldc);
         for r0 in (0..m_pad).step_by(ROW_BLOCK) {
             let rows_pad = ROW_BLOCK.min(m_pad - r0);
-            let block = TaskBlock { a: a.as_slice(), k_pad, r0, rows_pad, panels: packed.as_slice(), acc: &mut acc.as_mut_slice()[..rows_pad * ldc], ldc };
+            let block = TaskBlock { a: a.as_slice(), k_pad, r0, rows_pad, panels: packed.as_slice(), panel_len, acc: &mut acc.as_mut_slice()[..rows_pad * ldc], ldc };
             // SAFETY: `available()` checked AMX and the tile permission.
             unsafe { block.run() };
             // SAFETY: this task alone owns columns first..first + cols of the output.
@@ -203,11 +220,15 @@ pub(crate) fn gemm(x: &[f32], m: usize, w: &WeightRows, n: usize, k: usize, out:
 
 /// One task's share: rows `r0..r0 + rows_pad` of the padded activations against `panels`.
 struct TaskBlock<'a> {
+    /// bf16 activation rows, `k_pad` apart.
     a: &'a [u16],
+    /// The k values the product sums over (a multiple of `K_STEP`).
     k_pad: usize,
     r0: usize,
     rows_pad: usize,
+    /// `ldc / PANEL` panels, `panel_len` u32 apart, each at least `k_pad / 2` pair rows.
     panels: &'a [u32],
+    panel_len: usize,
     acc: &'a mut [f32],
     ldc: usize,
 }
@@ -217,9 +238,10 @@ impl TaskBlock<'_> {
     /// AMX must be `available()`.
     #[cfg(target_arch = "x86_64")]
     unsafe fn run(self) {
-        let panel_len = self.k_pad / 2 * PANEL;
+        let panel_len = self.panel_len;
         assert!(self.a.len() >= (self.r0 + self.rows_pad) * self.k_pad && self.acc.len() == self.rows_pad * self.ldc);
-        assert!(self.panels.len() == self.ldc / PANEL * panel_len && self.rows_pad.is_multiple_of(MICRO));
+        assert!(panel_len >= self.k_pad / 2 * PANEL && self.panels.len() >= (self.ldc / PANEL).saturating_sub(1) * panel_len + self.k_pad / 2 * PANEL);
+        assert!(self.rows_pad.is_multiple_of(MICRO) && self.ldc.is_multiple_of(PANEL));
         // SAFETY: per the contract; every block's A rows, panel slice and accumulators are inside
         // the slices asserted above.
         unsafe {

@@ -134,20 +134,22 @@ fn amx_attention_matches_the_slow_formula_on_rounded_inputs() {
     }
     // (H, KVH, T, S, D): head dims past and below a tile step, keys and queries off the 32 grid,
     // grouped KV heads, and enough keys for 32-row query chunks
-    for (h, kvh, t, s, d) in [(2, 2, 5, 7, 16), (4, 2, 70, 45, 80), (2, 1, 300, 300, 64), (1, 1, 40, 9000, 112)] {
+    // causal: a prompt from the start (offset 0) and a chunk after cached tokens (T < S)
+    let cases = [(2, 2, 5, 7, 16, None), (4, 2, 70, 45, 80, None), (2, 1, 300, 300, 64, None), (1, 1, 40, 9000, 112, None), (6, 2, 300, 300, 128, Some(0)), (4, 2, 50, 120, 64, Some(70))];
+    for (h, kvh, t, s, d, causal) in cases {
         let round = |x: Vec<f32>| -> Vec<f32> { x.into_iter().map(|v| bf16::from_f32(v).to_f32()).collect() };
         let q = round(values(h * t * d, 31).into_iter().map(|v| 3.0 * v).collect());
         let (k, v) = (round(values(kvh * s * d, 37)), round(values(kvh * s * d, 41)));
         let scale = 1.0 / (d as f32).sqrt();
         let mut out = vec![f32::NAN; h * t * d];
-        attention::attention(&q, &k, &v, (h, t, d, kvh, s), scale, &mut out);
+        attention::attention(&q, &k, &v, (h, t, d, kvh, s), causal, scale, &mut out);
         let dev = Device::Cpu;
         let tensor = |x: &[f32], heads: usize, rows: usize| Tensor::from_slice(x, (heads, rows, d), &dev).unwrap();
-        let slow = crate::attention::attention_slow(&tensor(&q, h, t), &tensor(&k, kvh, s), &tensor(&v, kvh, s), None, scale as f64).unwrap();
+        let slow = crate::attention::attention_slow(&tensor(&q, h, t), &tensor(&k, kvh, s), &tensor(&v, kvh, s), causal, scale as f64).unwrap();
         let slow: Vec<f32> = slow.flatten_all().unwrap().to_vec1().unwrap();
         let err = out.iter().zip(&slow).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
         // probabilities rounded to bf16 (2^-9 relative) against |v| <= 1
-        println!("AMX attention H {h} KVH {kvh} T {t} S {s} D {d}: max |diff| {err:.2e}");
+        println!("AMX attention H {h} KVH {kvh} T {t} S {s} D {d} causal {causal:?}: max |diff| {err:.2e}");
         assert!(err < 4e-3, "{err:e}");
     }
 }

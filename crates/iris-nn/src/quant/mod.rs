@@ -421,8 +421,7 @@ impl QuantizedMatrix {
             return Ok(Tensor::from_vec(out, (m, self.n), x.device())?);
         }
         if amx && x.device().is_cpu() {
-            let mut out = vec![0f32; m * self.n];
-            with_f32_values(&x, |xs| crate::amx::gemm(xs, m, &crate::amx::WeightRows::Quantized(self), self.n, self.k, &mut out))?;
+            let out = with_f32_values(&x, |xs| crate::amx::gemm_vec(xs, m, &crate::amx::WeightRows::Quantized(self), self.n, self.k))?;
             return Ok(Tensor::from_vec(out, (m, self.n), x.device())?);
         }
         if gemm::available() && x.device().is_cpu() {
