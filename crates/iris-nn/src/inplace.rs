@@ -283,7 +283,7 @@ mod avx512 {
                 let a = _mm512_mul_ps(_mm512_abs_ps(v), _mm512_set1_ps(std::f32::consts::FRAC_1_SQRT_2));
                 let t = _mm512_div_ps(_mm512_set1_ps(1.0), _mm512_fmadd_ps(a, _mm512_set1_ps(0.327_591_1), _mm512_set1_ps(1.0)));
                 let mut p = _mm512_set1_ps(1.061_405_4);
-                for coefficient in [-1.453_152_0, 1.421_413_7, -0.284_496_74, 0.254_829_6] {
+                for coefficient in [-1.453_152, 1.421_413_7, -0.284_496_74, 0.254_829_6] {
                     p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(coefficient));
                 }
                 let minus_a2 = _mm512_mul_ps(_mm512_sub_ps(_mm512_setzero_ps(), a), a);
