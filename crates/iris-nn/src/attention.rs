@@ -47,10 +47,14 @@ const AMX_MIN_QUERY_ROWS: usize = 16;
 /// over f32, f16 or bf16 keys and values (a narrower KV cache) with `Products::Bf16` takes the
 /// AMX kernel (`amx::attention`) where the CPU has AMX and there are at least
 /// `AMX_MIN_QUERY_ROWS` query rows.
+/// bf16 queries take it whatever `products` says: their products are bf16 on every path (the
+/// kernel widens them to f32 and rounds them back exactly, and rounds the probabilities to bf16
+/// as `flash_attention_bf16` does).
 pub fn attention_with(q: &Tensor, k: &Tensor, v: &Tensor, causal: Option<usize>, scale: f64, max_score_bytes: usize, products: Products) -> Result<Tensor> {
-    if products == Products::Bf16 && q.dim(1)? >= AMX_MIN_QUERY_ROWS && crate::amx::available() {
-        if let Some(o) = amx_attention(q, k, v, causal, scale)? {
-            return Ok(o);
+    let bf16_products = products == Products::Bf16 || q.dtype() == DType::BF16;
+    if bf16_products && q.dim(1)? >= AMX_MIN_QUERY_ROWS && crate::amx::available() {
+        if let Some(o) = amx_attention(&q.to_dtype(DType::F32)?, k, v, causal, scale)? {
+            return Ok(o.to_dtype(q.dtype())?);
         }
     }
     attention(q, k, v, causal, scale, max_score_bytes)
