@@ -124,7 +124,6 @@ fn amx_gemm_is_close_to_the_f32_product() {
     assert!(worst < 4e-3, "{worst:e}");
 }
 
-
 #[test]
 fn amx_attention_matches_the_slow_formula_on_rounded_inputs() {
     use candle_core::{Device, Tensor};
