@@ -52,8 +52,8 @@ impl Plain for f32 {}
 
 /// A buffer of `len` values starting on a cache-line boundary. Tile rows that straddle two
 /// lines made tile loads and stores ~6x slower on the Xeon VM (16 against 2.4 ns a load).
-/// Buffers come from and go back to `POOL`: fresh ones page-faulted on every product (a
-/// `[1024, 5120]` activation copy took 1.6-2.8 ms instead of ~0.3).
+/// Small buffers (packed panels, accumulators, attention scores) come from and go back to
+/// `POOL`, so they come back warm; large ones go back to the allocator.
 struct Aligned<T: Plain> {
     lines: Vec<CacheLine>,
     len: usize,
@@ -62,11 +62,12 @@ struct Aligned<T: Plain> {
 
 /// Released buffers, for the next products.
 static POOL: std::sync::Mutex<Vec<Vec<CacheLine>>> = std::sync::Mutex::new(Vec::new());
-/// Buffers the pool keeps, and the largest it keeps (bytes): a product's threads hold up to
-/// eight at once (attention: packed K and V, and per task Q, scores, probabilities, output),
-/// the largest ~10 MiB for Qwen2-VL.
+/// Buffers the pool keeps, and the bytes it keeps in all. Keeping everything (up to 32 MiB a
+/// buffer: the 10 MiB bf16 activations of a vision fc2 among them) held ~25 MB more at the peak,
+/// putting peak RSS at the 1.15x-of-weights budget line, and measured no faster end to end
+/// than this 4 MiB (448² q8_0 vision 1.71-1.76 s, q4k peak RSS 1.136x the weights).
 const POOL_BUFFERS: usize = 16;
-const POOL_MAX_BYTES: usize = 32 << 20;
+const POOL_MAX_BYTES: usize = 4 << 20;
 
 impl<T: Plain> Aligned<T> {
     /// `len` values left from earlier use (any bits are valid values): the caller writes
@@ -99,7 +100,8 @@ impl<T: Plain> Drop for Aligned<T> {
     fn drop(&mut self) {
         let lines = std::mem::take(&mut self.lines);
         let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
-        if pool.len() < POOL_BUFFERS && lines.len() * 64 <= POOL_MAX_BYTES {
+        let held: usize = pool.iter().map(|b| b.len() * 64).sum();
+        if pool.len() < POOL_BUFFERS && held + lines.len() * 64 <= POOL_MAX_BYTES {
             pool.push(lines);
         }
     }
