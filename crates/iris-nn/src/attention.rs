@@ -64,7 +64,7 @@ pub fn attention_with(q: &Tensor, k: &Tensor, v: &Tensor, causal: Option<usize>,
 fn amx_attention(q: &Tensor, k: &Tensor, v: &Tensor, causal: Option<usize>, scale: f64) -> Result<Option<Tensor>> {
     let (h, t, d) = q.dims3()?;
     let (kvh, s, k_dim) = k.dims3()?;
-    let fits = kvh > 0 && h % kvh == 0 && s > 0 && t > 0 && k_dim == d && v.dims3()? == (kvh, s, d);
+    let fits = kvh > 0 && h % kvh == 0 && s > 0 && t > 0 && d > 0 && k_dim == d && v.dims3()? == (kvh, s, d);
     let cpu = [q, k, v].iter().all(|x| x.device().is_cpu()) && q.dtype() == DType::F32;
     if !(fits && cpu) {
         return Ok(None);

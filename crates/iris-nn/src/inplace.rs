@@ -183,7 +183,7 @@ pub fn quick_gelu(x: Tensor) -> Result<Tensor> {
     };
     #[cfg(target_arch = "x86_64")]
     if vector_activations() && in_place_ok(&x, DType::F32) {
-        // SAFETY: `vector_sigmoid` checked AVX-512F.
+        // SAFETY: `vector_activations` checked AVX-512F.
         x.inplace_op1(&ChunkMap { name: "quick-gelu-avx512", f: |c: &mut [f32]| unsafe { avx512::quick_gelu(c) } })?;
         return Ok(x);
     }
@@ -341,7 +341,7 @@ impl InplaceOp2 for SiluMul {
             #[cfg(target_arch = "x86_64")]
             (CpuStorage::F32(g), CpuStorage::F32(u)) if vector_activations() => {
                 let (g, u) = (&mut g[span(l1)], &u[span(l2)]);
-                // SAFETY: `vector_sigmoid` checked AVX-512F.
+                // SAFETY: `vector_activations` checked AVX-512F.
                 g.par_chunks_mut(CHUNK).zip(u.par_chunks(CHUNK)).for_each(|(g, u)| unsafe { avx512::silu_mul(g, u) });
             }
             (CpuStorage::F32(g), CpuStorage::F32(u)) => zip_in_place(&mut g[span(l1)], &u[span(l2)], silu_mul_scalar),
@@ -424,7 +424,7 @@ mod tests {
         let x: Vec<f32> = (0..20_001).map(|i| (i as f32 - 10_000.0) * 0.01).chain([-1e4, -88.0, -87.0, 0.0, -0.0, 87.0, 1e4]).collect();
         let (mut fast, mut g) = (x.clone(), x.clone());
         let u: Vec<f32> = x.iter().map(|v| 0.5 - v * 0.01).collect();
-        // SAFETY: `vector_sigmoid` checked AVX-512F.
+        // SAFETY: `vector_activations` checked AVX-512F.
         unsafe {
             avx512::quick_gelu(&mut fast);
             avx512::silu_mul(&mut g, &u);

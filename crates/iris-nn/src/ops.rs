@@ -194,8 +194,9 @@ impl Embedding {
 }
 
 /// `x [m, K] x W^T` through Iris's own dense CPU kernels: the bandwidth-bound GEMV for
-/// decode-sized inputs (any float weight) and, for more rows of a bf16 weight, the AVX512-BF16
-/// GEMM (`bf16_gemm`); `None` when the shapes, storage or CPU call for the general matmul.
+/// decode-sized inputs (any float weight) and, for more rows of a bf16 weight, the AMX GEMM
+/// (`amx`) or else the AVX512-BF16 GEMM (`bf16_gemm`); `None` when the shapes, storage or CPU
+/// call for the general matmul.
 pub fn dense_forward(x: &Tensor, weight: &Tensor) -> Result<Option<Tensor>> {
     use crate::gemv::WeightRows;
     use candle_core::{CpuStorage, Storage};

@@ -4,8 +4,8 @@
 //! Why not candle's `softmax_last_dim`: it calls scalar `expf` once per score, which at vision
 //! lengths is most of attention's time (a 9217-token CogVLM2 ViT layer exponentiates 1.36 G
 //! scores), and the scale and the mask each cost another full pass and buffer. Here one pass
-//! finds the row maximum and one computes `exp` eight lanes at a time (AVX2+FMA, a Cephes-style
-//! polynomial within ~2 ulp of `expf`) and normalises. Mirrors `torch.softmax(x * scale + mask,
+//! finds the row maximum and one computes `exp` 16 lanes at a time on AVX-512F, eight on AVX2+FMA
+//! (a Cephes-style polynomial within ~2 ulp of `expf`) and normalises. Mirrors `torch.softmax(x * scale + mask,
 //! -1)` in f32; `softmax_slow` is that formula in candle ops, and the tests compare the two.
 
 use crate::error::Result;
@@ -165,7 +165,8 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn exp_nonpositive(x: __m256) -> __m256 {
         let underflow = _mm256_cmp_ps::<_CMP_LT_OQ>(x, _mm256_set1_ps(-87.3));
-        let x = _mm256_max_ps(x, _mm256_set1_ps(-87.3));
+        // the clamp first: `max` returns its second operand for NaN, so a NaN lane stays NaN
+        let x = _mm256_max_ps(_mm256_set1_ps(-87.3), x);
         let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)));
         // ln2 split in two for an exact-enough reduction
         let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
@@ -213,7 +214,8 @@ pub(crate) mod avx512 {
     #[inline(always)]
     pub(crate) unsafe fn exp_nonpositive(x: __m512) -> __m512 {
         let underflow = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, _mm512_set1_ps(-87.3));
-        let x = _mm512_max_ps(x, _mm512_set1_ps(-87.3));
+        // the clamp first: `max` returns its second operand for NaN, so a NaN lane stays NaN
+        let x = _mm512_max_ps(_mm512_set1_ps(-87.3), x);
         let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)));
         // ln2 split in two for an exact-enough reduction
         let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_359_4), x);

@@ -1,6 +1,6 @@
-//! The `[m, n]` output of a GEMM whose parallel tasks each own a range of columns: every task
-//! computes small `[rows, cols]` tiles and writes them straight into place, so the output is
-//! never collected per task and concatenated (which held it twice).
+//! The `[m, n]` output of a GEMM whose parallel tasks each own a region of it (a range of
+//! columns, or of rows): every task computes small `[rows, cols]` tiles and writes them straight
+//! into place, so the output is never collected per task and concatenated (which held it twice).
 
 /// Raw pointer to a row-major `[m, n]` f32 output shared by the tasks of one parallel loop.
 #[derive(Clone, Copy)]
@@ -10,8 +10,8 @@ pub(crate) struct ColumnTiles {
     n: usize,
 }
 
-// SAFETY: tasks write disjoint column ranges (the contract of `write`), and the buffer outlives
-// the parallel loop that shares it (it is borrowed for `new`'s caller's whole scope).
+// SAFETY: tasks write disjoint regions (the contract of `write`), and the buffer outlives the
+// parallel loop that shares it (it is borrowed for `new`'s caller's whole scope).
 unsafe impl Send for ColumnTiles {}
 unsafe impl Sync for ColumnTiles {}
 
@@ -35,14 +35,15 @@ impl ColumnTiles {
     /// a row-major tile with `stride` values per row.
     ///
     /// # Safety
-    /// No other task may read or write these columns while the output is shared, and the buffer
-    /// given to `new` must still be alive.
+    /// No other task may read or write this region while the output is shared, and the buffer
+    /// given to `new` (or `for_uninit`) must still be alive.
     pub unsafe fn write(self, row: usize, rows: usize, first: usize, cols: usize, tile: &[f32], stride: usize) {
         assert!(row + rows <= self.m && first + cols <= self.n && cols <= stride && (rows == 0 || tile.len() >= (rows - 1) * stride + cols));
         for r in 0..rows {
-            // SAFETY: in bounds (asserted above); exclusive per the caller's contract.
-            let dst = unsafe { std::slice::from_raw_parts_mut(self.ptr.add((row + r) * self.n + first), cols) };
-            dst.copy_from_slice(&tile[r * stride..r * stride + cols]);
+            let src = &tile[r * stride..r * stride + cols];
+            // SAFETY: in bounds (asserted above); exclusive per the caller's contract. A raw copy,
+            // not a slice: the destination may not be initialised yet (`for_uninit`).
+            unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr.add((row + r) * self.n + first), cols) };
         }
     }
 }

@@ -10,11 +10,12 @@
 //! activations; the VNNI GEMM uses int8 activations in blocks of 32 instead (coarser: 1/254 of a
 //! block's largest value). Tiles flush bf16 denormals to zero.
 //!
-//! Blocking: the weight is packed, a chunk of columns at a time (`CHUNK_BYTES`), into panels of
-//! 32 columns in the B tiles' pair layout (`pack`); the activations once, as zero-padded bf16
-//! rows. A task owns `ROW_BLOCK x COL_BLOCK` outputs and walks K in `K_BLOCK` slices (its A and B
-//! slices, 256 KiB each, stay in L2; one 32-row A slice, 32 KiB, in L1 across the panels),
-//! running 32 x 32 blocks of 2 x 2 tiles (`tiles::block_2x2`) into an f32 accumulator.
+//! Blocking: the weight is packed into panels of 32 columns in the B tiles' pair layout
+//! (`pack`), each task packing its own columns; the activations once, as zero-padded bf16 rows.
+//! A task owns up to `COL_BLOCK` columns of every row: it packs them, then for each pass of
+//! `ROW_BLOCK` rows walks K in `K_BLOCK` slices (its A and B slices stay in L2; one 32-row A
+//! slice, 32 KiB, in L1 across the panels), running 32 x 32 blocks of 2 x 2 tiles
+//! (`tiles::block_2x2`) into an f32 accumulator.
 //!
 //! Rust has no stable AMX intrinsics (the tile code is inline assembly), and Linux hands out
 //! the 8 KiB tile state only to processes that ask (`arch_prctl(ARCH_REQ_XCOMP_PERM)`).
@@ -108,6 +109,15 @@ impl<T: Plain> Drop for Aligned<T> {
 }
 
 impl WeightRows<'_> {
+    /// Whether the weight is `[n, k]`: the packers read it by raw pointers on that promise.
+    fn holds(&self, n: usize, k: usize) -> bool {
+        match self {
+            WeightRows::Quantized(q) => q.dims() == (n, k),
+            WeightRows::Bf16(v) => v.len() == n * k,
+            WeightRows::F32(v) => v.len() == n * k,
+        }
+    }
+
     /// A q8_0 weight's int8 quants `[n * k]` and scales `[n * k / 32]`.
     fn q8_0(&self) -> Option<(&[i8], &[half::f16])> {
         match self {
@@ -171,18 +181,24 @@ pub(crate) fn gemm(x: &[f32], m: usize, w: &WeightRows, n: usize, k: usize, out:
 
 /// `gemm` into a new `[m, n]` buffer, written once (never zeroed first).
 pub(crate) fn gemm_vec(x: &[f32], m: usize, w: &WeightRows, n: usize, k: usize) -> Vec<f32> {
-    let mut out = Vec::<f32>::with_capacity(m * n);
+    let len = m.checked_mul(n).expect("AMX GEMM output size overflows");
+    if k == 0 {
+        return vec![0.0; len];
+    }
+    let mut out = Vec::<f32>::with_capacity(len);
     // SAFETY: the capacity holds m * n values; `gemm_into` writes every one of them (its tasks
     // cover all columns, each for all rows) before `set_len` exposes them.
     unsafe {
         gemm_into(x, m, w, n, k, ColumnTiles::for_uninit(out.as_mut_ptr(), m, n));
-        out.set_len(m * n);
+        out.set_len(len);
     }
     out
 }
 
 fn gemm_into(x: &[f32], m: usize, w: &WeightRows, n: usize, k: usize, dst: ColumnTiles) {
     assert!(x.len() == m * k, "AMX GEMM operands: x {} values for [{m}, {k}]", x.len());
+    assert!(w.holds(n, k), "AMX GEMM weight is not [{n}, {k}]");
+    assert!(k > 0, "AMX GEMM over zero features");
     assert!(available(), "AMX GEMM called without AMX");
     if m == 0 || n == 0 {
         return;
@@ -243,7 +259,7 @@ impl TaskBlock<'_> {
         let panel_len = self.panel_len;
         assert!(self.a.len() >= (self.r0 + self.rows_pad) * self.k_pad && self.acc.len() == self.rows_pad * self.ldc);
         assert!(panel_len >= self.k_pad / 2 * PANEL && self.panels.len() >= (self.ldc / PANEL).saturating_sub(1) * panel_len + self.k_pad / 2 * PANEL);
-        assert!(self.rows_pad.is_multiple_of(MICRO) && self.ldc.is_multiple_of(PANEL));
+        assert!(self.rows_pad.is_multiple_of(MICRO) && self.ldc.is_multiple_of(PANEL) && self.k_pad > 0 && self.k_pad.is_multiple_of(K_STEP));
         // SAFETY: per the contract; every block's A rows, panel slice and accumulators are inside
         // the slices asserted above.
         unsafe {

@@ -55,15 +55,28 @@ pub(super) fn panel_scalar(w: &WeightRows, n: usize, k: usize, first: usize, row
 #[cfg(target_arch = "x86_64")]
 pub(super) use x86::{panel_avx512, round_row_avx512};
 
+/// Elsewhere the AMX paths never run (`super::available()` is false); these keep them compiling.
+#[cfg(not(target_arch = "x86_64"))]
+pub(super) unsafe fn round_row_avx512(_src: &[f32], _dst: &mut [u16]) {
+    unreachable!("AMX is x86-64 only")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+pub(super) unsafe fn panel_avx512(_w: &WeightRows, _n: usize, _k: usize, _first: usize, _scratch: &mut [f32], _panel: &mut [u32]) {
+    unreachable!("AMX is x86-64 only")
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::{weight_column, WeightRows, K_STEP, PANEL};
     use std::arch::x86_64::*;
 
-    /// `round_row_scalar` with `vcvtneps2bf16` (round to nearest even, as `bf16_bits`).
+    /// `round_row_scalar` with `vcvtneps2bf16` (round to nearest even, as `bf16_bits`, for
+    /// normal values; the instruction flushes denormals to zero, as the tiles treat bf16
+    /// denormals anyway).
     ///
     /// # Safety
-    /// The CPU must have AVX-512 F and BF16.
+    /// The CPU must have AVX-512 F, BF16 and VL.
     #[target_feature(enable = "avx512f,avx512bf16,avx512vl")]
     pub unsafe fn round_row_avx512(src: &[f32], dst: &mut [u16]) {
         assert!(dst.len() >= src.len());
@@ -87,8 +100,9 @@ mod x86 {
     /// rows ran at ~3 cycles a weight: packing took longer than the product.)
     ///
     /// # Safety
-    /// The CPU must have AVX-512 F and BF16; `scratch.len()` is `16 * k_pad`, `k_pad` a multiple
-    /// of `K_STEP` and at least `k`, and `panel.len()` is `k_pad / 2 * PANEL`.
+    /// The CPU must have AVX-512 F, BF16 and F16C; the weight holds `n * k` values (`[n, k]`);
+    /// `scratch.len()` is `16 * k_pad`, `k_pad` a multiple of `K_STEP` and at least `k`, and
+    /// `panel.len()` is `k_pad / 2 * PANEL`.
     #[target_feature(enable = "avx512f,avx512bf16,f16c")]
     pub unsafe fn panel_avx512(w: &WeightRows, n: usize, k: usize, first: usize, scratch: &mut [f32], panel: &mut [u32]) {
         let k_pad = scratch.len() / 16;

@@ -1,6 +1,8 @@
 //! The AMX tile instructions the GEMM uses, as inline assembly: Rust has no stable AMX
-//! intrinsics. Tile registers are never touched by compiled code, so tile contents survive
-//! from one `asm!` block to the next on the same thread.
+//! intrinsics. Each block declares the tile registers it writes as clobbered; compiled code
+//! never uses them, so tile contents survive from one `asm!` block to the next on the same
+//! thread (between `configure` and `release` the callers make no other call that could run
+//! AMX code, rayon tasks included).
 //!
 //! Shapes (one configuration for the whole GEMM): every tile is 16 rows of 64 bytes.
 //!   tmm0-3  C: 16 x 16 f32 accumulators, a 32 x 32 output block as 2 x 2 tiles;
@@ -39,7 +41,7 @@ pub(super) unsafe fn configure() {
         cfg.rows[t] = TILE_ROWS as u8;
     }
     // SAFETY: per the caller's contract; `cfg` is a valid, aligned palette-1 configuration.
-    unsafe { asm!("ldtilecfg [{}]", in(reg) &cfg as *const TileConfig, options(nostack, readonly, preserves_flags)) };
+    unsafe { asm!("ldtilecfg [{}]", in(reg) &cfg as *const TileConfig, out("tmm0") _, out("tmm1") _, out("tmm2") _, out("tmm3") _, out("tmm4") _, out("tmm5") _, out("tmm6") _, out("tmm7") _, options(nostack, readonly, preserves_flags)) };
 }
 
 /// Returns the tile state to its initial (unused) state, so context switches stop saving it.
@@ -48,7 +50,7 @@ pub(super) unsafe fn configure() {
 /// As for `configure`.
 pub(super) unsafe fn release() {
     // SAFETY: per the caller's contract.
-    unsafe { asm!("tilerelease", options(nostack, nomem, preserves_flags)) };
+    unsafe { asm!("tilerelease", out("tmm0") _, out("tmm1") _, out("tmm2") _, out("tmm3") _, out("tmm4") _, out("tmm5") _, out("tmm6") _, out("tmm7") _, options(nostack, nomem, preserves_flags)) };
 }
 
 /// One 32 x 32 output block over `steps` k steps of 32:
@@ -74,10 +76,11 @@ pub(super) unsafe fn block_2x2(a: *const u16, lda: usize, b: *const u32, steps: 
                 "tileloadd tmm2, [{c10} + {s}*1]",
                 "tileloadd tmm3, [{c11} + {s}*1]",
                 c00 = in(reg) c, c01 = in(reg) c01, c10 = in(reg) c10, c11 = in(reg) c11, s = in(reg) ldc_bytes,
+                out("tmm0") _, out("tmm1") _, out("tmm2") _, out("tmm3") _,
                 options(nostack, readonly, preserves_flags)
             );
         } else {
-            asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem, preserves_flags));
+            asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", out("tmm0") _, out("tmm1") _, out("tmm2") _, out("tmm3") _, options(nostack, nomem, preserves_flags));
         }
         let a_low = a;
         let a_high = a.add(16 * lda);
@@ -99,6 +102,7 @@ pub(super) unsafe fn block_2x2(a: *const u16, lda: usize, b: *const u32, steps: 
                 b1 = in(reg) b.add(s * 16 * 32 + 16),
                 sa = in(reg) lda_bytes,
                 sb = in(reg) ldb_bytes,
+                out("tmm0") _, out("tmm1") _, out("tmm2") _, out("tmm3") _, out("tmm4") _, out("tmm5") _, out("tmm6") _, out("tmm7") _,
                 options(nostack, readonly, preserves_flags)
             );
         }
