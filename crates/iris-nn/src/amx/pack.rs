@@ -14,6 +14,7 @@ pub(super) const PANEL: usize = 32;
 pub(super) const K_STEP: usize = 32;
 
 /// `src` (`k` f32) rounded to bf16 into `dst` (`k_pad >= k` values, the rest zero).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(super) fn round_row_scalar(src: &[f32], dst: &mut [u16]) {
     let (head, pad) = dst.split_at_mut(src.len());
     for (d, &v) in head.iter_mut().zip(src) {
@@ -23,6 +24,7 @@ pub(super) fn round_row_scalar(src: &[f32], dst: &mut [u16]) {
 }
 
 /// Column `col`'s weights as f32 into `row` (`k_pad` values, zero past `k`); zero past `n`.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 fn weight_column(w: &WeightRows, n: usize, k: usize, col: usize, row: &mut [f32]) {
     if col >= n {
         row.fill(0.0);
