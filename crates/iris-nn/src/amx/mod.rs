@@ -119,6 +119,7 @@ impl WeightRows<'_> {
     }
 
     /// A q8_0 weight's int8 quants `[n * k]` and scales `[n * k / 32]`.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     fn q8_0(&self) -> Option<(&[i8], &[half::f16])> {
         match self {
             WeightRows::Quantized(q) => q.q8_0_parts(),
@@ -134,6 +135,7 @@ const ROW_BLOCK: usize = 256;
 /// Most output columns per task.
 const COL_BLOCK: usize = 256;
 /// k values per slice of a task's walk over K.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const K_BLOCK: usize = 512;
 
 /// Whether many-row products take the AMX GEMM: on CPUs with AMX-TILE, AMX-BF16 and
@@ -237,6 +239,7 @@ fn gemm_into(x: &[f32], m: usize, w: &WeightRows, n: usize, k: usize, dst: Colum
 }
 
 /// One task's share: rows `r0..r0 + rows_pad` of the padded activations against `panels`.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 struct TaskBlock<'a> {
     /// bf16 activation rows, `k_pad` apart.
     a: &'a [u16],
