@@ -146,7 +146,7 @@ impl<F: Fn(&mut [f32]) + Sync + Send> InplaceOp1 for ChunkMap<F> {
     }
 }
 
-/// Whether the f32 sigmoids take the AVX-512 kernels.
+/// Whether the f32 activations (sigmoids, erf GELU) take the AVX-512 kernels.
 fn vector_activations() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| {

@@ -204,8 +204,8 @@ pub fn dense_forward(x: &Tensor, weight: &Tensor) -> Result<Option<Tensor>> {
     let n = weight.dim(0)?;
     let gemv = m <= crate::gemv::MAX_ROWS;
     let amx = !gemv && weight.dtype() == DType::BF16 && crate::amx::available();
-    let bf16_gemm = !gemv && weight.dtype() == DType::BF16 && (amx || crate::bf16_gemm::available());
-    if m == 0 || !(gemv || bf16_gemm) || !x.device().is_cpu() || !weight.is_contiguous() || weight.dim(1)? != k {
+    let bf16_gemm = !gemv && weight.dtype() == DType::BF16 && !amx && crate::bf16_gemm::available();
+    if m == 0 || !(gemv || amx || bf16_gemm) || !x.device().is_cpu() || !weight.is_contiguous() || weight.dim(1)? != k {
         return Ok(None);
     }
     let (storage, layout) = weight.storage_and_layout();
@@ -216,16 +216,17 @@ pub fn dense_forward(x: &Tensor, weight: &Tensor) -> Result<Option<Tensor>> {
         Storage::Cpu(CpuStorage::BF16(v)) => WeightRows::BF16(&v[off..off + len]),
         _ => return Ok(None),
     };
-    let out = with_f32_values(&x.to_dtype(DType::F32)?, |xs| match rows {
-        WeightRows::BF16(w) if amx => crate::amx::gemm_vec(xs, m, &crate::amx::WeightRows::Bf16(w), n, k),
-        rows => {
-            let mut out = vec![0f32; m * n];
-            match rows {
-                WeightRows::BF16(w) if bf16_gemm => crate::bf16_gemm::gemm(xs, m, w, n, k, &mut out),
-                rows => crate::gemv::gemv(xs, m, rows, n, k, &mut out),
-            }
-            out
+    let out = with_f32_values(&x.to_dtype(DType::F32)?, |xs| {
+        if let (true, WeightRows::BF16(w)) = (amx, &rows) {
+            // writes every output once: no zeroed buffer
+            return crate::amx::gemm_vec(xs, m, &crate::amx::WeightRows::Bf16(w), n, k);
         }
+        let mut out = vec![0f32; m * n];
+        match rows {
+            WeightRows::BF16(w) if bf16_gemm => crate::bf16_gemm::gemm(xs, m, w, n, k, &mut out),
+            rows => crate::gemv::gemv(xs, m, rows, n, k, &mut out),
+        }
+        out
     })?;
     drop(storage);
     Ok(Some(Tensor::from_vec(out, (m, n), x.device())?.to_dtype(x.dtype())?))

@@ -4,9 +4,10 @@
 //! Why not candle's `softmax_last_dim`: it calls scalar `expf` once per score, which at vision
 //! lengths is most of attention's time (a 9217-token CogVLM2 ViT layer exponentiates 1.36 G
 //! scores), and the scale and the mask each cost another full pass and buffer. Here one pass
-//! finds the row maximum and one computes `exp` 16 lanes at a time on AVX-512F, eight on AVX2+FMA
-//! (a Cephes-style polynomial within ~2 ulp of `expf`) and normalises. Mirrors `torch.softmax(x * scale + mask,
-//! -1)` in f32; `softmax_slow` is that formula in candle ops, and the tests compare the two.
+//! finds the row maximum and one computes `exp` 16 lanes at a time on AVX-512F, eight on
+//! AVX2+FMA (a Cephes-style polynomial within ~2 ulp of `expf`) and normalises. Mirrors
+//! `torch.softmax(x * scale + mask, -1)` in f32; `softmax_slow` is that formula in candle ops,
+//! and the tests compare the two.
 
 use crate::error::Result;
 use candle_core::{CpuStorage, DType, InplaceOp1, Layout, Tensor};

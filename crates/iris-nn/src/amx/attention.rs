@@ -10,7 +10,7 @@
 //! BENCHMARKS.md, ~20% of a q8_0 448² vision encode; tile products run at 1.2-1.8 TFLOP/s.
 
 use super::pack::{self, K_STEP, PANEL};
-use super::{Aligned, TaskBlock, WeightRows};
+use super::{Aligned, TaskBlock, WeightRows, MICRO};
 use crate::bf16_gemm::bf16_bits;
 use crate::softmax::CausalRows;
 use rayon::prelude::*;
@@ -44,13 +44,15 @@ pub(crate) fn attention(q: &[f32], k: &[f32], v: &[f32], (h, t, d, kvh, s): Atte
         }
         transposed_panels(vh, s, d, s_pad, vp);
     });
-    let rows = (SCORE_CHUNK_BYTES / (s_pad * 4) / 32 * 32).clamp(32, 256).min(t.next_multiple_of(32));
+    // query rows per task: whole 2 x 2-tile blocks, 32 to 256 of them
+    let rows = (SCORE_CHUNK_BYTES / (s_pad * 4) / MICRO * MICRO).clamp(MICRO, 256).min(t.next_multiple_of(MICRO));
+    let chunks = t.div_ceil(rows);
     let dst = crate::tiled_output::ColumnTiles::new(out, h * t, d);
     let (k_panels, v_panels) = (k_panels.as_slice(), v_panels.as_slice());
-    (0..h * t.div_ceil(rows)).into_par_iter().for_each(|task| {
-        let (hi, t0) = (task / t.div_ceil(rows), task % t.div_ceil(rows) * rows);
+    (0..h * chunks).into_par_iter().for_each(|task| {
+        let (hi, t0) = (task / chunks, task % chunks * rows);
         let (len, kv) = (rows.min(t - t0), hi / (h / kvh));
-        let rows_pad = len.next_multiple_of(32);
+        let rows_pad = len.next_multiple_of(MICRO);
         // Q rows [rows_pad, d_pad] in bf16, zero padded
         let mut a = Aligned::<u16>::reused(rows_pad * d_pad);
         let qh = &q[(hi * t + t0) * d..][..len * d];
@@ -58,7 +60,6 @@ pub(crate) fn attention(q: &[f32], k: &[f32], v: &[f32], (h, t, d, kvh, s): Atte
             // SAFETY: `available()` checked AVX-512 F/BF16/VL.
             unsafe { pack::round_row_avx512(src, dst) };
         }
-        // scores [rows_pad, s_pad] in f32
         // the keys this chunk sees: all, or up to its last query's position
         let seen = causal.map_or(s, |offset| (offset + t0 + len).min(s));
         let seen_pad = seen.next_multiple_of(K_STEP);

@@ -407,7 +407,6 @@ impl QuantizedMatrix {
             return Err(NnError::Quantization(format!("input has {k} features, weight expects {}", self.k)));
         }
         let x = x.to_dtype(DType::F32)?;
-        let amx = crate::amx::available() && m >= AMX_MIN_ROWS;
         let passes = m < gemm_min_rows(self.format());
         if passes && x.device().is_cpu() {
             // integer kernels, MAX_ROWS input rows per pass over the weight
@@ -420,7 +419,7 @@ impl QuantizedMatrix {
             })?;
             return Ok(Tensor::from_vec(out, (m, self.n), x.device())?);
         }
-        if amx && x.device().is_cpu() {
+        if crate::amx::available() && x.device().is_cpu() {
             let out = with_f32_values(&x, |xs| crate::amx::gemm_vec(xs, m, &crate::amx::WeightRows::Quantized(self), self.n, self.k))?;
             return Ok(Tensor::from_vec(out, (m, self.n), x.device())?);
         }
