@@ -44,9 +44,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         None => println!("f32 inputs, fused bf16 products: not available on this CPU"),
     }
     if iris_nn::amx::available() {
+        // REPEAT=N times the AMX kernel N times (for profiles) and reports the mean
+        let repeat: usize = std::env::var("REPEAT").ok().and_then(|r| r.parse().ok()).unwrap_or(1).max(1);
         let t = Instant::now();
-        let o = iris_nn::attention::attention_with(&q, &k, &v, None, 1.0 / (d as f64).sqrt(), iris_nn::attention::DEFAULT_SCORE_BYTES, iris_nn::attention::Products::Bf16)?;
-        let s = t.elapsed().as_secs_f64();
+        let mut o = iris_nn::attention::attention_with(&q, &k, &v, None, 1.0 / (d as f64).sqrt(), iris_nn::attention::DEFAULT_SCORE_BYTES, iris_nn::attention::Products::Bf16)?;
+        for _ in 1..repeat {
+            o = iris_nn::attention::attention_with(&q, &k, &v, None, 1.0 / (d as f64).sqrt(), iris_nn::attention::DEFAULT_SCORE_BYTES, iris_nn::attention::Products::Bf16)?;
+        }
+        let s = t.elapsed().as_secs_f64() / repeat as f64;
         println!("f32 inputs, bf16 products on AMX tiles: {s:.2} s, {:.0} GFLOP/s (checksum {:.3})", flop / s / 1e9, o.sum_all()?.to_scalar::<f32>()?);
     }
     let [qb, kb, vb] = [&q, &k, &v].map(|t| t.to_dtype(candle_core::DType::BF16));

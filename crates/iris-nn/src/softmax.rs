@@ -252,6 +252,86 @@ pub(crate) mod avx512 {
         }
         sum
     }
+
+    /// `2^t` for 16 lanes with `t <= 0`, to ~2e-7 relative: `t = n + r`, `|r| <= 1/2`, `2^r` by
+    /// its degree-6 Taylor polynomial (remainder below 1.2e-7), scaled by `2^n` with `vscalefps`.
+    /// Lanes below -150 (and `-inf`) give 0 or a denormal, which bf16 rounding flushes to 0.
+    /// Eleven instructions against `exp_nonpositive`'s seventeen: for softmax rows rounded to bf16.
+    #[inline(always)]
+    pub(crate) unsafe fn exp2_nonpositive(t: __m512) -> __m512 {
+        // the clamp first: `max` returns its second operand for NaN, so a NaN lane stays NaN
+        let t = _mm512_max_ps(_mm512_set1_ps(-150.0), t);
+        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(t);
+        let r = _mm512_sub_ps(t, n);
+        // ln(2)^i / i!, i = 6 down to 1
+        let mut p = _mm512_set1_ps(1.540_353e-4);
+        for c in [1.333_355_8e-3, 9.618_129e-3, 5.550_411e-2, 2.402_265e-1, 6.931_472e-1, 1.0] {
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+        }
+        _mm512_scalef_ps(p, n)
+    }
+
+    /// One score row of AMX attention into bf16 weights in two 16-lane passes (max; exp, sum
+    /// and round): `dst[..visible]` gets `exp((row - max) * scale)` rounded to bf16
+    /// (`vcvtneps2bf16`, nearest even), `dst[visible..]` zero, and the f32 sum of the unrounded
+    /// exps comes back; the caller divides the weighted sum by it. PyTorch's CPU flash attention
+    /// rounds the same unnormalised exps for its bf16 `P V`. Twin: `exp_shifted_in_place` then
+    /// `bf16_bits` (test below). Why: separate max, exp, normalise and round passes (two of them
+    /// compiled for plain x86-64, 4 lanes) were ~40% of AMX attention on 448² vision shapes.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512 F, BF16 and VL.
+    #[target_feature(enable = "avx512f,avx512bf16,avx512vl")]
+    pub(crate) unsafe fn exp_to_bf16(row: &[f32], visible: usize, scale: f32, dst: &mut [u16]) -> f32 {
+        assert!(visible <= row.len() && row.len() <= dst.len());
+        if visible == 0 {
+            dst.fill(0);
+            return 0.0;
+        }
+        let (whole, rest) = (visible / 16 * 16, visible % 16);
+        let tail = ((1u32 << rest) - 1) as __mmask16;
+        let (p, q) = (row.as_ptr(), dst.as_mut_ptr());
+        let mut sum = _mm512_setzero_ps();
+        // SAFETY (all blocks): full loads and stores stay below `whole`, the masked ones touch
+        // only lanes below `visible`, and `dst` holds at least `row.len()` values.
+        unsafe {
+            let neg_inf = _mm512_set1_ps(f32::NEG_INFINITY);
+            // `max(v, m)` keeps `m` when `v` is NaN, as `row_max` does; four running maxima, as
+            // one chain waits out each `vmaxps` latency
+            let (mut m0, mut m1, mut m2, mut m3) = (_mm512_mask_loadu_ps(neg_inf, tail, p.add(whole)), neg_inf, neg_inf, neg_inf);
+            let mut i = 0;
+            while i + 64 <= whole {
+                m0 = _mm512_max_ps(_mm512_loadu_ps(p.add(i)), m0);
+                m1 = _mm512_max_ps(_mm512_loadu_ps(p.add(i + 16)), m1);
+                m2 = _mm512_max_ps(_mm512_loadu_ps(p.add(i + 32)), m2);
+                m3 = _mm512_max_ps(_mm512_loadu_ps(p.add(i + 48)), m3);
+                i += 64;
+            }
+            for i in (i..whole).step_by(16) {
+                m0 = _mm512_max_ps(_mm512_loadu_ps(p.add(i)), m0);
+            }
+            let vmax = _mm512_max_ps(_mm512_max_ps(m0, m1), _mm512_max_ps(m2, m3));
+            // exp((x - max) * scale) = 2^(x c - max c) with c = scale log2(e)
+            let c = scale * std::f32::consts::LOG2_E;
+            let (vc, vmaxc) = (_mm512_set1_ps(c), _mm512_set1_ps(_mm512_reduce_max_ps(vmax) * c));
+            let exp = |x: __m512| exp2_nonpositive(_mm512_fmsub_ps(x, vc, vmaxc));
+            for i in (0..whole).step_by(16) {
+                let e = exp(_mm512_loadu_ps(p.add(i)));
+                sum = _mm512_add_ps(sum, e);
+                _mm256_storeu_si256(q.add(i) as *mut __m256i, std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(e)));
+            }
+            if rest > 0 {
+                // the tail's masked lanes are -inf: exp gives 0
+                let e = exp(_mm512_mask_loadu_ps(neg_inf, tail, p.add(whole)));
+                sum = _mm512_add_ps(sum, e);
+                let mut lanes = [0u16; 16];
+                _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(e)));
+                dst[whole..visible].copy_from_slice(&lanes[..rest]);
+            }
+        }
+        dst[visible..].fill(0);
+        _mm512_reduce_add_ps(sum)
+    }
 }
 
 #[cfg(test)]
@@ -286,6 +366,69 @@ mod tests {
             println!("{name}: max relative error {worst:.2e}, sum {sum} against {want}");
             assert!(worst < 1e-6 && (sum - want).abs() <= 1e-6 * want, "{name}: {worst:e}");
         }
+    }
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn bf16_exp_rows_match_the_plain_exp() {
+        if !(avx512f_detected() && std::is_x86_feature_detected!("avx512bf16") && std::is_x86_feature_detected!("avx512vl")) {
+            println!("skipped: no AVX-512 F/BF16/VL on this CPU");
+            return;
+        }
+        let row: Vec<f32> = (0..203).map(|i| ((i * 53) % 197) as f32 * 0.37 - 30.0).collect();
+        // whole rows, tails, a single key, and masked keys (visible < len)
+        for (len, visible) in [(203, 203), (203, 150), (16, 16), (17, 1), (48, 33), (5, 0)] {
+            let mut want = row[..visible].to_vec();
+            let max = row_max(&want);
+            let want_sum = exp_shifted_in_place(&mut want, max, 0.3);
+            let mut got = vec![7u16; len + 9];
+            // SAFETY: checked above.
+            let sum = unsafe { avx512::exp_to_bf16(&row[..len], visible, 0.3, &mut got) };
+            let mut worst = 0u16;
+            for (i, &g) in got.iter().enumerate() {
+                let w = want.get(i).map_or(0, |&v| crate::bf16_gemm::bf16_bits(v));
+                // both exps are within ~3e-7 of exact: at most one bf16 step apart
+                worst = worst.max(g.abs_diff(w));
+            }
+            println!("exp to bf16, {visible} of {len} keys: worst {worst} bf16 steps, sum {sum} against {want_sum}");
+            assert!(worst <= 1 && (sum - want_sum).abs() <= 2e-6 * want_sum.max(1.0), "{visible} of {len}: {worst}, {sum}");
+        }
+    }
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn vector_exp2_is_within_3e7_of_exp2() {
+        if !avx512f_detected() {
+            println!("skipped: no AVX-512F on this CPU");
+            return;
+        }
+        let mut worst = 0f64;
+        let mut t = -125.0f32;
+        while t <= 0.0 {
+            let lanes: [f32; 16] = std::array::from_fn(|i| (t + i as f32 * 7.9e-4).min(0.0));
+            let mut out = [0f32; 16];
+            // SAFETY: AVX-512F was detected above.
+            unsafe {
+                use std::arch::x86_64::*;
+                _mm512_storeu_ps(out.as_mut_ptr(), avx512::exp2_nonpositive(_mm512_loadu_ps(lanes.as_ptr())));
+            }
+            for (l, o) in lanes.iter().zip(out) {
+                let exact = (*l as f64).exp2();
+                worst = worst.max((o as f64 - exact).abs() / exact);
+            }
+            t += 0.0123;
+        }
+        println!("vector exp2 on [-125, 0]: worst relative error {worst:.2e}");
+        assert!(worst < 3e-7, "{worst:e}");
+        // -inf and far-negative lanes vanish, NaN stays NaN
+        let mut out = [1f32; 16];
+        // SAFETY: as above.
+        unsafe {
+            use std::arch::x86_64::*;
+            let x = _mm512_setr_ps(f32::NEG_INFINITY, -1e30, -160.0, f32::NAN, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
+            _mm512_storeu_ps(out.as_mut_ptr(), avx512::exp2_nonpositive(x));
+        }
+        assert!(out[..3].iter().all(|&v| v < 1e-44) && out[3].is_nan() && out[4] == 1.0, "{out:?}");
     }
 
     #[test]

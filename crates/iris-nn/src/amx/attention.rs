@@ -2,8 +2,9 @@
 //! bf16 (models with quantized linears, `attention::Products::Bf16`; bf16 inputs are widened to
 //! f32 first and round back exactly): per head, scores `Q K^T` and
 //! the weighted sum `P V` as two tile products with the `[T, S]` scores of a query chunk in f32
-//! between them. Q, K and V are rounded to bf16, the scores and softmax stay f32 and the
-//! probabilities are rounded to bf16 for `P V` (PyTorch's bf16 attention rounds the same values).
+//! between them. Q, K and V are rounded to bf16, the scores, exps and their sums stay f32, the
+//! unnormalised exps are rounded to bf16 for `P V` and its rows divided by the sums (as
+//! PyTorch's CPU flash attention does for bf16).
 //! `attention::attention_slow` on the rounded inputs is its twin in the tests.
 //!
 //! Why: the f32 flash attention (`flash_attention`) runs at ~226 GFLOP/s on the Xeon VM of
@@ -11,13 +12,14 @@
 
 use super::pack::{self, K_STEP, PANEL};
 use super::{Aligned, TaskBlock, WeightRows, MICRO};
-use crate::bf16_gemm::bf16_bits;
 use crate::softmax::CausalRows;
 use rayon::prelude::*;
 
 /// Score bytes of one query chunk: bounds a task's f32 scores (256 rows of 1024 keys, 32 rows
 /// of CogVLM2's 9217).
 const SCORE_CHUNK_BYTES: usize = 1 << 20;
+/// Most query rows per task.
+const MAX_CHUNK_ROWS: usize = 256;
 
 /// Heads, query rows, head dim, KV heads, keys.
 pub(crate) type AttentionDims = (usize, usize, usize, usize, usize);
@@ -42,10 +44,11 @@ pub(crate) fn attention(q: &[f32], k: &[f32], v: &[f32], (h, t, d, kvh, s): Atte
             // SAFETY: `available()` checked AVX-512 F/BF16.
             unsafe { pack::panel_avx512(&WeightRows::F32(kh), s, d, j * PANEL, scratch.as_mut_slice(), panel) };
         }
-        transposed_panels(vh, s, d, s_pad, vp);
+        // SAFETY: as above.
+        unsafe { pack::transposed_panels_avx512(vh, s, d, vp) };
     });
     // query rows per task: whole 2 x 2-tile blocks, 32 to 256 of them
-    let rows = (SCORE_CHUNK_BYTES / (s_pad * 4) / MICRO * MICRO).clamp(MICRO, 256).min(t.next_multiple_of(MICRO));
+    let rows = (SCORE_CHUNK_BYTES / (s_pad * 4) / MICRO * MICRO).clamp(MICRO, MAX_CHUNK_ROWS).min(t.next_multiple_of(MICRO));
     let chunks = t.div_ceil(rows);
     let dst = crate::tiled_output::ColumnTiles::new(out, h * t, d);
     let (k_panels, v_panels) = (k_panels.as_slice(), v_panels.as_slice());
@@ -70,15 +73,15 @@ pub(crate) fn attention(q: &[f32], k: &[f32], v: &[f32], (h, t, d, kvh, s): Atte
         let block = TaskBlock { a: a.as_slice(), k_pad: d_pad, r0: 0, rows_pad, panels: &k_panels[kv * k_len..][..seen_pad / PANEL * k_panel_len], panel_len: k_panel_len, acc: scores.as_mut_slice(), ldc: seen_pad };
         // SAFETY: `available()` checked AMX and the tile permission.
         unsafe { block.run() };
-        // probabilities [rows_pad, seen_pad] in bf16; masked keys, keys past S and rows past the
-        // chunk zero
+        // exps [rows_pad, seen_pad] in bf16, unnormalised; masked keys, keys past S and rows
+        // past the chunk zero
         let mut p = Aligned::<u16>::reused(rows_pad * seen_pad);
-        let avx2 = crate::softmax::avx2_fma_detected();
-        for (r, (dst, row)) in p.as_mut_slice().chunks_exact_mut(seen_pad).zip(scores.as_mut_slice().chunks_exact_mut(seen_pad)).enumerate() {
+        let mut inv_sums = [0f32; MAX_CHUNK_ROWS];
+        for (r, (dst, row)) in p.as_mut_slice().chunks_exact_mut(seen_pad).zip(scores.as_slice().chunks_exact(seen_pad)).enumerate() {
             if r < len {
-                crate::softmax::softmax_scores_row(&mut row[..seen], r, scale, mask, avx2);
+                let visible = mask.map_or(seen, |m| m.visible(r, seen));
                 // SAFETY: as above.
-                unsafe { pack::round_row_avx512(&row[..seen], dst) };
+                inv_sums[r] = 1.0 / unsafe { crate::softmax::avx512::exp_to_bf16(&row[..seen], visible, scale, dst) };
             } else {
                 dst.fill(0);
             }
@@ -89,21 +92,10 @@ pub(crate) fn attention(q: &[f32], k: &[f32], v: &[f32], (h, t, d, kvh, s): Atte
         let block = TaskBlock { a: p.as_slice(), k_pad: seen_pad, r0: 0, rows_pad, panels: &v_panels[kv * v_len..][..v_len], panel_len: s_pad / 2 * PANEL, acc: o.as_mut_slice(), ldc: o_cols };
         // SAFETY: as above.
         unsafe { block.run() };
+        for (row, inv) in o.as_mut_slice().chunks_exact_mut(o_cols).zip(&inv_sums[..len]) {
+            row.iter_mut().for_each(|x| *x *= inv);
+        }
         // SAFETY: this task alone owns rows hi * t + t0.. of the [H * T, D] output.
         unsafe { dst.write(hi * t + t0, len, 0, d, o.as_slice(), o_cols) };
     });
-}
-
-/// `v [S, D]` as the B panels of the weight `V^T` (`[n = D, k = S]`): panel `j` holds dims
-/// `32j..32j + 32` as `[s_pad / 2][PANEL]` pairs of consecutive keys, zero past S and D.
-fn transposed_panels(v: &[f32], s: usize, d: usize, s_pad: usize, out: &mut [u32]) {
-    let value = |key: usize, dim: usize| if key < s && dim < d { bf16_bits(v[key * d + dim]) as u32 } else { 0 };
-    for (j, panel) in out.chunks_exact_mut(s_pad / 2 * PANEL).enumerate() {
-        for (pair, row) in panel.chunks_exact_mut(PANEL).enumerate() {
-            for (c, slot) in row.iter_mut().enumerate() {
-                let dim = j * PANEL + c;
-                *slot = value(2 * pair, dim) | value(2 * pair + 1, dim) << 16;
-            }
-        }
-    }
 }

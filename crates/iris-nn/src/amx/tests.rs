@@ -41,6 +41,16 @@ fn avx512_packers_equal_their_twins() {
             assert_eq!(fast, plain, "panel at column {first}, k {k}");
         }
     }
+    // V^T panels: odd key counts, head dims below, at and past one panel
+    for (s, d) in [(1usize, 1usize), (37, 80), (64, 32), (33, 112)] {
+        let v = values(s * d, 11);
+        let len = d.div_ceil(PANEL) * s.next_multiple_of(K_STEP) / 2 * PANEL;
+        let (mut fast, mut plain) = (vec![7u32; len], vec![9u32; len]);
+        pack::transposed_panels_scalar(&v, s, d, &mut plain);
+        // SAFETY: as above.
+        unsafe { pack::transposed_panels_avx512(&v, s, d, &mut fast) };
+        assert_eq!(fast, plain, "V^T panels of [{s}, {d}]");
+    }
     let x = values(1000, 7);
     for len in [0, 15, 16, 999, 1000] {
         let (mut fast, mut plain) = (vec![1u16; 1024], vec![2u16; 1024]);
