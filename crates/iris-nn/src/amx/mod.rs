@@ -80,7 +80,10 @@ impl<T: Plain> Aligned<T> {
         let best = pool.iter().enumerate().filter(|(_, b)| b.len() >= need).min_by_key(|(_, b)| b.len()).map(|(i, _)| i);
         let lines = match best {
             Some(i) => pool.swap_remove(i),
-            None => vec![CacheLine([0; 64]); need],
+            None => {
+                drop(pool);
+                zeroed_lines(need)
+            }
         };
         Self { lines, len, _values: std::marker::PhantomData }
     }
@@ -94,6 +97,25 @@ impl<T: Plain> Aligned<T> {
     fn as_mut_slice(&mut self) -> &mut [T] {
         // SAFETY: as in `as_slice`, and `&mut self` makes the view exclusive.
         unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr() as *mut T, self.len) }
+    }
+}
+
+/// `count` zero cache lines from `alloc_zeroed`: large ones come as fresh zero pages from the
+/// OS, where `vec![CacheLine([0; 64]); count]` stored every line (its element loop, ~3% of a
+/// 448² question's time to first token, for buffers that are written before they are read).
+fn zeroed_lines(count: usize) -> Vec<CacheLine> {
+    if count == 0 {
+        return Vec::new();
+    }
+    let layout = std::alloc::Layout::array::<CacheLine>(count).expect("AMX buffer size overflows");
+    // SAFETY: the layout has a non-zero size; a zeroed `CacheLine` is a valid value, and the
+    // allocation is the global allocator's with exactly the layout `Vec<CacheLine>` frees with.
+    unsafe {
+        let ptr = std::alloc::alloc_zeroed(layout) as *mut CacheLine;
+        if ptr.is_null() {
+            std::alloc::handle_alloc_error(layout);
+        }
+        Vec::from_raw_parts(ptr, count, count)
     }
 }
 
