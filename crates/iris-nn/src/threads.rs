@@ -33,7 +33,8 @@ thread_local! {
 
 /// Runs `step` on a worker of the global rayon pool, or in place if this thread is already a
 /// worker of some rayon pool, with the pool's other workers spinning for work until it
-/// returns. Workers have rayon's default 2 MiB stack (the CLI main thread has 8 MiB); model
+/// returns. (A call from inside one of the step's parallel jobs on another worker counts as a
+/// second step: the helpers stop for the rest of the outer step. The engine makes no such call.) Workers have rayon's default 2 MiB stack (the CLI main thread has 8 MiB); model
 /// steps keep tensors on the heap.
 pub fn on_compute_pool<R: Send>(step: impl FnOnce() -> R + Send) -> R {
     if IN_STEP.get() {
@@ -43,19 +44,21 @@ pub fn on_compute_pool<R: Send>(step: impl FnOnce() -> R + Send) -> R {
     /// the scope can unwind).
     struct Finish<'a> {
         done: &'a AtomicBool,
+        /// This worker's flag before the step: another caller's step can run on a worker
+        /// while that worker waits inside a step of its own.
+        was_in_step: bool,
     }
     impl Drop for Finish<'_> {
         fn drop(&mut self) {
             self.done.store(true, Ordering::Release);
-            IN_STEP.set(false);
+            IN_STEP.set(self.was_in_step);
             ACTIVE_STEPS.fetch_sub(1, Ordering::AcqRel);
         }
     }
     let (done, started) = (AtomicBool::new(false), AtomicUsize::new(0));
     ACTIVE_STEPS.fetch_add(1, Ordering::AcqRel);
     rayon::scope(|scope| {
-        IN_STEP.set(true);
-        let _finish = Finish { done: &done };
+        let _finish = Finish { done: &done, was_in_step: IN_STEP.replace(true) };
         let owner = rayon::current_thread_index();
         let alone = || ACTIVE_STEPS.load(Ordering::Acquire) == 1;
         let helpers = if alone() { rayon::current_num_threads().saturating_sub(1) } else { 0 };
@@ -83,9 +86,20 @@ pub fn on_compute_pool<R: Send>(step: impl FnOnce() -> R + Send) -> R {
 
 /// Runs the pool's pending jobs (nested loops of the step) until the step is `done`, spinning
 /// between them; stops early when another step starts.
+/// Every `IDLE_SPINS_PER_YIELD` idle rounds it also yields its core to the OS, which costs
+/// ~1 µs on an idle machine and gives the core back where threads outnumber free cores.
 fn keep_awake(done: &AtomicBool) {
+    const IDLE_SPINS_PER_YIELD: u32 = 64;
+    let mut idle = 0u32;
     while !done.load(Ordering::Acquire) && ACTIVE_STEPS.load(Ordering::Acquire) == 1 {
-        if rayon::yield_now() != Some(rayon::Yield::Executed) {
+        if rayon::yield_now() == Some(rayon::Yield::Executed) {
+            idle = 0;
+            continue;
+        }
+        idle += 1;
+        if idle.is_multiple_of(IDLE_SPINS_PER_YIELD) {
+            std::thread::yield_now();
+        } else {
             std::hint::spin_loop();
         }
     }
