@@ -332,3 +332,23 @@ fn stacked_rows_equal_the_stacked_matrix_quantized() {
     let err = QuantizedMatrix::concat_rows(&[&q8, &q4]).unwrap_err().to_string();
     assert!(err.contains("q4k") && err.contains("q8_0"), "{err}");
 }
+
+#[test]
+fn one_row_decode_equals_each_row_of_a_batch_bit_for_bit() {
+    // the one-row kernels (4 interleaved weight rows at once) and the batched ones (any number
+    // of activation rows) must agree exactly: batching must not change a sequence's tokens
+    for format in [WeightFormat::Q8_0, WeightFormat::Q4K] {
+        let (n, k) = (40, 512);
+        let q = QuantizedMatrix::quantize(&pseudo_random(n * k, 8), n, k, format).unwrap();
+        let x = pseudo_random(k, 9);
+        for kernel in Kernel::available() {
+            let mut one = vec![0f32; n];
+            gemv_with(&q.blocks, n, k, &x, 1, &mut one, kernel);
+            let twice: Vec<f32> = x.iter().chain(&x).copied().collect();
+            let mut batch = vec![0f32; 2 * n];
+            gemv_with(&q.blocks, n, k, &twice, 2, &mut batch, kernel);
+            assert_eq!(one, batch[..n], "{format} {kernel:?}: one row against row 0 of two");
+            assert_eq!(one, batch[n..], "{format} {kernel:?}: one row against row 1 of two");
+        }
+    }
+}
