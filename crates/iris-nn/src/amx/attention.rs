@@ -15,6 +15,15 @@ use super::{Aligned, TaskBlock, WeightRows, MICRO};
 use crate::softmax::CausalRows;
 use rayon::prelude::*;
 
+#[cfg(target_arch = "x86_64")]
+use crate::softmax::avx512::exp_to_bf16;
+
+/// Elsewhere AMX attention never runs (`super::available()` is false); this keeps it compiling.
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn exp_to_bf16(_row: &[f32], _visible: usize, _scale: f32, _dst: &mut [u16]) -> f32 {
+    unreachable!("AMX is x86-64 only")
+}
+
 /// Score bytes of one query chunk: bounds a task's f32 scores (256 rows of 1024 keys, 32 rows
 /// of CogVLM2's 9217).
 const SCORE_CHUNK_BYTES: usize = 1 << 20;
@@ -81,7 +90,7 @@ pub(crate) fn attention(q: &[f32], k: &[f32], v: &[f32], (h, t, d, kvh, s): Atte
             if r < len {
                 let visible = mask.map_or(seen, |m| m.visible(r, seen));
                 // SAFETY: as above.
-                inv_sums[r] = 1.0 / unsafe { crate::softmax::avx512::exp_to_bf16(&row[..seen], visible, scale, dst) };
+                inv_sums[r] = 1.0 / unsafe { exp_to_bf16(&row[..seen], visible, scale, dst) };
             } else {
                 dst.fill(0);
             }
