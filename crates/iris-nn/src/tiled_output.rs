@@ -31,6 +31,23 @@ impl ColumnTiles {
         Self { ptr, m, n }
     }
 
+    /// `[m, n]`.
+    pub fn dims(self) -> (usize, usize) {
+        (self.m, self.n)
+    }
+
+    /// Pointer to value `[row][first]`, for writers with their own tile layout (the AMX GEMM's
+    /// transposed tiles); rows are `dims().1` values apart.
+    ///
+    /// # Safety
+    /// As for `write`, for every value written through the pointer, which must stay inside
+    /// the output.
+    pub unsafe fn at(self, row: usize, first: usize) -> *mut f32 {
+        assert!(row < self.m && first < self.n);
+        // SAFETY: in bounds (asserted above).
+        unsafe { self.ptr.add(row * self.n + first) }
+    }
+
     /// Writes rows `row..row + rows`, columns `first..first + cols` of the output from `tile`,
     /// a row-major tile with `stride` values per row.
     ///

@@ -10,6 +10,8 @@
 //! activations; the VNNI GEMM uses int8 activations in blocks of 32 instead (coarser: 1/254 of a
 //! block's largest value). Tiles flush bf16 denormals to zero.
 //!
+//! Products of fewer than 448 rows (prefill chunks, batches) swap the operands instead, the weight as
+//! the A tiles (`weight_tiles`). For more rows (the vision towers):
 //! Blocking: the weight is packed into panels of 32 columns in the B tiles' pair layout
 //! (`pack`), each task packing its own columns; the activations once, as zero-padded bf16 rows.
 //! A task owns up to `COL_BLOCK` columns of every row: it packs them, then for each pass of
@@ -26,6 +28,7 @@ mod pack;
 mod tests;
 #[cfg(target_arch = "x86_64")]
 mod tiles;
+mod weight_tiles;
 
 use crate::quant::QuantizedMatrix;
 use crate::tiled_output::ColumnTiles;
@@ -227,6 +230,16 @@ fn gemm_into(x: &[f32], m: usize, w: &WeightRows, n: usize, k: usize, dst: Colum
     if m == 0 || n == 0 {
         return;
     }
+    if m < weight_tiles::MAX_ROWS {
+        weight_tiles::gemm(x, m, w, n, k, dst);
+    } else {
+        activation_tiles_gemm(x, m, w, n, k, dst);
+    }
+}
+
+/// The layout for many rows: activations as the A tiles, weight panels as the B tiles (the
+/// module header's blocking). Operands checked by `gemm_into`.
+fn activation_tiles_gemm(x: &[f32], m: usize, w: &WeightRows, n: usize, k: usize, dst: ColumnTiles) {
     let (k_pad, m_pad) = (k.next_multiple_of(K_STEP), m.next_multiple_of(MICRO));
     // [m, k] f32 -> [m_pad, k_pad] bf16, zero rows and columns past m, k
     let mut a = Aligned::<u16>::reused(m_pad * k_pad);

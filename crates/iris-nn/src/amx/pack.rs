@@ -72,12 +72,25 @@ pub(super) fn transposed_panels_scalar(v: &[f32], s: usize, d: usize, out: &mut 
     }
 }
 
+/// Weight row `row` as bf16 into `dst` (`k_pad` values, zero past `k`), `scratch` a `k_pad` f32
+/// row. Plain twin of `weight_row_avx512`.
+#[cfg(test)]
+pub(super) fn weight_row_scalar(w: &WeightRows, n: usize, k: usize, row: usize, scratch: &mut [f32], dst: &mut [u16]) {
+    weight_column(w, n, k, row, scratch);
+    round_row_scalar(&scratch[..k], dst);
+}
+
 #[cfg(target_arch = "x86_64")]
-pub(super) use x86::{panel_avx512, round_row_avx512, transposed_panels_avx512};
+pub(super) use x86::{panel_avx512, round_row_avx512, transpose_16x16, transposed_panels_avx512, weight_row_avx512};
 
 /// Elsewhere the AMX paths never run (`super::available()` is false); these keep them compiling.
 #[cfg(not(target_arch = "x86_64"))]
 pub(super) unsafe fn round_row_avx512(_src: &[f32], _dst: &mut [u16]) {
+    unreachable!("AMX is x86-64 only")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+pub(super) unsafe fn weight_row_avx512(_w: &WeightRows, _n: usize, _k: usize, _row: usize, _scratch: &mut [f32], _dst: &mut [u16]) {
     unreachable!("AMX is x86-64 only")
 }
 
@@ -115,6 +128,46 @@ mod x86 {
             }
         }
         super::round_row_scalar(&src[whole..], &mut dst[whole..]);
+    }
+
+    /// `weight_row_scalar` with q8_0 decoded in registers (32 values, one scale, one 64-byte
+    /// store per block) and bf16 copied as it is; other formats through `scratch`.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512 F, BF16, VL and F16C; the weight holds `n * k` values
+    /// (`[n, k]`), `row < n`, `scratch.len() == dst.len()`, a multiple of `K_STEP` of at least `k`.
+    #[target_feature(enable = "avx512f,avx512bf16,avx512vl,f16c")]
+    pub unsafe fn weight_row_avx512(w: &WeightRows, n: usize, k: usize, row: usize, scratch: &mut [f32], dst: &mut [u16]) {
+        let k_pad = dst.len();
+        assert!(row < n && k <= k_pad && k_pad.is_multiple_of(K_STEP) && scratch.len() == k_pad);
+        match (w, w.q8_0()) {
+            (WeightRows::Bf16(v), _) => {
+                let src = &v[row * k..(row + 1) * k];
+                for (d, s) in dst.iter_mut().zip(src) {
+                    *d = s.to_bits();
+                }
+                dst[k..].fill(0);
+            }
+            (_, Some((qs, d))) if k == k_pad => {
+                let blocks = k / K_STEP;
+                for b in 0..blocks {
+                    // SAFETY: block b of row `row` is inside the [n, k] quants; the store
+                    // writes values 32b..32b + 32 < k_pad of `dst`.
+                    unsafe {
+                        let q = _mm256_loadu_si256(qs.as_ptr().add(row * k + K_STEP * b) as *const __m256i);
+                        let scale = _mm512_broadcastss_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(d[row * blocks + b].to_bits() as i32)));
+                        let lo = _mm512_mul_ps(scale, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(q))));
+                        let hi = _mm512_mul_ps(scale, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256::<1>(q))));
+                        _mm512_storeu_si512(dst.as_mut_ptr().add(K_STEP * b) as *mut _, std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo)));
+                    }
+                }
+            }
+            _ => {
+                weight_column(w, n, k, row, scratch);
+                // SAFETY: the CPU has AVX-512 F/BF16/VL (this function's contract).
+                unsafe { round_row_avx512(&scratch[..k], dst) };
+            }
+        }
     }
 
     /// `transposed_panels_scalar` 16 dims at a time: two keys' rows (masked past D) rounded
@@ -220,7 +273,7 @@ mod x86 {
     /// 32-bit and 64-bit interleaves inside 128-bit lanes, then two rounds of 128-bit lane
     /// shuffles.
     #[inline(always)]
-    unsafe fn transpose_16x16(v: &mut [__m512i; 16]) {
+    pub(in crate::amx) unsafe fn transpose_16x16(v: &mut [__m512i; 16]) {
         // t[2i], t[2i + 1]: rows 2i, 2i + 1 interleaved (lanes 0-1 and 2-3 of each 128 bits)
         let t: [__m512i; 16] = std::array::from_fn(|j| {
             let (a, b) = (v[j & !1], v[j | 1]);

@@ -41,6 +41,21 @@ fn avx512_packers_equal_their_twins() {
             assert_eq!(fast, plain, "panel at column {first}, k {k}");
         }
     }
+    // weight rows as bf16 rows: q8_0 in registers, bf16 copied, others through the scratch row
+    let f32_values = values(n * 101, 21);
+    let row_cases = [(WeightRows::Bf16(&w101), 101), (WeightRows::Quantized(&q8), 128), (WeightRows::Quantized(&q4), 256), (WeightRows::F32(&f32_values), 101)];
+    for (weight, k) in row_cases {
+        let k: usize = k;
+        let k_pad = k.next_multiple_of(K_STEP);
+        for row in [0, 17, n - 1] {
+            let (mut s1, mut s2) = (vec![0f32; k_pad], vec![0f32; k_pad]);
+            let (mut fast, mut plain) = (vec![7u16; k_pad], vec![9u16; k_pad]);
+            pack::weight_row_scalar(&weight, n, k, row, &mut s1, &mut plain);
+            // SAFETY: as above.
+            unsafe { pack::weight_row_avx512(&weight, n, k, row, &mut s2, &mut fast) };
+            assert_eq!(fast, plain, "weight row {row}, k {k}");
+        }
+    }
     // V^T panels: odd key counts, head dims below, at and past one panel
     for (s, d) in [(1usize, 1usize), (37, 80), (64, 32), (33, 112)] {
         let v = values(s * d, 11);
@@ -62,9 +77,13 @@ fn avx512_packers_equal_their_twins() {
 }
 
 /// Max |fast - reference| over the scale of the sums, `sum |x| |w|` per output.
+/// Both tile layouts: checked against the twin each, and equal to each other (same products,
+/// same k order).
 fn gemm_error(x: &[f32], m: usize, w: &WeightRows, dense: &[f32], n: usize, k: usize) -> f32 {
-    let (mut fast, mut plain) = (vec![f32::NAN; m * n], vec![f32::NAN; m * n]);
-    gemm(x, m, w, n, k, &mut fast);
+    let (mut fast, mut swapped, mut plain) = (vec![f32::NAN; m * n], vec![f32::NAN; m * n], vec![f32::NAN; m * n]);
+    activation_tiles_gemm(x, m, w, n, k, ColumnTiles::new(&mut fast, m, n));
+    weight_tiles::gemm(x, m, w, n, k, ColumnTiles::new(&mut swapped, m, n));
+    assert_eq!(fast, swapped, "the two tile layouts differ for [{m}, {k}] x [{n}, {k}]^T");
     gemm_reference(x, m, w, n, k, &mut plain);
     let mut worst = 0f32;
     for r in 0..m {
