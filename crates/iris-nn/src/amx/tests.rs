@@ -78,7 +78,7 @@ fn avx512_packers_equal_their_twins() {
 
 /// Max |fast - reference| over the scale of the sums, `sum |x| |w|` per output.
 /// Both tile layouts: checked against the twin each, and equal to each other (same products,
-/// same k order).
+/// same k order; the inputs here hold no denormals, which the layouts round differently).
 fn gemm_error(x: &[f32], m: usize, w: &WeightRows, dense: &[f32], n: usize, k: usize) -> f32 {
     let (mut fast, mut swapped, mut plain) = (vec![f32::NAN; m * n], vec![f32::NAN; m * n], vec![f32::NAN; m * n]);
     activation_tiles_gemm(x, m, w, n, k, ColumnTiles::new(&mut fast, m, n));

@@ -1,10 +1,12 @@
 //! The AMX GEMM for products of few rows (a prefill chunk): the weight as the tiles' A operand
 //! and the activations as their B panels, `C^T = W X^T`, the `[n, m]` result written back
-//! transposed. Why: as the B operand (`gemm_into`) every weight value passes through a 16 x 16
-//! transpose while packing, ~25% of a 307-row product on the Xeon VM of BENCHMARKS.md; as the
-//! A operand a weight row is only decoded to bf16 in place, and the transposes move to the
-//! activations (`m x k`) and the output (`m x n`), fewer values when `m` is well below `k`
-//! and `n`. Same numbers as `gemm_into`: bf16 operands, f32 sums in the same k order.
+//! transposed. Why: as the B operand (`super::activation_tiles_gemm`) every weight value passes
+//! through a 16 x 16 transpose while packing, ~25% of a 307-row product on the Xeon VM of
+//! BENCHMARKS.md; as the A operand a weight row is only decoded to bf16 in place, and the
+//! transposes move to the activations (`m x k`) and the output (`m x n`), fewer values when `m`
+//! is well below `k` and `n`. Same numbers as `activation_tiles_gemm` (bf16 operands, f32 sums
+//! in the same k order): equal bit for bit for finite normal inputs (tested); the two round a
+//! denormal activation differently (this path flushes it to zero).
 
 use super::pack::{self, K_STEP, PANEL};
 use super::{Aligned, TaskBlock, WeightRows, MICRO};
@@ -28,9 +30,10 @@ pub(super) fn gemm(x: &[f32], m: usize, w: &WeightRows, n: usize, k: usize, dst:
         // SAFETY: `available()` checked AVX-512 F/BF16; `x` is [m, k].
         unsafe { pack::panel_avx512(&WeightRows::F32(x), m, k, p * PANEL, scratch.as_mut_slice(), panel) };
     });
-    // weight rows per task: four tasks per thread, 32 to 256 rows. Each task reads all the
-    // activation panels once (per K slice), so fewer, larger tasks read them less often: with
-    // 32-row tasks for K = 8960 (rows capped at 1 MiB) the 307-row lm down took 9.0 ms, not 7.
+    // weight rows per task: four tasks per thread, 32 to 256 rows. Every task streams all the
+    // activation panels (5.7 MB for a 307-row K = 8960 product) into its L2, so fewer, larger
+    // tasks fetch them less often: a first version with 32-row tasks there (its weight rows
+    // capped at 1 MiB a task) took 9.0 ms for the 307-row lm down, against 6.5-7.0.
     let per_task = n.div_ceil(4 * rayon::current_num_threads()).next_multiple_of(MICRO).clamp(MICRO, 256);
     let panels = panels.as_slice();
     (0..n.div_ceil(per_task)).into_par_iter().for_each(|t| {
