@@ -34,7 +34,8 @@ thread_local! {
 /// Runs `step` on a worker of the global rayon pool, or in place if this thread is already a
 /// worker of some rayon pool, with the pool's other workers spinning for work until it
 /// returns. (A call from inside one of the step's parallel jobs on another worker counts as a
-/// second step: the helpers stop for the rest of the outer step. The engine makes no such call.) Workers have rayon's default 2 MiB stack (the CLI main thread has 8 MiB); model
+/// second step: the helpers stop for the rest of the outer step. The engine makes no such
+/// call.) Workers have rayon's default 2 MiB stack (the CLI main thread has 8 MiB); model
 /// steps keep tensors on the heap.
 pub fn on_compute_pool<R: Send>(step: impl FnOnce() -> R + Send) -> R {
     if IN_STEP.get() {

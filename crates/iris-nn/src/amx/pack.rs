@@ -153,13 +153,7 @@ mod x86 {
                 for b in 0..blocks {
                     // SAFETY: block b of row `row` is inside the [n, k] quants; the store
                     // writes values 32b..32b + 32 < k_pad of `dst`.
-                    unsafe {
-                        let q = _mm256_loadu_si256(qs.as_ptr().add(row * k + K_STEP * b) as *const __m256i);
-                        let scale = _mm512_broadcastss_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(d[row * blocks + b].to_bits() as i32)));
-                        let lo = _mm512_mul_ps(scale, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(q))));
-                        let hi = _mm512_mul_ps(scale, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256::<1>(q))));
-                        _mm512_storeu_si512(dst.as_mut_ptr().add(K_STEP * b) as *mut _, std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo)));
-                    }
+                    unsafe { _mm512_storeu_si512(dst.as_mut_ptr().add(K_STEP * b) as *mut _, q8_0_block_bf16(qs.as_ptr().add(row * k + K_STEP * b), d[row * blocks + b])) };
                 }
             }
             _ => {
@@ -239,15 +233,8 @@ mod x86 {
                     }
                     (_, Some((qs, d))) if whole => {
                         for s in 0..steps {
-                            let cols = std::array::from_fn(|c| {
-                                // one q8_0 block per k step: 32 int8 and their scale
-                                let q = _mm256_loadu_si256(qs.as_ptr().add((c0 + c) * k + K_STEP * s) as *const __m256i);
-                                // (`f16::to_f32` is a call here; F16C converts in a register)
-                                let scale = _mm512_broadcastss_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(d[(c0 + c) * steps + s].to_bits() as i32)));
-                                let lo = _mm512_mul_ps(scale, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(q))));
-                                let hi = _mm512_mul_ps(scale, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256::<1>(q))));
-                                std::mem::transmute::<_, __m512i>(_mm512_cvtne2ps_pbh(hi, lo))
-                            });
+                            // one q8_0 block per k step
+                            let cols = std::array::from_fn(|c| q8_0_block_bf16(qs.as_ptr().add((c0 + c) * k + K_STEP * s), d[(c0 + c) * steps + s]));
                             store(s, cols, panel);
                         }
                     }
@@ -266,6 +253,24 @@ mod x86 {
                     }
                 }
             }
+        }
+    }
+
+    /// One q8_0 block (32 int8 at `qs`, scale `d`) decoded and rounded to 32 bf16 in k order
+    /// (bf16 j of the result is value j of (lo, hi)), for both packers.
+    ///
+    /// # Safety
+    /// AVX-512 F/BF16 and F16C; `qs` points at 32 readable int8.
+    #[inline(always)]
+    unsafe fn q8_0_block_bf16(qs: *const i8, d: half::f16) -> __m512i {
+        // SAFETY: per the contract.
+        unsafe {
+            let q = _mm256_loadu_si256(qs as *const __m256i);
+            // (`f16::to_f32` is a call here; F16C converts in a register)
+            let scale = _mm512_broadcastss_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(d.to_bits() as i32)));
+            let lo = _mm512_mul_ps(scale, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(q))));
+            let hi = _mm512_mul_ps(scale, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256::<1>(q))));
+            std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo))
         }
     }
 
