@@ -21,17 +21,19 @@ pub enum Products {
     /// The inputs' dtype (f32 inputs: f32 products).
     AsInputs,
     /// bf16 operands with f32 sums and an f32 softmax even for f32 inputs, where a CPU runs them
-    /// much faster (AMX); elsewhere as `AsInputs`. For models whose weights are already
-    /// quantized (the vision towers of q8_0/q4k models), whose products round their
-    /// activations anyway.
+    /// much faster (AMX); elsewhere as `AsInputs`. For models whose linears already round
+    /// their activations to bf16 on such CPUs: quantized or bf16 weights.
     Bf16,
 }
 
 impl Products {
     /// The policy for a model part whose linears are stored as `linears` (None: dense in the
-    /// compute dtype): bf16 products where the linears are quantized.
+    /// compute dtype): bf16 products where the linears are quantized or bf16, whose many-row
+    /// products take bf16 activations on AMX (`amx`) and AVX512-BF16 (`bf16_gemm`) CPUs alike.
+    /// f16 and f32 linears keep f32 activations, so their attention does too.
     pub fn for_linears(linears: Option<crate::quant::WeightFormat>) -> Self {
-        if linears.is_some_and(|f| f.is_quantized()) {
+        use crate::quant::WeightFormat;
+        if linears.is_some_and(|f| f.is_quantized() || f == WeightFormat::BF16) {
             Products::Bf16
         } else {
             Products::AsInputs
