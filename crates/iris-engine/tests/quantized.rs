@@ -80,21 +80,25 @@ fn q8_0_logits_track_f32_and_agree_on_most_steps() {
     }
 }
 
-/// The fixtures' weights are bf16 values, so bf16 storage holds them exactly: what differs from
-/// f32 is only that many-row products (the prompt, the vision tower) round their activations to
-/// bf16 where the CPU has the AVX512-BF16 GEMM (`iris_nn::bf16_gemm`; elsewhere the weights are
-/// widened and the logits equal f32's).
+/// The fixtures' weights are bf16 values, so bf16 storage holds them exactly, and f16 storage
+/// too wherever they lie in f16's normal range: what differs from f32 is only that many-row
+/// products (the prompt, the vision tower) round their activations to bf16 where the CPU has the
+/// AVX512-BF16 GEMM (`iris_nn::bf16_gemm`, bf16 weights) or AMX (`iris_nn::amx`, both; the
+/// attention products then are bf16 too). Elsewhere the weights are widened and the logits equal
+/// f32's.
 #[test]
-fn bf16_weights_track_f32() {
+fn bf16_and_f16_weights_track_f32() {
     for fixture in ["qwen2-vl-tiny", "cogvlm2-tiny"] {
         let dense = load(fixture, None);
-        let half = load(fixture, Some(WeightFormat::BF16));
-        let (h, f) = (half.model.info().weight_bytes, dense.model.info().weight_bytes);
-        assert!(h * 2 <= f + f / 50, "{fixture}: bf16 weights {h} bytes should be about half of f32's {f}");
-        let (steps, agree, worst_rel) = against_f32(fixture, &dense, &half, "bf16");
-        println!("{fixture}: bf16 GEMM in use: {}", iris_nn::bf16_gemm::available());
-        assert!(worst_rel < 0.05, "{fixture}: bf16 logits off by {worst_rel} of their scale");
-        assert!(agree * 10 >= steps * 9, "{fixture}: argmax agrees on only {agree}/{steps} steps");
+        for (format, name) in [(WeightFormat::BF16, "bf16"), (WeightFormat::F16, "f16")] {
+            let half = load(fixture, Some(format));
+            let (h, f) = (half.model.info().weight_bytes, dense.model.info().weight_bytes);
+            assert!(h * 2 <= f + f / 50, "{fixture}: {name} weights {h} bytes should be about half of f32's {f}");
+            let (steps, agree, worst_rel) = against_f32(fixture, &dense, &half, name);
+            println!("{fixture}: {name}: bf16 GEMM {}, AMX {}", iris_nn::bf16_gemm::available(), iris_nn::amx::available());
+            assert!(worst_rel < 0.05, "{fixture}: {name} logits off by {worst_rel} of their scale");
+            assert!(agree * 10 >= steps * 9, "{fixture}: {name}: argmax agrees on only {agree}/{steps} steps");
+        }
     }
 }
 

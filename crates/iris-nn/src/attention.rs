@@ -22,18 +22,18 @@ pub enum Products {
     AsInputs,
     /// bf16 operands with f32 sums and an f32 softmax even for f32 inputs, where a CPU runs them
     /// much faster (AMX); elsewhere as `AsInputs`. For models whose linears already round
-    /// their activations to bf16 on such CPUs: quantized or bf16 weights.
+    /// their activations to bf16 on such CPUs: quantized or 16-bit weights.
     Bf16,
 }
 
 impl Products {
     /// The policy for a model part whose linears are stored as `linears` (None: dense in the
-    /// compute dtype): bf16 products where the linears are quantized or bf16, whose many-row
-    /// products take bf16 activations on AMX (`amx`) and AVX512-BF16 (`bf16_gemm`) CPUs alike.
-    /// f16 and f32 linears keep f32 activations, so their attention does too.
+    /// compute dtype): bf16 products where the linears are quantized, bf16 or f16, whose
+    /// many-row products take bf16 activations on AMX CPUs (`amx`), the only ones where this
+    /// policy changes the attention. f32 linears keep f32 activations, so their attention does too.
     pub fn for_linears(linears: Option<crate::quant::WeightFormat>) -> Self {
         use crate::quant::WeightFormat;
-        if linears.is_some_and(|f| f.is_quantized() || f == WeightFormat::BF16) {
+        if linears.is_some_and(|f| f.is_quantized() || matches!(f, WeightFormat::BF16 | WeightFormat::F16)) {
             Products::Bf16
         } else {
             Products::AsInputs

@@ -194,8 +194,8 @@ impl Embedding {
 }
 
 /// `x [m, K] x W^T` through Iris's own dense CPU kernels: the bandwidth-bound GEMV for
-/// decode-sized inputs (any float weight) and, for more rows of a bf16 weight, the AMX GEMM
-/// (`amx`) or else the AVX512-BF16 GEMM (`bf16_gemm`); `None` when the shapes, storage or CPU
+/// decode-sized inputs (any float weight) and, for more rows, the AMX GEMM for bf16 and f16
+/// weights (`amx`) or else the AVX512-BF16 GEMM for bf16 ones (`bf16_gemm`); `None` when the shapes, storage or CPU
 /// call for the general matmul.
 pub fn dense_forward(x: &Tensor, weight: &Tensor) -> Result<Option<Tensor>> {
     use crate::gemv::WeightRows;
@@ -203,7 +203,8 @@ pub fn dense_forward(x: &Tensor, weight: &Tensor) -> Result<Option<Tensor>> {
     let (m, k) = x.dims2()?;
     let n = weight.dim(0)?;
     let gemv = m <= crate::gemv::MAX_ROWS;
-    let amx = !gemv && weight.dtype() == DType::BF16 && crate::amx::available();
+    // f16 weights too: the packers round them to bf16, exact for bf16 checkpoints' values
+    let amx = !gemv && matches!(weight.dtype(), DType::BF16 | DType::F16) && crate::amx::available();
     let bf16_gemm = !gemv && weight.dtype() == DType::BF16 && !amx && crate::bf16_gemm::available();
     if m == 0 || !(gemv || amx || bf16_gemm) || !x.device().is_cpu() || !weight.is_contiguous() || weight.dim(1)? != k {
         return Ok(None);
@@ -217,9 +218,14 @@ pub fn dense_forward(x: &Tensor, weight: &Tensor) -> Result<Option<Tensor>> {
         _ => return Ok(None),
     };
     let out = with_f32_values(&x.to_dtype(DType::F32)?, |xs| {
-        if let (true, WeightRows::BF16(w)) = (amx, &rows) {
+        if amx {
+            let w = match rows {
+                WeightRows::BF16(w) => crate::amx::WeightRows::Bf16(w),
+                WeightRows::F16(w) => crate::amx::WeightRows::F16(w),
+                WeightRows::F32(_) => unreachable!("AMX is chosen for 16-bit weights only"),
+            };
             // writes every output once: no zeroed buffer
-            return crate::amx::gemm_vec(xs, m, &crate::amx::WeightRows::Bf16(w), n, k);
+            return crate::amx::gemm_vec(xs, m, &w, n, k);
         }
         let mut out = vec![0f32; m * n];
         match rows {

@@ -143,7 +143,7 @@ pub struct TextModel {
     cfg: TextConfig,
     dtype: DType,
     device: Device,
-    /// Attention products: bf16 where the linears are quantized or bf16 (`Products::for_linears`).
+    /// Attention products: bf16 where the linears are quantized or 16-bit (`Products::for_linears`).
     products: Products,
 }
 

@@ -34,7 +34,7 @@ pub struct VisionTower {
     inv_freq: Vec<f32>,
     cfg: VisionConfig,
     dtype: DType,
-    /// Attention products: bf16 where the linears are quantized or bf16 (`Products::for_linears`).
+    /// Attention products: bf16 where the linears are quantized or 16-bit (`Products::for_linears`).
     products: Products,
 }
 

@@ -1,5 +1,5 @@
 //! Attention (full, or causal for prefill) on AMX tiles for f32 inputs whose products may be
-//! bf16 (models with quantized or bf16 linears, `attention::Products::Bf16`; bf16 inputs are widened to
+//! bf16 (models with quantized or 16-bit linears, `attention::Products::Bf16`; bf16 inputs are widened to
 //! f32 first and round back exactly): per head, scores `Q K^T` and
 //! the weighted sum `P V` as two tile products with the `[T, S]` scores of a query chunk in f32
 //! between them. Q, K and V are rounded to bf16, the scores, exps and their sums stay f32, the

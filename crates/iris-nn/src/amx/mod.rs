@@ -1,5 +1,5 @@
-//! Many-row products (prefill, the vision tower) on Intel AMX: `[m, K] x W^T` for q8_0, q4_K
-//! and bf16 weights, f32 out, on `tdpbf16ps` tiles (a 16 x 32 by 32 x 16 bf16 product per
+//! Many-row products (prefill, the vision tower) on Intel AMX: `[m, K] x W^T` for q8_0, q4_K,
+//! bf16 and f16 weights, f32 out, on `tdpbf16ps` tiles (a 16 x 32 by 32 x 16 bf16 product per
 //! instruction into f32 accumulators). On the Xeon VM of BENCHMARKS.md one core retires a tile
 //! product every ~16 cycles, 1024 flops per cycle, where the AVX512-VNNI int8 GEMM (`quant::gemm`)
 //! reaches ~200; that GEMM and the AVX512-BF16 one (`bf16_gemm`) remain for CPUs without AMX.
@@ -32,7 +32,7 @@ mod weight_tiles;
 
 use crate::quant::QuantizedMatrix;
 use crate::tiled_output::ColumnTiles;
-use half::bf16;
+use half::{bf16, f16};
 use pack::{K_STEP, PANEL};
 use rayon::prelude::*;
 
@@ -40,6 +40,10 @@ use rayon::prelude::*;
 pub(crate) enum WeightRows<'a> {
     Quantized(&'a QuantizedMatrix),
     Bf16(&'a [bf16]),
+    /// Rounded to bf16 while packing: exact for the weights of bf16 checkpoints (every official
+    /// Qwen2-VL and CogVLM2 one), whose values f16 holds exactly within its normal range
+    /// (magnitudes 2^-14 to 65504).
+    F16(&'a [f16]),
     F32(&'a [f32]),
 }
 
@@ -139,6 +143,7 @@ impl WeightRows<'_> {
         match self {
             WeightRows::Quantized(q) => q.dims() == (n, k),
             WeightRows::Bf16(v) => v.len() == n * k,
+            WeightRows::F16(v) => v.len() == n * k,
             WeightRows::F32(v) => v.len() == n * k,
         }
     }
@@ -148,7 +153,7 @@ impl WeightRows<'_> {
     fn q8_0(&self) -> Option<(&[i8], &[half::f16])> {
         match self {
             WeightRows::Quantized(q) => q.q8_0_parts(),
-            WeightRows::Bf16(_) | WeightRows::F32(_) => None,
+            WeightRows::Bf16(_) | WeightRows::F16(_) | WeightRows::F32(_) => None,
         }
     }
 }

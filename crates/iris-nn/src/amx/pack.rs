@@ -37,6 +37,11 @@ fn weight_column(w: &WeightRows, n: usize, k: usize, col: usize, row: &mut [f32]
                 *d = s.to_f32();
             }
         }
+        WeightRows::F16(v) => {
+            for (d, s) in row.iter_mut().zip(&v[col * k..(col + 1) * k]) {
+                *d = s.to_f32();
+            }
+        }
         WeightRows::F32(v) => row[..k].copy_from_slice(&v[col * k..(col + 1) * k]),
     }
     row[k..].fill(0.0);
@@ -130,7 +135,7 @@ mod x86 {
         super::round_row_scalar(&src[whole..], &mut dst[whole..]);
     }
 
-    /// `weight_row_scalar` with q8_0 decoded in registers (32 values, one scale, one 64-byte
+    /// `weight_row_scalar` with q8_0 and f16 converted in registers (32 values, one 64-byte
     /// store per block) and bf16 copied as it is; other formats through `scratch`.
     ///
     /// # Safety
@@ -147,6 +152,13 @@ mod x86 {
                     *d = s.to_bits();
                 }
                 dst[k..].fill(0);
+            }
+            (WeightRows::F16(v), _) if k == k_pad => {
+                for b in 0..k / K_STEP {
+                    // SAFETY: values 32b..32b + 32 of row `row` are inside the [n, k] weight;
+                    // the store writes values 32b..32b + 32 < k_pad of `dst`.
+                    unsafe { _mm512_storeu_si512(dst.as_mut_ptr().add(K_STEP * b) as *mut _, f16_block_bf16(v.as_ptr().add(row * k + K_STEP * b))) };
+                }
             }
             (_, Some((qs, d))) if k == k_pad => {
                 let blocks = k / K_STEP;
@@ -197,8 +209,8 @@ mod x86 {
 
     /// `panel_scalar` 16 columns at a time: each column's 32 values of a k step rounded into one
     /// vector of 16 pairs, the 16 vectors transposed in registers, and each transposed vector
-    /// stored as one 64-byte row of the panel. bf16 weights are loaded as they are and q8_0 ones
-    /// decoded in registers; other formats (and partial column groups) go through `scratch`,
+    /// stored as one 64-byte row of the panel. bf16 weights are loaded as they are, f16 and q8_0 ones
+    /// converted in registers; other formats (and partial column groups) go through `scratch`,
     /// `[16][k_pad]` f32 rows from `weight_column`. (Scattering each column's pairs to their 16
     /// rows ran at ~3 cycles a weight: packing took longer than the product.)
     ///
@@ -228,6 +240,12 @@ mod x86 {
                     (WeightRows::Bf16(v), _) if whole => {
                         for s in 0..steps {
                             let cols = std::array::from_fn(|c| _mm512_loadu_si512(v.as_ptr().add((c0 + c) * k + K_STEP * s) as *const _));
+                            store(s, cols, panel);
+                        }
+                    }
+                    (WeightRows::F16(v), _) if whole => {
+                        for s in 0..steps {
+                            let cols = std::array::from_fn(|c| f16_block_bf16(v.as_ptr().add((c0 + c) * k + K_STEP * s)));
                             store(s, cols, panel);
                         }
                     }
@@ -270,6 +288,20 @@ mod x86 {
             let scale = _mm512_broadcastss_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(d.to_bits() as i32)));
             let lo = _mm512_mul_ps(scale, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(q))));
             let hi = _mm512_mul_ps(scale, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256::<1>(q))));
+            std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo))
+        }
+    }
+
+    /// 32 f16 at `v` widened (exactly) and rounded to 32 bf16 in k order, for both packers.
+    ///
+    /// # Safety
+    /// AVX-512 F/BF16; `v` points at 32 readable f16.
+    #[inline(always)]
+    unsafe fn f16_block_bf16(v: *const half::f16) -> __m512i {
+        // SAFETY: per the contract.
+        unsafe {
+            let lo = _mm512_cvtph_ps(_mm256_loadu_si256(v as *const __m256i));
+            let hi = _mm512_cvtph_ps(_mm256_loadu_si256(v.add(16) as *const __m256i));
             std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo))
         }
     }

@@ -24,11 +24,23 @@ fn avx512_packers_equal_their_twins() {
     let n = 45;
     let bf16_values = |k: usize| -> Vec<bf16> { values(n * k, 3).into_iter().map(bf16::from_f32).collect() };
     let (w101, w128) = (bf16_values(101), bf16_values(128));
+    let f16_values = |k: usize| -> Vec<f16> { values(n * k, 4).into_iter().map(f16::from_f32).collect() };
+    let (h101, h128) = (f16_values(101), f16_values(128));
     let q8 = QuantizedMatrix::quantize(&values(n * 128, 5), n, 128, WeightFormat::Q8_0).unwrap();
     let q4 = QuantizedMatrix::quantize(&values(n * 256, 5), n, 256, WeightFormat::Q4K).unwrap();
-    // whole 16-column groups take the in-register paths (bf16 with k = k_pad, q8_0); partial
-    // groups, an odd k and q4_K the scratch rows
-    let cases = [(WeightRows::Bf16(&w101), 101), (WeightRows::Bf16(&w128), 128), (WeightRows::Quantized(&q8), 128), (WeightRows::Quantized(&q4), 256)];
+    // whole 16-column groups take the in-register paths (bf16 and f16 with k = k_pad, q8_0);
+    // partial groups, an odd k and q4_K the scratch rows. f16 values below 2^-14 check that
+    // the conversion keeps f16 subnormals.
+    let h_tiny: Vec<f16> = (0..n * 128).map(|i| f16::from_bits((i % 1024) as u16 | ((i % 2) as u16) << 15)).collect();
+    let cases = [
+        (WeightRows::Bf16(&w101), 101),
+        (WeightRows::Bf16(&w128), 128),
+        (WeightRows::F16(&h101), 101),
+        (WeightRows::F16(&h128), 128),
+        (WeightRows::F16(&h_tiny), 128),
+        (WeightRows::Quantized(&q8), 128),
+        (WeightRows::Quantized(&q4), 256),
+    ];
     for (weight, k) in cases {
         let k: usize = k;
         let k_pad = k.next_multiple_of(K_STEP);
@@ -41,9 +53,18 @@ fn avx512_packers_equal_their_twins() {
             assert_eq!(fast, plain, "panel at column {first}, k {k}");
         }
     }
-    // weight rows as bf16 rows: q8_0 in registers, bf16 copied, others through the scratch row
+    // weight rows as bf16 rows: q8_0 and f16 (k = k_pad) in registers, bf16 copied, others
+    // through the scratch row
     let f32_values = values(n * 101, 21);
-    let row_cases = [(WeightRows::Bf16(&w101), 101), (WeightRows::Quantized(&q8), 128), (WeightRows::Quantized(&q4), 256), (WeightRows::F32(&f32_values), 101)];
+    let row_cases = [
+        (WeightRows::Bf16(&w101), 101),
+        (WeightRows::F16(&h101), 101),
+        (WeightRows::F16(&h128), 128),
+        (WeightRows::F16(&h_tiny), 128),
+        (WeightRows::Quantized(&q8), 128),
+        (WeightRows::Quantized(&q4), 256),
+        (WeightRows::F32(&f32_values), 101),
+    ];
     for (weight, k) in row_cases {
         let k: usize = k;
         let k_pad = k.next_multiple_of(K_STEP);
@@ -111,6 +132,11 @@ fn amx_gemm_matches_the_plain_twin() {
         let err = gemm_error(&x, m, &WeightRows::Bf16(&w), &dense, n, k);
         println!("bf16 [{m}, {k}] x [{n}, {k}]^T: max error {err:.2e} of sum |x w|");
         assert!(err < 1e-5, "bf16 weights: {err:e}");
+        let w: Vec<f16> = values(n * k, 13).into_iter().map(f16::from_f32).collect();
+        let dense: Vec<f32> = w.iter().map(|v| v.to_f32()).collect();
+        let err = gemm_error(&x, m, &WeightRows::F16(&w), &dense, n, k);
+        println!("f16 [{m}, {k}] x [{n}, {k}]^T: max error {err:.2e} of sum |x w|");
+        assert!(err < 1e-5, "f16 weights: {err:e}");
     }
     for format in [WeightFormat::Q8_0, WeightFormat::Q4K] {
         let (m, n, k) = (70, 40, 512);
