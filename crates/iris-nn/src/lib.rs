@@ -11,6 +11,7 @@ pub mod decode_attention;
 pub mod error;
 pub mod flash_attention;
 pub mod gemv;
+pub mod heads;
 pub mod inplace;
 pub mod kv_cache;
 pub mod ops;

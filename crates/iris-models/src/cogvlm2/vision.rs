@@ -7,6 +7,7 @@ use super::config::VisionConfig;
 use crate::error::Result;
 use candle_core::{DType, Tensor};
 use iris_nn::attention::{attention_with, Products, DEFAULT_SCORE_BYTES};
+use iris_nn::heads::split_heads;
 use iris_nn::inplace::{gelu_erf, silu_mul};
 use iris_nn::ops::{LayerNorm, Linear};
 use iris_nn::weights::Weights;
@@ -142,9 +143,9 @@ impl VisionTower {
     fn attention(&self, l: &VisionLayer, x: &Tensor) -> Result<Tensor> {
         let (n, e) = x.dims2()?;
         let (heads, hd) = (self.cfg.num_heads, self.cfg.head_dim());
-        // [N, 3E] -> [N, 3, H, D] -> [3, H, N, D]
-        let qkv = l.query_key_value.forward(x)?.reshape((n, 3, heads, hd))?.permute((1, 2, 0, 3))?;
-        let (q, k, v) = (qkv.get(0)?.contiguous()?, qkv.get(1)?.contiguous()?, qkv.get(2)?.contiguous()?);
+        // [N, 3E] -> q, k, v [H, N, D]
+        let qkv = l.query_key_value.forward(x)?;
+        let (q, k, v) = (split_heads(&qkv, 0, heads, hd, None)?, split_heads(&qkv, e, heads, hd, None)?, split_heads(&qkv, 2 * e, heads, hd, None)?);
         drop(qkv);
         // chunked so 9217 x 9217 scores of all heads never coexist
         let o = attention_with(&q, &k, &v, None, 1.0 / (hd as f64).sqrt(), DEFAULT_SCORE_BYTES, self.products)?;

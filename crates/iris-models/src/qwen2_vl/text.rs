@@ -10,6 +10,7 @@ use candle_core::{DType, Device, Tensor};
 use crate::api::StepInput;
 use crate::common::{logit_rows, split_rows, stacked_positions};
 use iris_nn::attention::{batched_cached_attention, Products};
+use iris_nn::heads::split_heads;
 use iris_nn::inplace::silu_mul;
 use iris_nn::ops::{Embedding, Linear, RmsNorm};
 use iris_nn::weights::Weights;
@@ -173,13 +174,10 @@ impl TextModel {
         let hd = self.cfg.head_dim();
         let (nh, nkv) = (self.cfg.num_attention_heads, self.cfg.num_key_value_heads);
         let qkv = l.qkv_proj.forward(&l.input_layernorm.forward(x)?)?;
-        // columns [first, first + heads*D) of [T, (H + 2 KVH)*D] -> [T, heads, D] -> [1, heads, T, D]
-        let split = |first: usize, heads: usize| -> Result<Tensor> {
-            Ok(qkv.narrow(1, first, heads * hd)?.reshape((t, heads, hd))?.transpose(0, 1)?.contiguous()?.unsqueeze(0)?)
-        };
-        let q = candle_nn::rotary_emb::rope(&split(0, nh)?, cos, sin)?.squeeze(0)?;
-        let k = candle_nn::rotary_emb::rope(&split(nh * hd, nkv)?, cos, sin)?.squeeze(0)?;
-        let v = split((nh + nkv) * hd, nkv)?.squeeze(0)?;
+        // [T, (H + 2 KVH) * D] -> [H, T, D], [KVH, T, D], [KVH, T, D]
+        let q = split_heads(&qkv, 0, nh, hd, Some((cos, sin)))?;
+        let k = split_heads(&qkv, nh * hd, nkv, hd, Some((cos, sin)))?;
+        let v = split_heads(&qkv, (nh + nkv) * hd, nkv, hd, None)?;
         drop(qkv);
         let o = batched_cached_attention(&q, &k, &v, lens, kvs, 1.0 / (hd as f64).sqrt(), self.products)?;
         // [H, T, D] -> [T, H, D] -> [T, C]

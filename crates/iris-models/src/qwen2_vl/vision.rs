@@ -8,6 +8,7 @@ use super::config::VisionConfig;
 use crate::error::Result;
 use candle_core::{DType, Device, Tensor};
 use iris_nn::attention::{attention_with, Products, DEFAULT_SCORE_BYTES};
+use iris_nn::heads::split_heads;
 use iris_nn::inplace::{gelu_erf, quick_gelu};
 use iris_nn::ops::{LayerNorm, Linear};
 use iris_nn::weights::Weights;
@@ -137,16 +138,12 @@ impl VisionTower {
     fn attention(&self, b: &VisionBlock, x: &Tensor, cos: &Tensor, sin: &Tensor, slice: usize) -> Result<Tensor> {
         let (n, e) = x.dims2()?;
         let (heads, hd) = (self.cfg.num_heads, self.cfg.head_dim());
-        // [N, 3E] -> [N, 3, H, D] -> [3, H, N, D]
-        let qkv = b.qkv.forward(&b.norm1.forward(x)?)?.reshape((n, 3, heads, hd))?.permute((1, 2, 0, 3))?;
-        let rotate = |t: Tensor| -> Result<Tensor> {
-            // rotary in f32 as the reference: [H, N, D] -> [1, H, N, D]
-            let t = t.to_dtype(DType::F32)?.contiguous()?.unsqueeze(0)?;
-            Ok(candle_nn::rotary_emb::rope(&t, cos, sin)?.squeeze(0)?.to_dtype(self.dtype)?)
-        };
-        let q = rotate(qkv.get(0)?)?;
-        let k = rotate(qkv.get(1)?)?;
-        let v = qkv.get(2)?.contiguous()?;
+        // [N, 3E] -> q, k, v [H, N, D]; rotary in f32 as the reference
+        let qkv = b.qkv.forward(&b.norm1.forward(x)?)?;
+        let rotated = |part: usize| -> Result<Tensor> { Ok(split_heads(&qkv.to_dtype(DType::F32)?, part * e, heads, hd, Some((cos, sin)))?.to_dtype(self.dtype)?) };
+        let q = rotated(0)?;
+        let k = rotated(1)?;
+        let v = split_heads(&qkv, 2 * e, heads, hd, None)?;
         drop(qkv);
         let scale = 1.0 / (hd as f64).sqrt();
         // block-diagonal: each temporal slice (one image, one frame pair) attends only to itself
