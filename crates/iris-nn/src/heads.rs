@@ -23,7 +23,7 @@ pub fn split_heads(x: &Tensor, first: usize, heads: usize, head_dim: usize, rope
         // (candle's rope cannot take an empty tensor)
         return Ok(Tensor::zeros((heads, t, head_dim), x.dtype(), x.device())?);
     }
-    let fast = x.dtype() == DType::F32 && x.is_contiguous() && head_dim % 2 == 0 && first + heads * head_dim <= width && rope.is_none_or(|(c, s)| tables_fit(c) && tables_fit(s));
+    let fast = x.dtype() == DType::F32 && x.is_contiguous() && head_dim.is_multiple_of(2) && first + heads * head_dim <= width && rope.is_none_or(|(c, s)| tables_fit(c) && tables_fit(s));
     if !fast || !x.device().is_cpu() {
         return split_heads_slow(x, first, heads, head_dim, rope);
     }
