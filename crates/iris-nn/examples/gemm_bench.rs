@@ -4,7 +4,8 @@
 //! patches, the language MLP on a 307-token prompt and on 9-64 rows (batched decode); and for bf16
 //! weights the bf16 GEMM (AVX512-BF16) next to the general path it replaces (widen the weight to
 //! f32, then candle's f32 matmul). On AMX CPUs the q8_0/q4k rows and the "bf16 AMX GEMM" row take
-//! the AMX GEMM (`IRIS_NO_AMX=1` for the AVX-512 paths). Prints GFLOP/s (2 * m * N * K per product).
+//! the AMX GEMM (`IRIS_NO_AMX=1` for the AVX-512 paths); f32 weights also take the AVX-512F f32
+//! GEMM (`f32_gemm`). Prints GFLOP/s (2 * m * N * K per product).
 //! `cargo run --release -p iris-nn --example gemm_bench`
 
 use candle_core::{DType, Device, Tensor};
@@ -57,6 +58,11 @@ fn main() {
         });
         println!("{label} [{m}, {k}] x [{n}, {k}]^T bf16 widened + f32 matmul: {:.1} ms, {:.0} GFLOP/s", widened * 1e3, flops / widened / 1e9);
         let xs: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+        if iris_nn::f32_gemm::available() {
+            let ws: Vec<f32> = w.flatten_all().unwrap().to_vec1().unwrap();
+            let t = best_of(3, || drop(iris_nn::f32_gemm::gemm_vec(&xs, m, iris_nn::f32_gemm::F32Weight::F32(&ws), n, k)));
+            println!("{label} [{m}, {k}] x [{n}, {k}]^T f32 GEMM (AVX-512F): {:.1} ms, {:.0} GFLOP/s", t * 1e3, flops / t / 1e9);
+        }
         if iris_nn::bf16_gemm::available() {
             let ws: Vec<half::bf16> = wb.flatten_all().unwrap().to_vec1().unwrap();
             let mut out = vec![0f32; m * n];

@@ -9,6 +9,7 @@ pub mod bandwidth;
 pub mod bf16_gemm;
 pub mod decode_attention;
 pub mod error;
+pub mod f32_gemm;
 pub mod flash_attention;
 pub mod gemv;
 pub mod heads;

@@ -34,6 +34,8 @@ use crate::quant::QuantizedMatrix;
 use crate::tiled_output::ColumnTiles;
 use half::{bf16, f16};
 use pack::{K_STEP, PANEL};
+#[cfg(target_arch = "x86_64")]
+pub(crate) use pack::transpose_16x16;
 use rayon::prelude::*;
 
 /// A weight `[n, k]` (PyTorch `[out, in]`) the AMX GEMM can pack.

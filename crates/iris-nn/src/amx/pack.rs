@@ -86,7 +86,10 @@ pub(super) fn weight_row_scalar(w: &WeightRows, n: usize, k: usize, row: usize, 
 }
 
 #[cfg(target_arch = "x86_64")]
-pub(super) use x86::{panel_avx512, round_row_avx512, transpose_16x16, transposed_panels_avx512, weight_row_avx512};
+pub(super) use x86::{panel_avx512, round_row_avx512, transposed_panels_avx512, weight_row_avx512};
+/// Also the f32 GEMM's (`crate::f32_gemm`) panel transpose.
+#[cfg(target_arch = "x86_64")]
+pub(crate) use x86::transpose_16x16;
 
 /// Elsewhere the AMX paths never run (`super::available()` is false); these keep them compiling.
 #[cfg(not(target_arch = "x86_64"))]
@@ -310,7 +313,7 @@ mod x86 {
     /// 32-bit and 64-bit interleaves inside 128-bit lanes, then two rounds of 128-bit lane
     /// shuffles.
     #[inline(always)]
-    pub(in crate::amx) unsafe fn transpose_16x16(v: &mut [__m512i; 16]) {
+    pub(crate) unsafe fn transpose_16x16(v: &mut [__m512i; 16]) {
         // t[2i], t[2i + 1]: rows 2i, 2i + 1 interleaved (lanes 0-1 and 2-3 of each 128 bits)
         let t: [__m512i; 16] = std::array::from_fn(|j| {
             let (a, b) = (v[j & !1], v[j | 1]);

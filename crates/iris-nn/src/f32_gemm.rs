@@ -1,0 +1,325 @@
+//! Many-row products with f32 or f16 weights on AVX-512F CPUs without AMX: `[m, K] x W^T`, f32
+//! activations and sums, f32 out: the exact path (`--quant f32`, the CPU default, and f16
+//! weights, widened exactly) of the vision towers and prefill. candle 0.11's GEMM (the `gemm`
+//! crate) issues 256-bit FMAs on stable Rust: ~180 GFLOP/s on the Xeon VM of BENCHMARKS.md, whose
+//! cores retire two 512-bit FMAs per cycle (`simd_peak`, ~490 GFLOP/s on 2 cores).
+//!
+//! Blocking (GotoBLAS's): a task owns up to `COL_BLOCK` output columns. For each `KC` slice of K
+//! it packs them into panels of 32 columns, `[KC][32]` f32 (16 x 16 register transposes; the
+//! task's panels stay in L2), then for each tile of `TILE_ROWS` activation rows (their `KC`
+//! slice stays in L1) runs every panel: `2 * TILE_ROWS` accumulators, per k two panel loads and
+//! one broadcast per row. Partial sums live in the output between K slices. (Copying each
+//! tile's activations k-major, so a k step's broadcasts read one line through one pointer,
+//! measured slower: 280-300 -> 195-245 GFLOP/s on `gemm_bench`'s vision MLP.)
+//!
+//! Numbers: every output is summed in k order with fused multiply-adds (one rounding per step),
+//! which `gemm_reference`, a plain `mul_add` loop, reproduces bit for bit.
+
+use crate::tiled_output::ColumnTiles;
+use half::f16;
+use rayon::prelude::*;
+
+/// A weight `[n, k]` (PyTorch `[out, in]`) this GEMM takes.
+#[derive(Clone, Copy)]
+pub enum F32Weight<'a> {
+    F32(&'a [f32]),
+    /// Widened to f32 while packing (exact).
+    F16(&'a [f16]),
+}
+
+impl F32Weight<'_> {
+    fn len(&self) -> usize {
+        match self {
+            F32Weight::F32(v) => v.len(),
+            F32Weight::F16(v) => v.len(),
+        }
+    }
+
+    fn at(&self, i: usize) -> f32 {
+        match self {
+            F32Weight::F32(v) => v[i],
+            F32Weight::F16(v) => v[i].to_f32(),
+        }
+    }
+}
+
+/// Output columns per panel (two 16-lane vectors).
+const PANEL: usize = 32;
+/// Activation rows per tile: 2 x 12 accumulators, two panel vectors and a broadcast fit the 32
+/// vector registers.
+const TILE_ROWS: usize = 12;
+/// k values per packed slice.
+const KC: usize = 256;
+/// Most output columns per task.
+const COL_BLOCK: usize = 256;
+
+/// Whether many-row f32/f16 products take this GEMM: on AVX-512F CPUs, unless the environment
+/// sets `IRIS_NO_F32_GEMM` (then candle's GEMM, for A/B runs).
+pub fn available() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            std::env::var_os("IRIS_NO_F32_GEMM").is_none() && std::is_x86_feature_detected!("avx512f")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    })
+}
+
+/// `x [m, k] x W^T` into a new `[m, n]` buffer, written once (never zeroed first). Only call
+/// where `available()`.
+pub fn gemm_vec(x: &[f32], m: usize, w: F32Weight, n: usize, k: usize) -> Vec<f32> {
+    let len = m.checked_mul(n).expect("f32 GEMM output size overflows");
+    if k == 0 {
+        return vec![0.0; len];
+    }
+    let mut out = Vec::<f32>::with_capacity(len);
+    // SAFETY: the capacity holds m * n values; `gemm_into` writes every one (its tasks cover all
+    // columns, each for all rows, the first K slice without reading) before `set_len`.
+    unsafe {
+        gemm_into(x, m, w, n, k, ColumnTiles::for_uninit(out.as_mut_ptr(), m, n));
+        out.set_len(len);
+    }
+    out
+}
+
+fn gemm_into(x: &[f32], m: usize, w: F32Weight, n: usize, k: usize, dst: ColumnTiles) {
+    assert!(x.len() == m * k && w.len() == n * k && k > 0, "f32 GEMM operands for [{m}, {k}] x [{n}, {k}]^T");
+    assert!(available(), "f32 GEMM called without AVX-512F");
+    if m == 0 || n == 0 {
+        return;
+    }
+    let panels = n.div_ceil(PANEL);
+    // at least four tasks per thread when the weight is wide enough, so that no thread idles
+    let per_task = panels.div_ceil(4 * rayon::current_num_threads()).clamp(1, COL_BLOCK / PANEL);
+    (0..panels.div_ceil(per_task)).into_par_iter().for_each(|task| {
+        let (p0, count) = (task * per_task, per_task.min(panels - task * per_task));
+        // [count][KC][PANEL]
+        let mut packed = vec![0f32; count * KC * PANEL];
+        for kb in (0..k).step_by(KC) {
+            let kc = KC.min(k - kb);
+            for (p, panel) in packed.chunks_exact_mut(KC * PANEL).enumerate() {
+                pack_panel(w, n, k, (p0 + p) * PANEL, kb, kc, panel);
+            }
+            for r0 in (0..m).step_by(TILE_ROWS) {
+                let rows = TILE_ROWS.min(m - r0);
+                for (p, panel) in packed.chunks_exact(KC * PANEL).enumerate() {
+                    let first = (p0 + p) * PANEL;
+                    let cols = PANEL.min(n - first);
+                    // SAFETY: `available()` checked AVX-512F; the activations hold rows r0.. of
+                    // k values from kb + kc <= k, the panel kc rows; this task alone owns columns
+                    // first..first + cols of the output, whose rows are n apart.
+                    unsafe { avx512::tile(rows, x.as_ptr().add(r0 * k + kb), k, panel, kc, dst.at(r0, first), n, cols, kb > 0) };
+                }
+            }
+        }
+    });
+}
+
+/// Weight columns `first..first + PANEL` over k values `kb..kb + kc` as `[kc][PANEL]` f32 rows
+/// of `panel`, zero past `n`.
+fn pack_panel(w: F32Weight, n: usize, k: usize, first: usize, kb: usize, kc: usize, panel: &mut [f32]) {
+    if first + PANEL <= n {
+        // SAFETY: `available()` (asserted by the only caller) checked AVX-512F; the columns are
+        // inside the weight.
+        return unsafe { avx512::pack_whole_panel(w, k, first, kb, kc, panel) };
+    }
+    pack_panel_scalar(w, n, k, first, kb, kc, panel);
+}
+
+/// Plain twin of the AVX-512 packer (and its path for a last, partial panel).
+fn pack_panel_scalar(w: F32Weight, n: usize, k: usize, first: usize, kb: usize, kc: usize, panel: &mut [f32]) {
+    for i in 0..kc {
+        for c in 0..PANEL {
+            panel[i * PANEL + c] = if first + c < n { w.at((first + c) * k + kb + i) } else { 0.0 };
+        }
+    }
+}
+
+/// Plain twin of `gemm_vec`: each output a `mul_add` chain over k in order.
+pub fn gemm_reference(x: &[f32], m: usize, w: F32Weight, n: usize, k: usize) -> Vec<f32> {
+    let mut out = vec![0f32; m * n];
+    for r in 0..m {
+        for c in 0..n {
+            out[r * n + c] = (0..k).fold(0f32, |acc, i| x[r * k + i].mul_add(w.at(c * k + i), acc));
+        }
+    }
+    out
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{F32Weight, KC, PANEL, TILE_ROWS};
+    use std::arch::x86_64::*;
+
+    /// `pack_panel` for 32 columns inside the weight: 16 columns x 16 k values loaded (f16
+    /// widened), transposed in registers, stored as 16 panel rows; a slice's last k values
+    /// (`kc % 16`) one by one.
+    ///
+    /// # Safety
+    /// AVX-512F; columns `first..first + 32` and k values `kb..kb + kc` are inside the `[n, k]`
+    /// weight, and `panel` holds `kc * PANEL` values.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn pack_whole_panel(w: F32Weight, k: usize, first: usize, kb: usize, kc: usize, panel: &mut [f32]) {
+        assert!(panel.len() >= kc * PANEL && kc <= KC);
+        let whole = kc / 16 * 16;
+        for half in 0..2 {
+            let c0 = first + 16 * half;
+            for i0 in (0..whole).step_by(16) {
+                // SAFETY: per the contract: rows c0..c0 + 16 of the weight, values kb + i0..+16,
+                // and panel rows i0..i0 + 16 at columns 16 * half..+16.
+                unsafe {
+                    let mut v: [__m512i; 16] = std::array::from_fn(|c| {
+                        let at = (c0 + c) * k + kb + i0;
+                        match w {
+                            F32Weight::F32(s) => _mm512_castps_si512(_mm512_loadu_ps(s.as_ptr().add(at))),
+                            F32Weight::F16(s) => _mm512_castps_si512(_mm512_cvtph_ps(_mm256_loadu_si256(s.as_ptr().add(at) as *const __m256i))),
+                        }
+                    });
+                    crate::amx::transpose_16x16(&mut v);
+                    for (j, row) in v.iter().enumerate() {
+                        _mm512_storeu_si512(panel.as_mut_ptr().add((i0 + j) * PANEL + 16 * half) as *mut _, *row);
+                    }
+                }
+            }
+            for i in whole..kc {
+                for c in 0..16 {
+                    panel[i * PANEL + 16 * half + c] = w.at((c0 + c) * k + kb + i);
+                }
+            }
+        }
+    }
+
+    /// One tile: `rows` (1..=TILE_ROWS) activation rows at `a` (`lda` apart, `kc` values each)
+    /// against a `[kc][32]` panel, into `cols` (1..=32) output columns at `c` (rows `ldc` apart),
+    /// added to what they hold when `accumulate`.
+    ///
+    /// # Safety
+    /// AVX-512F; the pointers cover those extents.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn tile(rows: usize, a: *const f32, lda: usize, panel: &[f32], kc: usize, c: *mut f32, ldc: usize, cols: usize, accumulate: bool) {
+        assert!(panel.len() >= kc * PANEL && (1..=PANEL).contains(&cols));
+        // SAFETY (all): per the contract.
+        unsafe {
+            match rows {
+                1 => tile_rows::<1>(a, lda, panel, kc, c, ldc, cols, accumulate),
+                2 => tile_rows::<2>(a, lda, panel, kc, c, ldc, cols, accumulate),
+                3 => tile_rows::<3>(a, lda, panel, kc, c, ldc, cols, accumulate),
+                4 => tile_rows::<4>(a, lda, panel, kc, c, ldc, cols, accumulate),
+                5 => tile_rows::<5>(a, lda, panel, kc, c, ldc, cols, accumulate),
+                6 => tile_rows::<6>(a, lda, panel, kc, c, ldc, cols, accumulate),
+                7 => tile_rows::<7>(a, lda, panel, kc, c, ldc, cols, accumulate),
+                8 => tile_rows::<8>(a, lda, panel, kc, c, ldc, cols, accumulate),
+                9 => tile_rows::<9>(a, lda, panel, kc, c, ldc, cols, accumulate),
+                10 => tile_rows::<10>(a, lda, panel, kc, c, ldc, cols, accumulate),
+                11 => tile_rows::<11>(a, lda, panel, kc, c, ldc, cols, accumulate),
+                12 => tile_rows::<12>(a, lda, panel, kc, c, ldc, cols, accumulate),
+                rows => unreachable!("{rows} rows in a tile (at most {TILE_ROWS})"),
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn tile_rows<const R: usize>(a: *const f32, lda: usize, panel: &[f32], kc: usize, c: *mut f32, ldc: usize, cols: usize, accumulate: bool) {
+        // the two 16-column halves' valid lanes
+        let mask = |half: usize| ((1u32 << cols.saturating_sub(16 * half).min(16)) - 1) as __mmask16;
+        let (m0, m1) = (mask(0), mask(1));
+        // SAFETY (all): per the contract; masked loads and stores touch only the valid columns.
+        unsafe {
+            let mut acc = [[_mm512_setzero_ps(); 2]; R];
+            if accumulate {
+                for (r, row) in acc.iter_mut().enumerate() {
+                    row[0] = _mm512_maskz_loadu_ps(m0, c.add(r * ldc));
+                    row[1] = _mm512_maskz_loadu_ps(m1, c.add(r * ldc + 16));
+                }
+            }
+            let w = panel.as_ptr();
+            for i in 0..kc {
+                let (w0, w1) = (_mm512_loadu_ps(w.add(i * PANEL)), _mm512_loadu_ps(w.add(i * PANEL + 16)));
+                for (r, row) in acc.iter_mut().enumerate() {
+                    let x = _mm512_set1_ps(*a.add(r * lda + i));
+                    row[0] = _mm512_fmadd_ps(x, w0, row[0]);
+                    row[1] = _mm512_fmadd_ps(x, w1, row[1]);
+                }
+            }
+            for (r, row) in acc.iter().enumerate() {
+                _mm512_mask_storeu_ps(c.add(r * ldc), m0, row[0]);
+                _mm512_mask_storeu_ps(c.add(r * ldc + 16), m1, row[1]);
+            }
+        }
+    }
+}
+
+/// Elsewhere this GEMM never runs (`available()` is false); these keep it compiling.
+#[cfg(not(target_arch = "x86_64"))]
+mod avx512 {
+    use super::F32Weight;
+
+    pub unsafe fn pack_whole_panel(_w: F32Weight, _k: usize, _first: usize, _kb: usize, _kc: usize, _panel: &mut [f32]) {
+        unreachable!("the f32 GEMM needs AVX-512F")
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn tile(_rows: usize, _a: *const f32, _lda: usize, _panel: &[f32], _kc: usize, _c: *mut f32, _ldc: usize, _cols: usize, _accumulate: bool) {
+        unreachable!("the f32 GEMM needs AVX-512F")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(len: usize, seed: u32) -> Vec<f32> {
+        // a small LCG: deterministic, mixed signs and magnitudes
+        let mut s = seed;
+        (0..len)
+            .map(|_| {
+                s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                ((s >> 8) as f32 / (1u32 << 24) as f32 - 0.5) * 2.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn gemm_equals_the_mul_add_chain_bit_for_bit() {
+        if !available() {
+            println!("SKIPPED: no AVX-512F on this CPU (candle's GEMM runs)");
+            return;
+        }
+        // shapes crossing every edge: rows past and below a tile, columns past COL_BLOCK and not
+        // a multiple of PANEL, K past KC and not a multiple of 16
+        for (m, n, k) in [(1, 1, 1), (5, 33, 17), (37, 45, 300), (30, 290, 530), (13, 64, 256)] {
+            let x = values(m * k, 11);
+            let w32 = values(n * k, 13);
+            let w16: Vec<f16> = w32.iter().map(|&v| f16::from_f32(v)).collect();
+            for w in [F32Weight::F32(&w32), F32Weight::F16(&w16)] {
+                let fast = gemm_vec(&x, m, w, n, k);
+                let plain = gemm_reference(&x, m, w, n, k);
+                assert!(fast.iter().zip(&plain).all(|(a, b)| a.to_bits() == b.to_bits()), "[{m}, {k}] x [{n}, {k}]^T");
+            }
+        }
+    }
+
+    #[test]
+    fn packer_equals_its_twin() {
+        if !available() {
+            println!("SKIPPED: no AVX-512F on this CPU");
+            return;
+        }
+        let (n, k) = (64, 300);
+        let w32 = values(n * k, 5);
+        let w16: Vec<f16> = w32.iter().map(|&v| f16::from_f32(v)).collect();
+        for w in [F32Weight::F32(&w32), F32Weight::F16(&w16)] {
+            for (kb, kc) in [(0, 256), (256, 44), (3, 16)] {
+                let (mut fast, mut plain) = (vec![1f32; KC * PANEL], vec![2f32; KC * PANEL]);
+                pack_panel(w, n, k, 32, kb, kc, &mut fast);
+                pack_panel_scalar(w, n, k, 32, kb, kc, &mut plain);
+                assert_eq!(fast[..kc * PANEL], plain[..kc * PANEL], "k values {kb}..{}", kb + kc);
+            }
+        }
+    }
+}
