@@ -72,18 +72,12 @@ pub fn available() -> bool {
 /// `x [m, k] x W^T` into a new `[m, n]` buffer, written once (never zeroed first). Only call
 /// where `available()`.
 pub fn gemm_vec(x: &[f32], m: usize, w: F32Weight, n: usize, k: usize) -> Vec<f32> {
-    let len = m.checked_mul(n).expect("f32 GEMM output size overflows");
     if k == 0 {
-        return vec![0.0; len];
+        return vec![0.0; m * n];
     }
-    let mut out = Vec::<f32>::with_capacity(len);
-    // SAFETY: the capacity holds m * n values; `gemm_into` writes every one (its tasks cover all
-    // columns, each for all rows, the first K slice without reading) before `set_len`.
-    unsafe {
-        gemm_into(x, m, w, n, k, ColumnTiles::for_uninit(out.as_mut_ptr(), m, n));
-        out.set_len(len);
-    }
-    out
+    // SAFETY: `gemm_into` writes every value (its tasks cover all columns, each for all rows, the
+    // first K slice without reading).
+    unsafe { crate::tiled_output::written_once(m, n, |dst| gemm_into(x, m, w, n, k, dst)) }
 }
 
 fn gemm_into(x: &[f32], m: usize, w: F32Weight, n: usize, k: usize, dst: ColumnTiles) {
@@ -272,17 +266,7 @@ mod avx512 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn values(len: usize, seed: u32) -> Vec<f32> {
-        // a small LCG: deterministic, mixed signs and magnitudes
-        let mut s = seed;
-        (0..len)
-            .map(|_| {
-                s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                ((s >> 8) as f32 / (1u32 << 24) as f32 - 0.5) * 2.0
-            })
-            .collect()
-    }
+    use crate::amx::tests::values;
 
     #[test]
     fn gemm_equals_the_mul_add_chain_bit_for_bit() {

@@ -64,3 +64,20 @@ impl ColumnTiles {
         }
     }
 }
+
+/// A new `[m, n]` buffer that `fill` writes through `ColumnTiles`, never zeroed first (a GEMM's
+/// output; `vec![0.0; m * n]` stored every value once more).
+///
+/// # Safety
+/// `fill` must write every one of the `m * n` values before it returns.
+pub(crate) unsafe fn written_once(m: usize, n: usize, fill: impl FnOnce(ColumnTiles)) -> Vec<f32> {
+    let len = m.checked_mul(n).expect("GEMM output size overflows");
+    let mut out = Vec::<f32>::with_capacity(len);
+    // SAFETY: the capacity holds m * n values, which `fill` writes (the caller's contract) before
+    // `set_len` exposes them.
+    unsafe {
+        fill(ColumnTiles::for_uninit(out.as_mut_ptr(), m, n));
+        out.set_len(len);
+    }
+    out
+}

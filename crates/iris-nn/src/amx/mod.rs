@@ -25,7 +25,7 @@
 pub(crate) mod attention;
 mod pack;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 #[cfg(target_arch = "x86_64")]
 mod tiles;
 mod weight_tiles;
@@ -215,18 +215,11 @@ pub(crate) fn gemm(x: &[f32], m: usize, w: &WeightRows, n: usize, k: usize, out:
 
 /// `gemm` into a new `[m, n]` buffer, written once (never zeroed first).
 pub(crate) fn gemm_vec(x: &[f32], m: usize, w: &WeightRows, n: usize, k: usize) -> Vec<f32> {
-    let len = m.checked_mul(n).expect("AMX GEMM output size overflows");
     if k == 0 {
-        return vec![0.0; len];
+        return vec![0.0; m * n];
     }
-    let mut out = Vec::<f32>::with_capacity(len);
-    // SAFETY: the capacity holds m * n values; `gemm_into` writes every one of them (its tasks
-    // cover all columns, each for all rows) before `set_len` exposes them.
-    unsafe {
-        gemm_into(x, m, w, n, k, ColumnTiles::for_uninit(out.as_mut_ptr(), m, n));
-        out.set_len(len);
-    }
-    out
+    // SAFETY: `gemm_into` writes every value (its tasks cover all columns, each for all rows).
+    unsafe { crate::tiled_output::written_once(m, n, |dst| gemm_into(x, m, w, n, k, dst)) }
 }
 
 fn gemm_into(x: &[f32], m: usize, w: &WeightRows, n: usize, k: usize, dst: ColumnTiles) {

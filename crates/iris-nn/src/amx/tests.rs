@@ -4,7 +4,8 @@
 use super::*;
 use crate::quant::WeightFormat;
 
-fn values(len: usize, seed: u32) -> Vec<f32> {
+/// Test inputs in [-1, 1) (the f32 GEMM's tests use them too).
+pub(crate) fn values(len: usize, seed: u32) -> Vec<f32> {
     // a small LCG: deterministic, mixed signs and magnitudes
     let mut s = seed;
     (0..len)
