@@ -32,8 +32,7 @@ impl Products {
     /// many-row products take bf16 activations on AMX CPUs (`amx`), the only ones where this
     /// policy changes the attention. f32 linears keep f32 activations, so their attention does too.
     pub fn for_linears(linears: Option<crate::quant::WeightFormat>) -> Self {
-        use crate::quant::WeightFormat;
-        if linears.is_some_and(|f| f.is_quantized() || matches!(f, WeightFormat::BF16 | WeightFormat::F16)) {
+        if linears.is_some_and(|f| f != crate::quant::WeightFormat::F32) {
             Products::Bf16
         } else {
             Products::AsInputs

@@ -157,26 +157,22 @@ mod avx512 {
         // SAFETY (all arms): `rows_with`'s loads read 16 values at indices below o * k + k.
         unsafe {
             match w {
-                WeightRows::F32(s) => rows_with(x, m, w, o, k, cell, 4, |i| _mm512_loadu_ps(s.as_ptr().add(i))),
-                WeightRows::F16(s) => rows_with(x, m, w, o, k, cell, 2, |i| _mm512_cvtph_ps(_mm256_loadu_si256(s.as_ptr().add(i) as *const __m256i))),
-                WeightRows::BF16(s) => rows_with(x, m, w, o, k, cell, 2, |i| {
+                WeightRows::F32(s) => rows_with(x, m, w, o, k, cell, (s.as_ptr().cast(), 4), |i| _mm512_loadu_ps(s.as_ptr().add(i))),
+                WeightRows::F16(s) => rows_with(x, m, w, o, k, cell, (s.as_ptr().cast(), 2), |i| _mm512_cvtph_ps(_mm256_loadu_si256(s.as_ptr().add(i) as *const __m256i))),
+                WeightRows::BF16(s) => rows_with(x, m, w, o, k, cell, (s.as_ptr().cast(), 2), |i| {
                     _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(_mm256_loadu_si256(s.as_ptr().add(i) as *const __m256i))))
                 }),
             }
         }
     }
 
-    /// `dot_rows` for one storage: `load(i)` widens weights `i..i + 16`, `size` bytes each.
+    /// `dot_rows` for one storage, `(bytes, size)` its first byte and bytes per weight: `load(i)`
+    /// widens weights `i..i + 16`.
     #[allow(clippy::needless_range_loop, clippy::too_many_arguments)]
     #[inline(always)]
-    unsafe fn rows_with(x: &[f32], m: usize, w: WeightRows, o: usize, k: usize, cell: &mut [f32], size: usize, load: impl Fn(usize) -> __m512) {
+    unsafe fn rows_with(x: &[f32], m: usize, w: WeightRows, o: usize, k: usize, cell: &mut [f32], (bytes, size): (*const i8, usize), load: impl Fn(usize) -> __m512) {
         let base = o * k;
-        let start = match w {
-            WeightRows::F32(s) => s.as_ptr() as *const i8,
-            WeightRows::F16(s) => s.as_ptr() as *const i8,
-            WeightRows::BF16(s) => s.as_ptr() as *const i8,
-        }
-        .wrapping_add(base * size);
+        let start = bytes.wrapping_add(base * size);
         let mut acc = [[_mm512_setzero_ps(); 2]; MAX_ROWS];
         let mut i = 0;
         // SAFETY (all): loads stay below base + k; prefetches may point anywhere.

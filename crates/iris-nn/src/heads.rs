@@ -27,11 +27,8 @@ pub fn split_heads(x: &Tensor, first: usize, heads: usize, head_dim: usize, rope
     if !fast || !x.device().is_cpu() {
         return split_heads_slow(x, first, heads, head_dim, rope);
     }
-    let tables = match rope {
-        Some((cos, sin)) => Some((crate::ops::with_f32_values(cos, |v| v.to_vec())?, crate::ops::with_f32_values(sin, |v| v.to_vec())?)),
-        None => None,
-    };
-    let out = crate::ops::with_f32_values(x, |src| {
+    // `[heads, T, D]` from `x`'s values and, with rope, the cos and sin tables' (all borrowed)
+    let gather = |src: &[f32], tables: Option<(&[f32], &[f32])>| -> Vec<f32> {
         let len = heads * t * head_dim;
         // written once below, never zeroed first (zeroing was a third of this pass)
         let mut out = Vec::<f32>::with_capacity(len);
@@ -39,7 +36,7 @@ pub fn split_heads(x: &Tensor, first: usize, heads: usize, head_dim: usize, rope
         let one_head = |(h, dst): (usize, &mut [std::mem::MaybeUninit<f32>])| {
             for (row, d) in dst.chunks_exact_mut(head_dim).enumerate() {
                 let s = &src[row * width + first + h * head_dim..][..head_dim];
-                match &tables {
+                match tables {
                     None => d.iter_mut().zip(s).for_each(|(o, &v)| {
                         o.write(v);
                     }),
@@ -66,7 +63,12 @@ pub fn split_heads(x: &Tensor, first: usize, heads: usize, head_dim: usize, rope
         // rows (`head_dim` per row: the copy, or both rotated halves of an even `head_dim`).
         unsafe { out.set_len(len) };
         out
-    })?;
+    };
+    use crate::ops::with_f32_values;
+    let out = with_f32_values(x, |src| match rope {
+        None => Ok(gather(src, None)),
+        Some((cos, sin)) => with_f32_values(cos, |c| with_f32_values(sin, |s| gather(src, Some((c, s))))).and_then(|inner| inner),
+    })??;
     Ok(Tensor::from_vec(out, (heads, t, head_dim), x.device())?)
 }
 

@@ -140,11 +140,12 @@ impl VisionTower {
         let (heads, hd) = (self.cfg.num_heads, self.cfg.head_dim());
         // [N, 3E] -> q, k, v [H, N, D]; rotary in f32 as the reference
         let qkv = b.qkv.forward(&b.norm1.forward(x)?)?;
-        let rotated = |part: usize| -> Result<Tensor> { Ok(split_heads(&qkv.to_dtype(DType::F32)?, part * e, heads, hd, Some((cos, sin)))?.to_dtype(self.dtype)?) };
+        let qkv_f32 = qkv.to_dtype(DType::F32)?;
+        let rotated = |part: usize| -> Result<Tensor> { Ok(split_heads(&qkv_f32, part * e, heads, hd, Some((cos, sin)))?.to_dtype(self.dtype)?) };
         let q = rotated(0)?;
         let k = rotated(1)?;
         let v = split_heads(&qkv, 2 * e, heads, hd, None)?;
-        drop(qkv);
+        drop((qkv, qkv_f32));
         let scale = 1.0 / (hd as f64).sqrt();
         // block-diagonal: each temporal slice (one image, one frame pair) attends only to itself
         let mut outs = Vec::with_capacity(n / slice);
