@@ -1,7 +1,7 @@
 //! AVX2 twins of the integer kernels in `kernels/mod.rs` (`maddubs` on 32 bytes) and the 4-row
 //! q4_K decode kernel over interleaved rows; tested against the scalar twin.
 
-use super::{q4k_row, Q4KBlock, QuantizedRow, MAX_ROWS, PREFETCH_AHEAD_Q8_0};
+use super::{prefetch_to_l2, q4k_row, Q4KBlock, QuantizedRow, MAX_ROWS, PREFETCH_AHEAD_Q8_0};
 use candle_core::quantized::k_quants::{QK8_0, QK_K};
 use half::f16;
 use std::arch::x86_64::*;
@@ -50,7 +50,7 @@ unsafe fn dot_row_q8_0_rows<const M: usize>(qs: &[i8], d: &[f16], k: usize, o: u
             let w = _mm256_loadu_si256(wq.add(b * QK8_0) as *const __m256i);
             if j % 2 == 0 {
                 // one prefetch per 64-byte line (two blocks)
-                _mm_prefetch::<_MM_HINT_T0>(wq.wrapping_add(b * QK8_0 + PREFETCH_AHEAD_Q8_0));
+                prefetch_to_l2(wq.wrapping_add(b * QK8_0 + PREFETCH_AHEAD_Q8_0));
             }
             let lane = _mm256_set1_epi32(j as i32);
             for r in 0..M {

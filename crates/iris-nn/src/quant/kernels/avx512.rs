@@ -2,7 +2,7 @@
 //! bytes by 64 activation bytes per instruction. Compiled on every x86-64 build, selected only
 //! where the CPU has AVX512F/BW/VNNI; tested against the scalar twin there.
 
-use super::{q4k_row, Q4KBlock, QuantizedRow, MAX_ROWS, PREFETCH_AHEAD_Q8_0};
+use super::{prefetch_to_l2, q4k_row, Q4KBlock, QuantizedRow, MAX_ROWS, PREFETCH_AHEAD_Q8_0};
 use candle_core::quantized::k_quants::{QK8_0, QK_K};
 use half::f16;
 use std::arch::x86_64::*;
@@ -26,7 +26,7 @@ pub unsafe fn dot_row_q8_0(qs: &[i8], d: &[f16], k: usize, o: usize, rows: &[Qua
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn q8_0_pair<const M: usize>(w: *const i8, p: usize, rows: &[QuantizedRow; M], scale: impl Fn(usize) -> __m512, acc: &mut [__m512; M]) {
-    _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(64 * p + PREFETCH_AHEAD_Q8_0));
+    prefetch_to_l2(w.wrapping_add(64 * p + PREFETCH_AHEAD_Q8_0));
     let w = _mm512_loadu_si512(w.add(64 * p) as *const _);
     let abs_w = _mm512_abs_epi8(w);
     let negative = _mm512_movepi8_mask(w);

@@ -18,28 +18,40 @@ const ROWS_PER_TASK: usize = 16;
 /// How far ahead of the weight stream the q8_0 decode kernels prefetch. Addresses are formed
 /// with `wrapping_add`: near the end of a matrix they point past its allocation, which a
 /// prefetch may do but `add` may not. Qwen2-VL-2B q8_0 text decode on the 2026-12-05 VM (a
-/// 2-core Intel Xeon with AMX, 25-30 GB/s): 13.6-14.1 tok/s without, 14.5-14.8 at 512 B,
-/// 15.9-16.7 at 8 KiB, 16.4-16.9 at 16 KiB, 15.3-15.7 at 32 KiB; 1-8 KiB within noise.
+/// 2-core Intel Xeon with AMX, 25-30 GB/s), prefetching into L1: 13.6-14.1 tok/s without,
+/// 14.5-14.8 at 512 B, 15.9-16.7 at 8 KiB, 16.4-16.9 at 16 KiB, 15.3-15.7 at 32 KiB. Into L2
+/// (`prefetch_to_l2`): 2, 4, 8 and 16 KiB all within 16.7-17.5.
 const PREFETCH_AHEAD_Q8_0: usize = 8192;
 
-/// The same for the 4-row q4_K kernel, which is more sensitive to it. Without prefetching it
-/// streamed 17 GB/s from DRAM (`gemv_bench`, Zen 5 VM) against a ~28 GB/s streaming sum; there
-/// 1, 2, 4 and 8 KiB ahead measured 21.0, 22.0, 22.3 and 22.4-22.9 GB/s. On the Xeon VM above
-/// Qwen2-VL-2B q4k text decode ran at 15.8-16.1 tok/s without, 21.1 / 20.8 at 1 KiB, 21.8 /
-/// 21.6 at 2 KiB, 18.9-19.9 at 3 and 4 KiB, 18.4-18.5 at 8 KiB (the prefetches stalled in a
-/// profile: too many lines in flight). 2 KiB is within 3% of the best on both.
-const PREFETCH_AHEAD_Q4K: usize = 2048;
+/// The same for the 4-row q4_K kernel. Into L1 (before `prefetch_to_l2`) it was the more
+/// sensitive: without prefetching it streamed 17 GB/s from DRAM (`gemv_bench`, Zen 5 VM)
+/// against a ~28 GB/s streaming sum, 1-8 KiB ahead 21.0-22.9 GB/s there; on the Xeon VM
+/// Qwen2-VL-2B q4k text decode ran at 15.8-16.1 tok/s without, 21.1-21.8 at 1-2 KiB and
+/// 18.4-19.9 at 3-8 KiB (the prefetches stalled: too many lines in flight). Into L2, 2, 4, 6
+/// and 8 KiB measured 22.8-24.1 tok/s, within noise of each other.
+const PREFETCH_AHEAD_Q4K: usize = 4096;
+
+/// Starts loading the 64-byte line at `addr` into L2 (`prefetcht1`), not L1: the decode
+/// kernels read each weight byte once, so L1 gains nothing from holding it early, and an L1
+/// prefetch holds one of the core's few fill buffers until its line arrives, which capped how
+/// many lines were in flight. Alternating runs on the Xeon VM, same binary: q8_0 text decode
+/// 13.9-14.4 tok/s prefetching into L1 → 15.9-16.4 into L2 (`prefetcht2` the same as `t1`);
+/// q4k 20.3-20.9 → 22.9-23.0. Unmeasured on AMD CPUs.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) fn prefetch_to_l2(addr: *const i8) {
+    // SAFETY: SSE is part of x86-64; a prefetch of any address is harmless.
+    unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(addr) }
+}
 
 /// Prefetches the bytes `PREFETCH_AHEAD_Q4K` past the start of `group` (an interleaved q4_K group the
 /// 4-row decode kernels are about to read), one request per 64-byte line of the group's size.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn prefetch_ahead_of(group: &[Q4KBlock]) {
-    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
     let ahead = (group.as_ptr() as *const i8).wrapping_add(PREFETCH_AHEAD_Q4K);
     for line in 0..std::mem::size_of_val(group).div_ceil(64) {
-        // SAFETY: SSE is part of x86-64; a prefetch of any address is harmless.
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64 * line)) };
+        prefetch_to_l2(ahead.wrapping_add(64 * line));
     }
 }
 
