@@ -142,14 +142,13 @@ mod avx512 {
     use super::{WeightRows, MAX_ROWS};
     use std::arch::x86_64::*;
 
-    /// How far ahead of the weight stream the loop prefetches (into L2: `prefetch_to_l2` says
-    /// why): a task's rows are one contiguous run, so this reaches into the next rows
-    /// (addresses formed with `wrapping_add`; past the end of the matrix a prefetch touches
-    /// nothing). Qwen2-VL-2B bf16 text decode on the Xeon VM, alternating runs: into L1, none
-    /// 7.6-8.3 tok/s, 1 KiB 8.2-8.9, 2 KiB 8.8-9.8, 4 KiB 7.9-8.4, 8 KiB 7.3; into L2, 2 KiB
-    /// 8.9-9.2, 4 KiB 9.6-9.8, 8 KiB 9.4-9.6, against 8.9-9.1 for L1 at 2 KiB (f32: 4.87-4.94
-    /// → 4.99-5.05).
-    const PREFETCH_AHEAD: usize = 4096;
+    /// How far ahead of the weight stream the loop prefetches: a task's rows are one contiguous
+    /// run, so this reaches into the next rows (addresses formed with `wrapping_add`; past the
+    /// end of the matrix a prefetch touches nothing). Qwen2-VL-2B bf16/f16 text decode on the
+    /// Xeon VM, alternating runs: none 7.6-8.3 tok/s, 1 KiB 8.2-8.9, 2 KiB 8.8-9.8, 4 KiB
+    /// 7.9-8.4, 8 KiB 7.3. Into L2 instead (`prefetch_to_l2`, which the quantized kernels use),
+    /// 4 KiB ahead, three alternating pairs each: bf16 +1%, f16 -3%, f32 -4%; so into L1.
+    const PREFETCH_AHEAD: usize = 2048;
 
     /// Weight rows widened 16 at a time (f16 by `vcvtph2ps`, bf16 as the top half of an f32:
     /// both exact), two chains per input row, the stream prefetched `PREFETCH_AHEAD` bytes ahead
@@ -182,7 +181,7 @@ mod avx512 {
             while i + 32 <= k {
                 // one prefetch per 64-byte line of this step
                 for line in (0..32 * size).step_by(64) {
-                    crate::quant::kernels::prefetch_to_l2(start.wrapping_add(i * size + line + PREFETCH_AHEAD));
+                    _mm_prefetch::<_MM_HINT_T0>(start.wrapping_add(i * size + line + PREFETCH_AHEAD));
                 }
                 for u in 0..2 {
                     let wv = load(base + i + 16 * u);
