@@ -34,9 +34,10 @@ const PREFETCH_AHEAD_Q4K: usize = 4096;
 /// Starts loading the 64-byte line at `addr` into L2 (`prefetcht1`), not L1: the decode
 /// kernels read each weight byte once, so L1 gains nothing from holding it early, and an L1
 /// prefetch holds one of the core's few fill buffers until its line arrives, which capped how
-/// many lines were in flight. Alternating runs on the Xeon VM, same binary: q8_0 text decode
-/// 13.9-14.4 tok/s prefetching into L1 → 15.9-16.4 into L2 (`prefetcht2` the same as `t1`);
-/// q4k 20.3-20.9 → 22.9-23.0. Unmeasured on AMD CPUs.
+/// many lines were in flight. Qwen2-VL-2B text decode on the Xeon VM, alternating the builds
+/// before and after (BENCHMARKS.md): q8_0 15.85-17.26 → 16.71-18.11 tok/s over eight pairs,
+/// q4k 22.59-23.62 → 24.99-25.24; `prefetcht2` measured the same as `t1`. Unmeasured on AMD
+/// CPUs.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 pub(crate) fn prefetch_to_l2(addr: *const i8) {
