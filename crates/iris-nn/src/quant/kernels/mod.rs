@@ -20,15 +20,16 @@ const ROWS_PER_TASK: usize = 16;
 /// prefetch may do but `add` may not. Qwen2-VL-2B q8_0 text decode on the 2026-12-05 VM (a
 /// 2-core Intel Xeon with AMX, 25-30 GB/s), prefetching into L1: 13.6-14.1 tok/s without,
 /// 14.5-14.8 at 512 B, 15.9-16.7 at 8 KiB, 16.4-16.9 at 16 KiB, 15.3-15.7 at 32 KiB. Into L2
-/// (`prefetch_to_l2`): 2, 4, 8 and 16 KiB all within 16.7-17.5.
+/// (`prefetch_to_l2`; a tuning build that read the distance from the environment, so only
+/// comparable with itself): 2, 4, 8 and 16 KiB all within 16.7-17.5.
 const PREFETCH_AHEAD_Q8_0: usize = 8192;
 
 /// The same for the 4-row q4_K kernel. Into L1 (before `prefetch_to_l2`) it was the more
 /// sensitive: without prefetching it streamed 17 GB/s from DRAM (`gemv_bench`, Zen 5 VM)
 /// against a ~28 GB/s streaming sum, 1-8 KiB ahead 21.0-22.9 GB/s there; on the Xeon VM
 /// Qwen2-VL-2B q4k text decode ran at 15.8-16.1 tok/s without, 21.1-21.8 at 1-2 KiB and
-/// 18.4-19.9 at 3-8 KiB (the prefetches stalled: too many lines in flight). Into L2, 2, 4, 6
-/// and 8 KiB measured 22.8-24.1 tok/s, within noise of each other.
+/// 18.4-19.9 at 3-8 KiB (the prefetches stalled: too many lines in flight). Into L2 (the same
+/// tuning build), 2, 4, 6 and 8 KiB measured 22.8-24.1 tok/s, within noise of each other.
 const PREFETCH_AHEAD_Q4K: usize = 4096;
 
 /// Starts loading the 64-byte line at `addr` into L2 (`prefetcht1`), not L1: the decode
@@ -40,7 +41,7 @@ const PREFETCH_AHEAD_Q4K: usize = 4096;
 /// CPUs.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-pub(crate) fn prefetch_to_l2(addr: *const i8) {
+fn prefetch_to_l2(addr: *const i8) {
     // SAFETY: SSE is part of x86-64; a prefetch of any address is harmless.
     unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(addr) }
 }
