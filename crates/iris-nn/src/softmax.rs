@@ -281,8 +281,52 @@ pub(crate) mod avx512 {
     ///
     /// # Safety
     /// The CPU must have AVX-512 F, BF16 and VL.
+    #[cfg(test)]
     #[target_feature(enable = "avx512f,avx512bf16,avx512vl")]
     pub(crate) unsafe fn exp_to_bf16(row: &[f32], visible: usize, scale: f32, dst: &mut [u16]) -> f32 {
+        // SAFETY: per the caller's contract.
+        unsafe { exp_to_bf16_from(row, visible, scale, row_max(row, visible), dst) }
+    }
+
+    /// The largest of `row[..visible]` (NaN ignored; `-inf` when `visible` is 0), with four
+    /// running maxima, as one chain waits out each `vmaxps` latency.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512 F.
+    #[target_feature(enable = "avx512f")]
+    pub(crate) unsafe fn row_max(row: &[f32], visible: usize) -> f32 {
+        assert!(visible <= row.len());
+        let (whole, rest) = (visible / 16 * 16, visible % 16);
+        let tail = ((1u32 << rest) - 1) as __mmask16;
+        let p = row.as_ptr();
+        // SAFETY: full loads stay below `whole`, the masked one touches only lanes below `visible`.
+        unsafe {
+            let neg_inf = _mm512_set1_ps(f32::NEG_INFINITY);
+            // `max(v, m)` keeps `m` when `v` is NaN, as `row_max` of the scalar softmax does
+            let (mut m0, mut m1, mut m2, mut m3) = (_mm512_mask_loadu_ps(neg_inf, tail, p.add(whole)), neg_inf, neg_inf, neg_inf);
+            let mut i = 0;
+            while i + 64 <= whole {
+                m0 = _mm512_max_ps(_mm512_loadu_ps(p.add(i)), m0);
+                m1 = _mm512_max_ps(_mm512_loadu_ps(p.add(i + 16)), m1);
+                m2 = _mm512_max_ps(_mm512_loadu_ps(p.add(i + 32)), m2);
+                m3 = _mm512_max_ps(_mm512_loadu_ps(p.add(i + 48)), m3);
+                i += 64;
+            }
+            for i in (i..whole).step_by(16) {
+                m0 = _mm512_max_ps(_mm512_loadu_ps(p.add(i)), m0);
+            }
+            _mm512_reduce_max_ps(_mm512_max_ps(_mm512_max_ps(m0, m1), _mm512_max_ps(m2, m3)))
+        }
+    }
+
+    /// The exp pass of `exp_to_bf16` against a given `max` (at least `row[..visible]`'s, so
+    /// every exp is at most 1): the key-blocked AMX attention passes the running maximum of the
+    /// blocks so far.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512 F, BF16 and VL.
+    #[target_feature(enable = "avx512f,avx512bf16,avx512vl")]
+    pub(crate) unsafe fn exp_to_bf16_from(row: &[f32], visible: usize, scale: f32, max: f32, dst: &mut [u16]) -> f32 {
         assert!(visible <= row.len() && row.len() <= dst.len());
         if visible == 0 {
             dst.fill(0);
@@ -296,24 +340,9 @@ pub(crate) mod avx512 {
         // only lanes below `visible`, and `dst` holds at least `row.len()` values.
         unsafe {
             let neg_inf = _mm512_set1_ps(f32::NEG_INFINITY);
-            // `max(v, m)` keeps `m` when `v` is NaN, as `row_max` does; four running maxima, as
-            // one chain waits out each `vmaxps` latency
-            let (mut m0, mut m1, mut m2, mut m3) = (_mm512_mask_loadu_ps(neg_inf, tail, p.add(whole)), neg_inf, neg_inf, neg_inf);
-            let mut i = 0;
-            while i + 64 <= whole {
-                m0 = _mm512_max_ps(_mm512_loadu_ps(p.add(i)), m0);
-                m1 = _mm512_max_ps(_mm512_loadu_ps(p.add(i + 16)), m1);
-                m2 = _mm512_max_ps(_mm512_loadu_ps(p.add(i + 32)), m2);
-                m3 = _mm512_max_ps(_mm512_loadu_ps(p.add(i + 48)), m3);
-                i += 64;
-            }
-            for i in (i..whole).step_by(16) {
-                m0 = _mm512_max_ps(_mm512_loadu_ps(p.add(i)), m0);
-            }
-            let vmax = _mm512_max_ps(_mm512_max_ps(m0, m1), _mm512_max_ps(m2, m3));
             // exp((x - max) * scale) = 2^(x c - max c) with c = scale log2(e)
             let c = scale * std::f32::consts::LOG2_E;
-            let (vc, vmaxc) = (_mm512_set1_ps(c), _mm512_set1_ps(_mm512_reduce_max_ps(vmax) * c));
+            let (vc, vmaxc) = (_mm512_set1_ps(c), _mm512_set1_ps(max * c));
             let exp = |x: __m512| exp2_nonpositive(_mm512_fmsub_ps(x, vc, vmaxc));
             for i in (0..whole).step_by(16) {
                 let e = exp(_mm512_loadu_ps(p.add(i)));

@@ -264,7 +264,7 @@ fn activation_tiles_gemm(x: &[f32], m: usize, w: &WeightRows, n: usize, k: usize
         let mut acc = Aligned::<f32>::reused(ROW_BLOCK.min(m_pad) * ldc);
         for r0 in (0..m_pad).step_by(ROW_BLOCK) {
             let rows_pad = ROW_BLOCK.min(m_pad - r0);
-            let block = TaskBlock { a: a.as_slice(), k_pad, r0, rows_pad, panels: packed.as_slice(), panel_len, acc: &mut acc.as_mut_slice()[..rows_pad * ldc], ldc };
+            let block = TaskBlock { a: a.as_slice(), k_pad, r0, rows_pad, panels: packed.as_slice(), panel_len, acc: &mut acc.as_mut_slice()[..rows_pad * ldc], ldc, accumulate: false };
             // SAFETY: `available()` checked AMX and the tile permission.
             unsafe { block.run() };
             // SAFETY: this task alone owns columns first..first + cols of the output.
@@ -287,6 +287,8 @@ struct TaskBlock<'a> {
     panel_len: usize,
     acc: &'a mut [f32],
     ldc: usize,
+    /// Add to what `acc` holds, instead of overwriting it.
+    accumulate: bool,
 }
 
 impl TaskBlock<'_> {
@@ -310,7 +312,7 @@ impl TaskBlock<'_> {
                         // pair row kb / 2 of panel j
                         let b = self.panels.as_ptr().add(j * panel_len + kb / 2 * PANEL);
                         let c = self.acc.as_mut_ptr().add(i * self.ldc + j * PANEL);
-                        tiles::block_2x2(a, self.k_pad, b, steps, c, self.ldc, kb > 0);
+                        tiles::block_2x2(a, self.k_pad, b, steps, c, self.ldc, self.accumulate || kb > 0);
                     }
                 }
             }

@@ -189,8 +189,10 @@ fn amx_attention_matches_the_slow_formula_on_rounded_inputs() {
     }
     // (H, KVH, T, S, D): head dims past and below a tile step, keys and queries off the 32 grid,
     // grouped KV heads, and enough keys for 32-row query chunks
-    // causal: a prompt from the start (offset 0) and a chunk after cached tokens (T < S)
-    let cases = [(2, 2, 5, 7, 16, None), (4, 2, 70, 45, 80, None), (2, 1, 300, 300, 64, None), (1, 1, 40, 9000, 112, None), (6, 2, 300, 300, 128, Some(0)), (4, 2, 50, 120, 64, Some(70))];
+    // causal: a prompt from the start (offset 0) and a chunk after cached tokens (T < S); the
+    // last two span several 256-row query chunks and 512-key blocks, the causal one with
+    // visibility ending inside a block
+    let cases = [(2, 2, 5, 7, 16, None), (4, 2, 70, 45, 80, None), (2, 1, 300, 300, 64, None), (1, 1, 40, 9000, 112, None), (6, 2, 300, 300, 128, Some(0)), (4, 2, 50, 120, 64, Some(70)), (2, 1, 600, 1300, 112, Some(700)), (2, 2, 300, 1100, 80, None)];
     for (h, kvh, t, s, d, causal) in cases {
         let round = |x: Vec<f32>| -> Vec<f32> { x.into_iter().map(|v| bf16::from_f32(v).to_f32()).collect() };
         let q = round(values(h * t * d, 31).into_iter().map(|v| 3.0 * v).collect());

@@ -52,7 +52,7 @@ pub(super) fn gemm(x: &[f32], m: usize, w: &WeightRows, n: usize, k: usize, dst:
         }
         // [rows_pad][m_pad]: feature rows by token columns
         let mut acc = Aligned::<f32>::reused(rows_pad * m_pad);
-        let block = TaskBlock { a: a.as_slice(), k_pad, r0: 0, rows_pad, panels, panel_len, acc: acc.as_mut_slice(), ldc: m_pad };
+        let block = TaskBlock { a: a.as_slice(), k_pad, r0: 0, rows_pad, panels, panel_len, acc: acc.as_mut_slice(), ldc: m_pad, accumulate: false };
         // SAFETY: `available()` checked AMX and the tile permission.
         unsafe { block.run() };
         // SAFETY: this task alone owns columns f0..f0 + rows of the output.
