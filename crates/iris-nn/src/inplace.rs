@@ -170,6 +170,74 @@ fn map_in_place<T: MapElement>(x: &Tensor, dtype: DType, name: &'static str, f: 
     Ok(true)
 }
 
+/// An element-wise activation that a product can apply to its output while each block of it
+/// is still in cache (`Linear::forward_activated`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// `gelu_erf`
+    GeluErf,
+    /// `quick_gelu`
+    QuickGelu,
+}
+
+impl Activation {
+    /// The activation over a tensor (`gelu_erf`, `quick_gelu`).
+    pub fn apply(self, x: Tensor) -> Result<Tensor> {
+        match self {
+            Activation::GeluErf => gelu_erf(x),
+            Activation::QuickGelu => quick_gelu(x),
+        }
+    }
+
+    /// The same over f32 values in place, with the kernels the tensor functions use for f32
+    /// (each 16 values in vector lanes, a tail by the scalar formula).
+    pub(crate) fn apply_f32(self, x: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if vector_activations() {
+            // SAFETY: `vector_activations` checked AVX-512F.
+            unsafe {
+                match self {
+                    Activation::GeluErf => avx512::gelu_erf(x),
+                    Activation::QuickGelu => avx512::quick_gelu(x),
+                }
+            }
+            return;
+        }
+        let f = match self {
+            Activation::GeluErf => gelu_erf_scalar,
+            Activation::QuickGelu => quick_gelu_scalar,
+        };
+        x.iter_mut().for_each(|v| *v = f(*v));
+    }
+}
+
+/// What a product does to each output row before writing it: add a bias (`add_bias`'s
+/// `y + b`), then an activation.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Epilogue<'a> {
+    pub bias: Option<&'a [f32]>,
+    pub activation: Option<Activation>,
+}
+
+impl Epilogue<'_> {
+    /// Columns `first..first + row.len()` of one output row.
+    pub(crate) fn apply(&self, row: &mut [f32], first: usize) {
+        if let Some(bias) = self.bias {
+            row.iter_mut().zip(&bias[first..]).for_each(|(v, &b)| *v += b);
+        }
+        if let Some(activation) = self.activation {
+            activation.apply_f32(row);
+        }
+    }
+
+    /// Every row of a finished `[rows, n]` output, in parallel.
+    pub(crate) fn apply_rows(&self, out: &mut [f32], n: usize) {
+        if n > 0 {
+            out.par_chunks_mut(n).for_each(|row| self.apply(row, 0));
+        }
+    }
+}
+
 /// QuickGELU `x * sigmoid(1.702 x)`.
 pub fn quick_gelu(x: Tensor) -> Result<Tensor> {
     // candle: affine `v * mul + add`, then sigmoid `(exp(-a) + 1).recip()`, then `v * s`

@@ -2,6 +2,7 @@
 //! activations. Mirrors `torch.nn.Linear`, `Qwen2RMSNorm`/`LlamaRMSNorm` and `torch.nn.LayerNorm`.
 
 use crate::error::{NnError, Result};
+use crate::inplace::{Activation, Epilogue};
 use crate::quant::{QuantizedMatrix, WeightFormat};
 use crate::weights::Weights;
 use std::sync::Arc;
@@ -41,6 +42,11 @@ pub struct Linear {
 impl Linear {
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
         Self { weight: LinearWeight::Dense(weight), bias }
+    }
+
+    /// A layer over an already-quantized `[out, in]` weight.
+    pub fn quantized(weight: QuantizedMatrix, bias: Option<Tensor>) -> Self {
+        Self { weight: LinearWeight::Quantized(Arc::new(weight)), bias }
     }
 
     /// Loads `{prefix}.weight` `[out, in]` in the view's linear format (falling back to a finer
@@ -140,6 +146,29 @@ impl Linear {
     }
 }
 
+impl Linear {
+    /// `activation(forward(x))`. With quantized weights on the AMX GEMM (vision towers,
+    /// prefill) the bias and the activation are applied to each block of the output as it is
+    /// written, still in L2, with the same f32 operations as the separate passes.
+    pub fn forward_activated(&self, x: &Tensor, activation: Activation) -> Result<Tensor> {
+        if let (LinearWeight::Quantized(q), DType::F32) = (&self.weight, x.dtype()) {
+            let dims = x.dims().to_vec();
+            let in_dim = *dims.last().expect("linear input has at least one dim");
+            // [.., in] -> [rows, in]
+            let x2 = x.reshape((dims[..dims.len() - 1].iter().product::<usize>(), in_dim))?;
+            let bias = self.bias.as_ref().map(|b| b.to_dtype(DType::F32)?.to_vec1::<f32>()).transpose()?;
+            let epilogue = Epilogue { bias: bias.as_deref(), activation: Some(activation) };
+            if let Some(y) = q.amx_matmul_t(&x2, Some(&epilogue))? {
+                // [rows, out] -> [.., out]
+                let mut out_dims = dims;
+                *out_dims.last_mut().unwrap() = self.out_dim();
+                return Ok(y.reshape(out_dims)?);
+            }
+        }
+        activation.apply(self.forward(x)?)
+    }
+}
+
 /// Quantized formats of the linears map to q8_0 for heads and embeddings.
 fn head_format(linears: Option<WeightFormat>) -> Option<WeightFormat> {
     linears.map(|f| if f.is_quantized() { WeightFormat::Q8_0 } else { f })
@@ -228,7 +257,7 @@ pub fn dense_forward(x: &Tensor, weight: &Tensor) -> Result<Option<Tensor>> {
                 WeightRows::F32(_) => unreachable!("AMX is chosen for 16-bit weights only"),
             };
             // writes every output once: no zeroed buffer
-            return crate::amx::gemm_vec(xs, m, &w, n, k);
+            return crate::amx::gemm_vec(xs, m, &w, n, k, None);
         }
         match rows {
             WeightRows::F32(w) if f32_gemm => return crate::f32_gemm::gemm_vec(xs, m, crate::f32_gemm::F32Weight::F32(w), n, k),
@@ -339,6 +368,37 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    /// The fused epilogue (AMX GEMM on quantized weights) against the product, the bias and the
+    /// activation as separate passes: equal where every output row is whole 16-value vectors
+    /// (the activations' vector and scalar formulas then meet the same values), within the
+    /// formulas' agreement otherwise; across the weight-tile GEMM (fewer rows) and the
+    /// activation-tile GEMM.
+    #[test]
+    fn activated_forward_matches_the_separate_passes() {
+        if !crate::amx::available() {
+            println!("SKIPPED: no AMX on this CPU (forward_activated runs the separate passes)");
+            return;
+        }
+        let dev = Device::Cpu;
+        for (rows, n, k) in [(600, 96, 64), (40, 96, 64), (600, 40, 96)] {
+            let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
+            let bias = Tensor::randn(0f32, 1.0, n, &dev).unwrap();
+            let lin = Linear::quantized(QuantizedMatrix::quantize_tensor(&w, WeightFormat::Q8_0).unwrap(), Some(bias));
+            let x = Tensor::randn(0f32, 1.0, (rows, k), &dev).unwrap();
+            for activation in [Activation::GeluErf, Activation::QuickGelu] {
+                let fused = lin.forward_activated(&x, activation).unwrap();
+                let separate = activation.apply(lin.forward(&x).unwrap()).unwrap();
+                let diff = crate::ops::max_abs_diff(&fused, &separate).unwrap();
+                println!("[{rows}, {k}] x [{n}, {k}]^T {activation:?}: max |diff| {diff:e}");
+                if n % 16 == 0 {
+                    assert_eq!(diff, 0.0);
+                } else {
+                    assert!(diff < 1e-5, "{diff:e}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn stacked_linears_compute_the_parts_side_by_side() {

@@ -8,7 +8,7 @@ use crate::error::Result;
 use candle_core::{DType, Tensor};
 use iris_nn::attention::{attention_with, Products, DEFAULT_SCORE_BYTES};
 use iris_nn::heads::split_heads;
-use iris_nn::inplace::{gelu_erf, silu_mul};
+use iris_nn::inplace::{gelu_erf, silu_mul, Activation};
 use iris_nn::ops::{LayerNorm, Linear};
 use iris_nn::weights::Weights;
 
@@ -133,7 +133,7 @@ impl VisionTower {
         let attn = self.attention(l, &x)?;
         let h = (x + l.input_layernorm.forward(&l.dense.forward(&attn)?)?)?;
         drop(attn);
-        let act = gelu_erf(l.fc1.forward(&h)?)?;
+        let act = l.fc1.forward_activated(&h, Activation::GeluErf)?;
         let m = l.fc2.forward(&act)?;
         drop(act);
         Ok((&h + l.post_attention_layernorm.forward(&m)?)?)

@@ -9,7 +9,7 @@ use crate::error::Result;
 use candle_core::{DType, Device, Tensor};
 use iris_nn::attention::{attention_with, Products, DEFAULT_SCORE_BYTES};
 use iris_nn::heads::split_heads;
-use iris_nn::inplace::{gelu_erf, quick_gelu};
+use iris_nn::inplace::Activation;
 use iris_nn::ops::{LayerNorm, Linear};
 use iris_nn::weights::Weights;
 
@@ -118,7 +118,7 @@ impl VisionTower {
         let m2 = self.cfg.spatial_merge_size * self.cfg.spatial_merge_size;
         // [N, E] -> [N/4, 4E]: four consecutive patches form one 2x2 block
         let y = self.ln_q.forward(&x)?.reshape((n / m2, self.cfg.embed_dim * m2))?;
-        let y = gelu_erf(self.merger_fc1.forward(&y)?)?;
+        let y = self.merger_fc1.forward_activated(&y, Activation::GeluErf)?;
         Ok(self.merger_fc2.forward(&y)?)
     }
 
@@ -128,7 +128,7 @@ impl VisionTower {
         let attn = self.attention(b, &x, cos, sin, slice)?;
         let x = (x + b.proj.forward(&attn)?)?;
         drop(attn);
-        let h = quick_gelu(b.fc1.forward(&b.norm2.forward(&x)?)?)?;
+        let h = b.fc1.forward_activated(&b.norm2.forward(&x)?, Activation::QuickGelu)?;
         let m = b.fc2.forward(&h)?;
         drop(h);
         Ok((x + m)?)

@@ -103,7 +103,7 @@ fn avx512_packers_equal_their_twins() {
 /// same k order; the inputs here hold no denormals, which the layouts round differently).
 fn gemm_error(x: &[f32], m: usize, w: &WeightRows, dense: &[f32], n: usize, k: usize) -> f32 {
     let (mut fast, mut swapped, mut plain) = (vec![f32::NAN; m * n], vec![f32::NAN; m * n], vec![f32::NAN; m * n]);
-    activation_tiles_gemm(x, m, w, n, k, ColumnTiles::new(&mut fast, m, n));
+    activation_tiles_gemm(x, m, w, n, k, ColumnTiles::new(&mut fast, m, n), None);
     weight_tiles::gemm(x, m, w, n, k, ColumnTiles::new(&mut swapped, m, n));
     assert_eq!(fast, swapped, "the two tile layouts differ for [{m}, {k}] x [{n}, {k}]^T");
     gemm_reference(x, m, w, n, k, &mut plain);

@@ -15,6 +15,7 @@ mod gemm;
 pub mod kernels;
 
 use crate::error::{NnError, Result};
+use crate::inplace::Epilogue;
 use crate::ops::with_f32_values;
 use candle_core::quantized::k_quants::{BlockQ4K, BlockQ8_0, GgmlType, QK8_0, QK_K};
 use candle_core::{DType, Device, Tensor};
@@ -419,9 +420,8 @@ impl QuantizedMatrix {
             })?;
             return Ok(Tensor::from_vec(out, (m, self.n), x.device())?);
         }
-        if crate::amx::available() && x.device().is_cpu() {
-            let out = with_f32_values(&x, |xs| crate::amx::gemm_vec(xs, m, &crate::amx::WeightRows::Quantized(self), self.n, self.k))?;
-            return Ok(Tensor::from_vec(out, (m, self.n), x.device())?);
+        if let Some(y) = self.amx_matmul_t(&x, None)? {
+            return Ok(y);
         }
         if gemm::available() && x.device().is_cpu() {
             let mut out = vec![0f32; m * self.n];
@@ -429,6 +429,22 @@ impl QuantizedMatrix {
             return Ok(Tensor::from_vec(out, (m, self.n), x.device())?);
         }
         self.matmul_t_f32_tiles(&x)
+    }
+
+    /// `matmul_t` on the AMX GEMM, each output row through `epilogue` as its block is written,
+    /// where `matmul_t` takes that GEMM (`gemm_min_rows` rows or more, a CPU with AMX); `None`
+    /// elsewhere.
+    pub(crate) fn amx_matmul_t(&self, x: &Tensor, epilogue: Option<&Epilogue>) -> Result<Option<Tensor>> {
+        let (m, k) = x.dims2()?;
+        if k != self.k {
+            return Err(NnError::Quantization(format!("input has {k} features, weight expects {}", self.k)));
+        }
+        if m < gemm_min_rows(self.format()) || !crate::amx::available() || !x.device().is_cpu() {
+            return Ok(None);
+        }
+        let x = x.to_dtype(DType::F32)?;
+        let out = with_f32_values(&x, |xs| crate::amx::gemm_vec(xs, m, &crate::amx::WeightRows::Quantized(self), self.n, self.k, epilogue))?;
+        Ok(Some(Tensor::from_vec(out, (m, self.n), x.device())?))
     }
 
     /// Prefill without VNNI: f32 activations against f32 tiles of the weight, each tile's columns
