@@ -189,8 +189,8 @@ impl Activation {
         }
     }
 
-    /// The same over f32 values in place, with the kernels the tensor functions use for f32
-    /// (each 16 values in vector lanes, a tail by the scalar formula).
+    /// The same over f32 values in place, as the tensor functions compute f32 (each 16 values in
+    /// vector lanes and a tail by the scalar formula on AVX-512F CPUs, else the scalar formula).
     pub(crate) fn apply_f32(self, x: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         if vector_activations() {
@@ -240,22 +240,19 @@ impl Epilogue<'_> {
 
 /// QuickGELU `x * sigmoid(1.702 x)`.
 pub fn quick_gelu(x: Tensor) -> Result<Tensor> {
-    // candle: affine `v * mul + add`, then sigmoid `(exp(-a) + 1).recip()`, then `v * s`
-    let f = quick_gelu_scalar;
-    // on bf16 the same steps in half's bf16 arithmetic, which rounds after each one as candle's
+    // f32: candle's affine `v * mul + add`, then sigmoid `(exp(-a) + 1).recip()`, then `v * s`
+    // (`quick_gelu_scalar`, or its 16-lane twin); on bf16 the same steps in half's bf16 arithmetic, which rounds after each one as candle's
     // bf16 ops (and PyTorch's) do; candle runs its bf16 sigmoid on one thread
     let fb = |v: bf16| {
         use num_traits::Float;
         let a = v * bf16::from_f64(1.702) + bf16::from_f64(0.0);
         v * ((-a).exp() + bf16::ONE).recip()
     };
-    #[cfg(target_arch = "x86_64")]
-    if vector_activations() && in_place_ok(&x, DType::F32) {
-        // SAFETY: `vector_activations` checked AVX-512F.
-        x.inplace_op1(&ChunkMap { name: "quick-gelu-avx512", f: |c: &mut [f32]| unsafe { avx512::quick_gelu(c) } })?;
+    if in_place_ok(&x, DType::F32) {
+        x.inplace_op1(&ChunkMap { name: "quick-gelu", f: |c: &mut [f32]| Activation::QuickGelu.apply_f32(c) })?;
         return Ok(x);
     }
-    if map_in_place(&x, DType::F32, "quick-gelu", f)? || map_in_place(&x, DType::BF16, "quick-gelu-bf16", fb)? {
+    if map_in_place(&x, DType::BF16, "quick-gelu-bf16", fb)? {
         return Ok(x);
     }
     Ok((&x * candle_nn::ops::sigmoid(&(&x * 1.702)?)?)?)
@@ -263,19 +260,16 @@ pub fn quick_gelu(x: Tensor) -> Result<Tensor> {
 
 /// Exact erf GELU (`nn.GELU()` default), candle's `GeluErf` formula.
 pub fn gelu_erf(x: Tensor) -> Result<Tensor> {
-    #[cfg(target_arch = "x86_64")]
-    if vector_activations() && in_place_ok(&x, DType::F32) {
-        // SAFETY: `vector_activations` checked AVX-512F.
-        x.inplace_op1(&ChunkMap { name: "gelu-erf-avx512", f: |c: &mut [f32]| unsafe { avx512::gelu_erf(c) } })?;
+    if in_place_ok(&x, DType::F32) {
+        x.inplace_op1(&ChunkMap { name: "gelu-erf", f: |c: &mut [f32]| Activation::GeluErf.apply_f32(c) })?;
         return Ok(x);
     }
-    let f = gelu_erf_scalar;
     // candle computes the bf16 op in f64 and rounds once
     let fb = |v: bf16| {
         let w = v.to_f64();
         bf16::from_f64((candle_core::cpu::erf::erf_f64(w * std::f64::consts::FRAC_1_SQRT_2) + 1.) * 0.5 * w)
     };
-    if map_in_place(&x, DType::F32, "gelu-erf", f)? || map_in_place(&x, DType::BF16, "gelu-erf-bf16", fb)? {
+    if map_in_place(&x, DType::BF16, "gelu-erf-bf16", fb)? {
         return Ok(x);
     }
     Ok(x.gelu_erf()?)

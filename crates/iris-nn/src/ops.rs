@@ -115,13 +115,19 @@ impl Linear {
         self.weight.rows()
     }
 
-    /// `[.., in] -> [.., out]`.
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let dims = x.dims().to_vec();
+    /// `[.., in] -> [rows, in]`, and the `[.., out]` shape to give the `[rows, out]` result.
+    fn as_rows(&self, x: &Tensor) -> Result<(Tensor, Vec<usize>)> {
+        let mut dims = x.dims().to_vec();
         let in_dim = *dims.last().expect("linear input has at least one dim");
         let rows: usize = dims[..dims.len() - 1].iter().product();
+        *dims.last_mut().unwrap() = self.out_dim();
+        Ok((x.reshape((rows, in_dim))?, dims))
+    }
+
+    /// `[.., in] -> [.., out]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         // [.., in] -> [rows, in] -> [rows, out]
-        let x2 = x.reshape((rows, in_dim))?;
+        let (x2, out_dims) = self.as_rows(x)?;
         let mut y = match &self.weight {
             LinearWeight::Dense(w) => {
                 if let Some(y) = dense_forward(&x2, w)? {
@@ -140,28 +146,19 @@ impl Linear {
             // `y` is the product just computed: nothing else holds its buffer
             y = crate::inplace::add_bias(y, b)?;
         }
-        let mut out_dims = dims;
-        *out_dims.last_mut().unwrap() = self.out_dim();
         Ok(y.reshape(out_dims)?)
     }
-}
 
-impl Linear {
     /// `activation(forward(x))`. With quantized weights on the AMX GEMM (vision towers,
     /// prefill) the bias and the activation are applied to each block of the output as it is
     /// written, still in L2, with the same f32 operations as the separate passes.
     pub fn forward_activated(&self, x: &Tensor, activation: Activation) -> Result<Tensor> {
         if let (LinearWeight::Quantized(q), DType::F32) = (&self.weight, x.dtype()) {
-            let dims = x.dims().to_vec();
-            let in_dim = *dims.last().expect("linear input has at least one dim");
-            // [.., in] -> [rows, in]
-            let x2 = x.reshape((dims[..dims.len() - 1].iter().product::<usize>(), in_dim))?;
+            // [.., in] -> [rows, in] -> [rows, out]
+            let (x2, out_dims) = self.as_rows(x)?;
             let bias = self.bias.as_ref().map(|b| b.to_dtype(DType::F32)?.to_vec1::<f32>()).transpose()?;
             let epilogue = Epilogue { bias: bias.as_deref(), activation: Some(activation) };
             if let Some(y) = q.amx_matmul_t(&x2, Some(&epilogue))? {
-                // [rows, out] -> [.., out]
-                let mut out_dims = dims;
-                *out_dims.last_mut().unwrap() = self.out_dim();
                 return Ok(y.reshape(out_dims)?);
             }
         }

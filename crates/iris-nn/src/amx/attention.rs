@@ -110,8 +110,9 @@ pub(crate) fn attention(q: &[f32], k: &[f32], v: &[f32], (h, t, d, kvh, s): Atte
                 let visible = if r < len { mask.map_or(seen, |m| m.visible(r, seen)).saturating_sub(k0).min(width) } else { 0 };
                 // SAFETY (both calls): `available()` checked AVX-512 F/BF16/VL.
                 let block_max = unsafe { row_max(row, visible) };
-                if block_max.is_nan() || block_max == f32::NEG_INFINITY {
-                    // nothing visible (or only -inf scores): the row's state stays as it was
+                if block_max == f32::NEG_INFINITY {
+                    // nothing visible (or only -inf scores; `row_max` skips NaN): the row's
+                    // state stays as it was
                     dst.fill(0);
                     rescale[r] = 1.0;
                     continue;

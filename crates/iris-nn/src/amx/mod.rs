@@ -219,14 +219,18 @@ pub(crate) fn gemm(x: &[f32], m: usize, w: &WeightRows, n: usize, k: usize, out:
 /// afterwards. CogVLM2's vision fc1 with its bias and GELU (a 566 MB output) took 565-585 ms
 /// as separate passes against 512-536 ms fused (`fused_activation_bench`, Xeon VM).
 pub(crate) fn gemm_vec(x: &[f32], m: usize, w: &WeightRows, n: usize, k: usize, epilogue: Option<&Epilogue>) -> Vec<f32> {
+    if k == 0 {
+        let mut out = vec![0.0; m * n];
+        if let Some(e) = epilogue {
+            e.apply_rows(&mut out, n);
+        }
+        return out;
+    }
+    // the activation-tile layout applies the epilogue per block; after the weight-tile one
     let in_blocks = m >= weight_tiles::MAX_ROWS;
-    let mut out = if k == 0 {
-        vec![0.0; m * n]
-    } else {
-        // SAFETY: `gemm_into` writes every value (its tasks cover all columns, each for all rows).
-        unsafe { crate::tiled_output::written_once(m, n, |dst| gemm_into(x, m, w, n, k, dst, epilogue.filter(|_| in_blocks))) }
-    };
-    if let (Some(e), false) = (epilogue, in_blocks && k > 0) {
+    // SAFETY: `gemm_into` writes every value (its tasks cover all columns, each for all rows).
+    let mut out = unsafe { crate::tiled_output::written_once(m, n, |dst| gemm_into(x, m, w, n, k, dst, epilogue.filter(|_| in_blocks))) };
+    if let (Some(e), false) = (epilogue, in_blocks) {
         e.apply_rows(&mut out, n);
     }
     out
