@@ -55,13 +55,72 @@ impl ColumnTiles {
     /// No other task may read or write this region while the output is shared, and the buffer
     /// given to `new` (or `for_uninit`) must still be alive.
     pub unsafe fn write(self, row: usize, rows: usize, first: usize, cols: usize, tile: &[f32], stride: usize) {
+        let streamed = self.m * self.n * std::mem::size_of::<f32>() >= STREAMED_OUTPUT_BYTES;
+        // SAFETY: per this function's contract.
+        unsafe { self.write_rows(row, rows, first, cols, tile, stride, streamed) }
+    }
+
+    /// `write`, with non-temporal stores where `streamed` and the CPU has AVX-512F.
+    ///
+    /// # Safety
+    /// As for `write`.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn write_rows(self, row: usize, rows: usize, first: usize, cols: usize, tile: &[f32], stride: usize, streamed: bool) {
         assert!(row + rows <= self.m && first + cols <= self.n && cols <= stride && (rows == 0 || tile.len() >= (rows - 1) * stride + cols));
+        #[cfg(target_arch = "x86_64")]
+        if streamed && std::is_x86_feature_detected!("avx512f") {
+            for r in 0..rows {
+                // SAFETY: in bounds (asserted above), exclusive per the caller's contract; the
+                // CPU has AVX-512F (checked above).
+                unsafe { stream_row(&tile[r * stride..r * stride + cols], self.ptr.add((row + r) * self.n + first)) };
+            }
+            // non-temporal stores are weakly ordered: make them visible before the task ends
+            // SAFETY: SSE is part of x86-64.
+            unsafe { std::arch::x86_64::_mm_sfence() };
+            return;
+        }
+        let _ = streamed;
         for r in 0..rows {
             let src = &tile[r * stride..r * stride + cols];
             // SAFETY: in bounds (asserted above); exclusive per the caller's contract. A raw copy,
             // not a slice: the destination may not be initialised yet (`for_uninit`).
             unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr.add((row + r) * self.n + first), cols) };
         }
+    }
+}
+
+/// Outputs of at least this many bytes are written with non-temporal stores: they cannot stay
+/// in cache until the next operation reads them, so an ordinary store only adds a read of each
+/// line before it is overwritten. On the Xeon VM of BENCHMARKS.md (q8_0 AMX GEMM, best of three,
+/// `vision_gemm_shapes`, three alternating rounds): CogVLM2's 1344² vision fc1 (a 566 MB output)
+/// 261-277 ms against 229-254 ms streamed, its qkv (198 MB) 98-104 against 85-90 ms, its fc2
+/// (66 MB out of a 15360-deep product) level. Qwen2-VL's 448² products
+/// (15-21 MB) ran ~10% faster streamed in isolation but its vision encode did not (median of
+/// eight alternating runs 1378 against 1370 ms): the next operation then read the output from
+/// memory instead of cache.
+const STREAMED_OUTPUT_BYTES: usize = 32 << 20;
+
+/// Copies `src` to `dst` with non-temporal stores from `dst`'s first 64-byte boundary (plain
+/// copies before it and for the last partial vector).
+///
+/// # Safety
+/// The CPU must have AVX-512F; `dst` is valid for writes of `src.len()` f32.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn stream_row(src: &[f32], dst: *mut f32) {
+    use std::arch::x86_64::{_mm512_loadu_ps, _mm512_stream_ps};
+    let len = src.len();
+    // values before the first 64-byte boundary of `dst`, then whole 16-value vectors
+    let head = ((dst as usize).wrapping_neg() % 64 / std::mem::size_of::<f32>()).min(len);
+    let body = (len - head) / 16 * 16;
+    // SAFETY: every access is inside `src` and the `len` values at `dst`; the streamed stores
+    // start on a 64-byte boundary.
+    unsafe {
+        std::ptr::copy_nonoverlapping(src.as_ptr(), dst, head);
+        for i in (head..head + body).step_by(16) {
+            _mm512_stream_ps(dst.add(i), _mm512_loadu_ps(src.as_ptr().add(i)));
+        }
+        std::ptr::copy_nonoverlapping(src.as_ptr().add(head + body), dst.add(head + body), len - head - body);
     }
 }
 
@@ -80,4 +139,30 @@ pub(crate) unsafe fn written_once(m: usize, n: usize, fill: impl FnOnce(ColumnTi
         out.set_len(len);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ColumnTiles;
+
+    /// Streamed writes (non-temporal stores from each row segment's first 64-byte boundary,
+    /// plain copies around them) leave the same output as plain ones, for segments starting on
+    /// and off a boundary and ending inside a vector. CPUs without AVX-512F take the plain path
+    /// twice.
+    #[test]
+    fn streamed_writes_match_plain_ones() {
+        let (m, n, stride) = (7, 77, 40);
+        let tile: Vec<f32> = (0..m * stride).map(|i| i as f32 * 0.5 - 3.0).collect();
+        for (row, rows, first, cols) in [(0, 7, 0, 40), (1, 5, 3, 37), (2, 4, 16, 33), (6, 1, 61, 16), (0, 3, 5, 1), (3, 2, 9, 0)] {
+            let mut outputs = [vec![f32::NAN; m * n], vec![f32::NAN; m * n]];
+            for (out, streamed) in outputs.iter_mut().zip([false, true]) {
+                let tiles = ColumnTiles::new(out, m, n);
+                // SAFETY: one writer, in bounds, and the buffer outlives the call.
+                unsafe { tiles.write_rows(row, rows, first, cols, &tile, stride, streamed) };
+            }
+            let same = outputs[0].iter().zip(&outputs[1]).all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "rows {row}..+{rows}, columns {first}..+{cols}");
+            assert_eq!(outputs[0].iter().filter(|v| !v.is_nan()).count(), rows * cols, "rows {row}..+{rows}, columns {first}..+{cols}");
+        }
+    }
 }
