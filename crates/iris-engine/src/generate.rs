@@ -91,6 +91,8 @@ impl Engine {
         let tokenizer = TextTokenizer::load(dir)?;
         let defaults = GenerationDefaults::load(dir)?;
         let model = iris_models::load_model(dir, opts)?;
+        // the buffers loading freed (quantization scratch) are not needed again
+        crate::memory::release_cached_memory();
         Ok(Self { model, tokenizer, defaults, dir: dir.to_path_buf(), load_ms: t0.elapsed().as_secs_f64() * 1e3 })
     }
 
@@ -136,11 +138,15 @@ impl Engine {
 
         let t1 = Instant::now();
         let media_embeds = iris_nn::on_compute_pool(|| encode_media_spans(self.model.as_ref(), &prompt, &prepared))?;
+        if !media_embeds.is_empty() {
+            crate::memory::release_cached_memory();
+        }
         timings.vision_ms = ms(t1);
 
         let t2 = Instant::now();
         let mut cache = self.model.new_cache();
         let logits = iris_nn::on_compute_pool(|| prefill(self.model.as_ref(), &prompt, &media_embeds, &mut cache))?;
+        crate::memory::release_cached_memory();
         timings.prefill_ms = ms(t2);
 
         let t3 = Instant::now();

@@ -10,6 +10,7 @@ pub mod detokenizer;
 pub mod error;
 pub mod generate;
 pub mod generation_config;
+pub mod memory;
 pub mod messages;
 pub mod sampler;
 pub mod scheduler;
