@@ -6,6 +6,7 @@
 //! ~630 M weights.
 
 use super::WeightRows;
+#[cfg(test)]
 use crate::bf16_gemm::bf16_bits;
 
 /// Columns per weight panel (two B tiles side by side).
@@ -13,8 +14,9 @@ pub(super) const PANEL: usize = 32;
 /// k values per tile step.
 pub(super) const K_STEP: usize = 32;
 
-/// `src` (`k` f32) rounded to bf16 into `dst` (`k_pad >= k` values, the rest zero).
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+/// `src` (`k` f32) rounded to bf16 into `dst` (`k_pad >= k` values, the rest zero). Plain twin
+/// of `round_row_avx512`.
+#[cfg(test)]
 pub(super) fn round_row_scalar(src: &[f32], dst: &mut [u16]) {
     let (head, pad) = dst.split_at_mut(src.len());
     for (d, &v) in head.iter_mut().zip(src) {
@@ -86,7 +88,7 @@ pub(super) fn weight_row_scalar(w: &WeightRows, n: usize, k: usize, row: usize, 
 }
 
 #[cfg(target_arch = "x86_64")]
-pub(super) use x86::{panel_avx512, round_row_avx512, transposed_panels_avx512, weight_row_avx512};
+pub(super) use x86::{panel_avx512, round_row_avx512, round_row_avx512_uninit, transposed_panels_avx512, weight_row_avx512};
 /// Also the f32 GEMM's (`crate::f32_gemm`) panel transpose.
 #[cfg(target_arch = "x86_64")]
 pub(crate) use x86::transpose_16x16;
@@ -94,6 +96,11 @@ pub(crate) use x86::transpose_16x16;
 /// Elsewhere the AMX paths never run (`super::available()` is false); these keep them compiling.
 #[cfg(not(target_arch = "x86_64"))]
 pub(super) unsafe fn round_row_avx512(_src: &[f32], _dst: &mut [u16]) {
+    unreachable!("AMX is x86-64 only")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+pub(super) unsafe fn round_row_avx512_uninit(_src: &[f32], _dst: &mut [std::mem::MaybeUninit<u16>]) {
     unreachable!("AMX is x86-64 only")
 }
 
@@ -115,6 +122,7 @@ pub(super) unsafe fn panel_avx512(_w: &WeightRows, _n: usize, _k: usize, _first:
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::{weight_column, WeightRows, K_STEP, PANEL};
+    use crate::bf16_gemm::bf16_bits;
     use std::arch::x86_64::*;
 
     /// `round_row_scalar` with `vcvtneps2bf16` (round to nearest even, as `bf16_bits`, for
@@ -123,19 +131,38 @@ mod x86 {
     ///
     /// # Safety
     /// The CPU must have AVX-512 F, BF16 and VL.
-    #[target_feature(enable = "avx512f,avx512bf16,avx512vl")]
     pub unsafe fn round_row_avx512(src: &[f32], dst: &mut [u16]) {
-        assert!(dst.len() >= src.len());
+        // SAFETY: per the contract; `dst` holds `dst.len()` writable values.
+        unsafe { round_row_to(src, dst.as_mut_ptr(), dst.len()) }
+    }
+
+    /// `round_row_avx512` into values that may not be initialised yet (it writes them all).
+    ///
+    /// # Safety
+    /// As for `round_row_avx512`.
+    pub unsafe fn round_row_avx512_uninit(src: &[f32], dst: &mut [std::mem::MaybeUninit<u16>]) {
+        // SAFETY: per the contract; `MaybeUninit<u16>` has `u16`'s layout.
+        unsafe { round_row_to(src, dst.as_mut_ptr() as *mut u16, dst.len()) }
+    }
+
+    /// Writes all `len >= src.len()` values at `dst`: `src` rounded, then zeros.
+    #[target_feature(enable = "avx512f,avx512bf16,avx512vl")]
+    unsafe fn round_row_to(src: &[f32], dst: *mut u16, len: usize) {
+        assert!(len >= src.len());
         let whole = src.len() / 16 * 16;
-        // SAFETY: every access is inside `src` / `dst` (16-value steps below `whole`).
+        // SAFETY: every access is inside `src` or the `len` values at `dst` (16-value steps
+        // below `whole`, single values after).
         unsafe {
             for i in (0..whole).step_by(16) {
                 let v = _mm512_loadu_ps(src.as_ptr().add(i));
                 let b: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(v));
-                _mm256_storeu_si256(dst.as_mut_ptr().add(i) as *mut __m256i, b);
+                _mm256_storeu_si256(dst.add(i) as *mut __m256i, b);
             }
+            for (i, &v) in src.iter().enumerate().skip(whole) {
+                dst.add(i).write(bf16_bits(v));
+            }
+            std::ptr::write_bytes(dst.add(src.len()), 0, len - src.len());
         }
-        super::round_row_scalar(&src[whole..], &mut dst[whole..]);
     }
 
     /// `weight_row_scalar` with q8_0 and f16 converted in registers (32 values, one 64-byte

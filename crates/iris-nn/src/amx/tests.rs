@@ -95,6 +95,13 @@ fn avx512_packers_equal_their_twins() {
         // SAFETY: as above.
         unsafe { pack::round_row_avx512(&x[..len], &mut fast) };
         assert_eq!(fast, plain, "row of {len}");
+        // into values not initialised yet: every one written
+        let mut uninit = vec![std::mem::MaybeUninit::<u16>::uninit(); 1024];
+        // SAFETY: as above.
+        unsafe { pack::round_row_avx512_uninit(&x[..len], &mut uninit) };
+        // SAFETY: the call wrote all 1024 values.
+        let written: Vec<u16> = uninit.iter().map(|v| unsafe { v.assume_init() }).collect();
+        assert_eq!(written, plain, "row of {len} into uninitialised values");
     }
 }
 
@@ -208,5 +215,18 @@ fn amx_attention_matches_the_slow_formula_on_rounded_inputs() {
         // probabilities rounded to bf16 (2^-9 relative) against |v| <= 1
         println!("AMX attention H {h} KVH {kvh} T {t} S {s} D {d} causal {causal:?}: max |diff| {err:.2e}");
         assert!(err < 4e-3, "{err:e}");
+    }
+}
+
+#[test]
+fn buffers_written_by_their_filler_hold_what_it_wrote() {
+    // new (larger than the pool keeps, so never zeroed first), then small ones the pool hands
+    // back; odd lengths leave a partial last cache line
+    for len in [(POOL_MAX_BYTES / 2) + 12_345, 1_001, 999] {
+        // SAFETY: the closure writes all `len` values.
+        let buf = unsafe { Aligned::<u16>::written_by(len, |v| v.iter_mut().enumerate().for_each(|(i, x)| *x = MaybeUninit::new(i as u16))) };
+        assert_eq!(buf.as_slice().len(), len);
+        assert!(buf.as_slice().iter().enumerate().all(|(i, &x)| x == i as u16), "a buffer of {len}");
+        assert_eq!(buf.lines.as_ptr() as usize % 64, 0, "cache-line aligned");
     }
 }
