@@ -61,7 +61,7 @@ pub(crate) fn attention(q: &[f32], k: &[f32], v: &[f32], (h, t, d, kvh, s): Atte
         let mut scratch = Aligned::<f32>::reused(16 * d_pad);
         for (j, panel) in kp.chunks_exact_mut(d_pad / 2 * PANEL).enumerate() {
             // SAFETY: `available()` checked AVX-512 F/BF16.
-            unsafe { pack::panel_avx512(&WeightRows::F32(kh), s, d, j * PANEL, scratch.as_mut_slice(), panel) };
+            unsafe { pack::panel_avx512(&WeightRows::F32(kh), s, d, j * PANEL, scratch.as_mut_slice(), pack::uninit_view(panel)) };
         }
         // SAFETY: as above.
         unsafe { pack::transposed_panels_avx512(vh, s, d, vp) };

@@ -313,7 +313,7 @@ fn activation_tiles_gemm(x: &[f32], m: usize, w: &WeightRows, n: usize, k: usize
         let mut scratch = Aligned::<f32>::reused(16 * k_pad);
         for (p, panel) in packed.as_mut_slice().chunks_exact_mut(panel_len).enumerate() {
             // SAFETY: `available()` checked AVX-512 F/BF16 (and F16C comes with them).
-            unsafe { pack::panel_avx512(w, n, k, (p0 + p) * PANEL, scratch.as_mut_slice(), panel) };
+            unsafe { pack::panel_avx512(w, n, k, (p0 + p) * PANEL, scratch.as_mut_slice(), pack::uninit_view(panel)) };
         }
         let (first, cols, ldc) = (p0 * PANEL, (count * PANEL).min(n - p0 * PANEL), count * PANEL);
         // [ROW_BLOCK][ldc] accumulators

@@ -8,6 +8,7 @@
 use super::WeightRows;
 #[cfg(test)]
 use crate::bf16_gemm::bf16_bits;
+use std::mem::MaybeUninit;
 
 /// Columns per weight panel (two B tiles side by side).
 pub(super) const PANEL: usize = 32;
@@ -23,6 +24,13 @@ pub(super) fn round_row_scalar(src: &[f32], dst: &mut [u16]) {
         *d = bf16_bits(v);
     }
     pad.fill(0);
+}
+
+/// `values` as slots the packers may write (they write only values, so the slice stays
+/// initialised).
+pub(super) fn uninit_view<T: Copy>(values: &mut [T]) -> &mut [MaybeUninit<T>] {
+    // SAFETY: `MaybeUninit<T>` has `T`'s layout, and every write through the view is a value.
+    unsafe { std::slice::from_raw_parts_mut(values.as_mut_ptr() as *mut MaybeUninit<T>, values.len()) }
 }
 
 /// Column `col`'s weights as f32 into `row` (`k_pad` values, zero past `k`); zero past `n`.
@@ -100,12 +108,12 @@ pub(super) unsafe fn round_row_avx512(_src: &[f32], _dst: &mut [u16]) {
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-pub(super) unsafe fn round_row_avx512_uninit(_src: &[f32], _dst: &mut [std::mem::MaybeUninit<u16>]) {
+pub(super) unsafe fn round_row_avx512_uninit(_src: &[f32], _dst: &mut [MaybeUninit<u16>]) {
     unreachable!("AMX is x86-64 only")
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-pub(super) unsafe fn weight_row_avx512(_w: &WeightRows, _n: usize, _k: usize, _row: usize, _scratch: &mut [f32], _dst: &mut [u16]) {
+pub(super) unsafe fn weight_row_avx512(_w: &WeightRows, _n: usize, _k: usize, _row: usize, _scratch: &mut [f32], _dst: &mut [MaybeUninit<u16>]) {
     unreachable!("AMX is x86-64 only")
 }
 
@@ -115,7 +123,7 @@ pub(super) unsafe fn transposed_panels_avx512(_v: &[f32], _s: usize, _d: usize, 
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-pub(super) unsafe fn panel_avx512(_w: &WeightRows, _n: usize, _k: usize, _first: usize, _scratch: &mut [f32], _panel: &mut [u32]) {
+pub(super) unsafe fn panel_avx512(_w: &WeightRows, _n: usize, _k: usize, _first: usize, _scratch: &mut [f32], _panel: &mut [MaybeUninit<u32>]) {
     unreachable!("AMX is x86-64 only")
 }
 
@@ -124,6 +132,7 @@ mod x86 {
     use super::{weight_column, WeightRows, K_STEP, PANEL};
     use crate::bf16_gemm::bf16_bits;
     use std::arch::x86_64::*;
+    use std::mem::MaybeUninit;
 
     /// `round_row_scalar` with `vcvtneps2bf16` (round to nearest even, as `bf16_bits`, for
     /// normal values; the instruction flushes denormals to zero, as the tiles treat bf16
@@ -166,28 +175,30 @@ mod x86 {
     }
 
     /// `weight_row_scalar` with q8_0 and f16 converted in registers (32 values, one 64-byte
-    /// store per block) and bf16 copied as it is; other formats through `scratch`.
+    /// store per block) and bf16 copied as it is; other formats through `scratch`. Writes every
+    /// value of `dst`, which need not be initialised.
     ///
     /// # Safety
     /// The CPU must have AVX-512 F, BF16, VL and F16C; the weight holds `n * k` values
     /// (`[n, k]`), `row < n`, `scratch.len() == dst.len()`, a multiple of `K_STEP` of at least `k`.
     #[target_feature(enable = "avx512f,avx512bf16,avx512vl,f16c")]
-    pub unsafe fn weight_row_avx512(w: &WeightRows, n: usize, k: usize, row: usize, scratch: &mut [f32], dst: &mut [u16]) {
+    pub unsafe fn weight_row_avx512(w: &WeightRows, n: usize, k: usize, row: usize, scratch: &mut [f32], dst: &mut [MaybeUninit<u16>]) {
         let k_pad = dst.len();
         assert!(row < n && k <= k_pad && k_pad.is_multiple_of(K_STEP) && scratch.len() == k_pad);
+        let out = dst.as_mut_ptr() as *mut u16;
         match (w, w.q8_0()) {
             (WeightRows::Bf16(v), _) => {
                 let src = &v[row * k..(row + 1) * k];
                 for (d, s) in dst.iter_mut().zip(src) {
-                    *d = s.to_bits();
+                    *d = MaybeUninit::new(s.to_bits());
                 }
-                dst[k..].fill(0);
+                dst[k..].fill(MaybeUninit::new(0));
             }
             (WeightRows::F16(v), _) if k == k_pad => {
                 for b in 0..k / K_STEP {
                     // SAFETY: values 32b..32b + 32 of row `row` are inside the [n, k] weight;
                     // the store writes values 32b..32b + 32 < k_pad of `dst`.
-                    unsafe { _mm512_storeu_si512(dst.as_mut_ptr().add(K_STEP * b) as *mut _, f16_block_bf16(v.as_ptr().add(row * k + K_STEP * b))) };
+                    unsafe { _mm512_storeu_si512(out.add(K_STEP * b) as *mut _, f16_block_bf16(v.as_ptr().add(row * k + K_STEP * b))) };
                 }
             }
             (_, Some((qs, d))) if k == k_pad => {
@@ -195,13 +206,13 @@ mod x86 {
                 for b in 0..blocks {
                     // SAFETY: block b of row `row` is inside the [n, k] quants; the store
                     // writes values 32b..32b + 32 < k_pad of `dst`.
-                    unsafe { _mm512_storeu_si512(dst.as_mut_ptr().add(K_STEP * b) as *mut _, q8_0_block_bf16(qs.as_ptr().add(row * k + K_STEP * b), d[row * blocks + b])) };
+                    unsafe { _mm512_storeu_si512(out.add(K_STEP * b) as *mut _, q8_0_block_bf16(qs.as_ptr().add(row * k + K_STEP * b), d[row * blocks + b])) };
                 }
             }
             _ => {
                 weight_column(w, n, k, row, scratch);
                 // SAFETY: the CPU has AVX-512 F/BF16/VL (this function's contract).
-                unsafe { round_row_avx512(&scratch[..k], dst) };
+                unsafe { round_row_avx512_uninit(&scratch[..k], dst) };
             }
         }
     }
@@ -242,14 +253,15 @@ mod x86 {
     /// stored as one 64-byte row of the panel. bf16 weights are loaded as they are, f16 and q8_0 ones
     /// converted in registers; other formats (and partial column groups) go through `scratch`,
     /// `[16][k_pad]` f32 rows from `weight_column`. (Scattering each column's pairs to their 16
-    /// rows ran at ~3 cycles a weight: packing took longer than the product.)
+    /// rows ran at ~3 cycles a weight: packing took longer than the product.) Writes every
+    /// value of `panel`, which need not be initialised.
     ///
     /// # Safety
     /// The CPU must have AVX-512 F, BF16 and F16C; the weight holds `n * k` values (`[n, k]`);
     /// `scratch.len()` is `16 * k_pad`, `k_pad` a multiple of `K_STEP` and at least `k`, and
     /// `panel.len()` is `k_pad / 2 * PANEL`.
     #[target_feature(enable = "avx512f,avx512bf16,f16c")]
-    pub unsafe fn panel_avx512(w: &WeightRows, n: usize, k: usize, first: usize, scratch: &mut [f32], panel: &mut [u32]) {
+    pub unsafe fn panel_avx512(w: &WeightRows, n: usize, k: usize, first: usize, scratch: &mut [f32], panel: &mut [MaybeUninit<u32>]) {
         let k_pad = scratch.len() / 16;
         assert!(k_pad.is_multiple_of(K_STEP) && k_pad >= k && scratch.len() == 16 * k_pad && panel.len() == k_pad / 2 * PANEL);
         let steps = k_pad / K_STEP;
@@ -260,7 +272,7 @@ mod x86 {
             // values per column, or the scratch rows; the stores write rows 16s..16s + 16 < k_pad / 2
             // of the panel at columns 16 * half..+16.
             unsafe {
-                let store = |s: usize, mut v: [__m512i; 16], panel: &mut [u32]| {
+                let store = |s: usize, mut v: [__m512i; 16], panel: &mut [MaybeUninit<u32>]| {
                     transpose_16x16(&mut v);
                     for (p, row) in v.iter().enumerate() {
                         _mm512_storeu_si512(panel.as_mut_ptr().add((16 * s + p) * PANEL + 16 * half) as *mut _, *row);

@@ -50,7 +50,7 @@ fn avx512_packers_equal_their_twins() {
             let (mut fast, mut plain) = (vec![7u32; k_pad / 2 * PANEL], vec![9u32; k_pad / 2 * PANEL]);
             pack::panel_scalar(&weight, n, k, first, &mut row, &mut plain);
             // SAFETY: `available()` checked AVX-512 F/BF16.
-            unsafe { pack::panel_avx512(&weight, n, k, first, &mut scratch, &mut fast) };
+            unsafe { pack::panel_avx512(&weight, n, k, first, &mut scratch, pack::uninit_view(&mut fast)) };
             assert_eq!(fast, plain, "panel at column {first}, k {k}");
         }
     }
@@ -74,7 +74,7 @@ fn avx512_packers_equal_their_twins() {
             let (mut fast, mut plain) = (vec![7u16; k_pad], vec![9u16; k_pad]);
             pack::weight_row_scalar(&weight, n, k, row, &mut s1, &mut plain);
             // SAFETY: as above.
-            unsafe { pack::weight_row_avx512(&weight, n, k, row, &mut s2, &mut fast) };
+            unsafe { pack::weight_row_avx512(&weight, n, k, row, &mut s2, pack::uninit_view(&mut fast)) };
             assert_eq!(fast, plain, "weight row {row}, k {k}");
         }
     }

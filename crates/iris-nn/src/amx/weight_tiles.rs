@@ -12,6 +12,7 @@ use super::pack::{self, K_STEP, PANEL};
 use super::{Aligned, TaskBlock, WeightRows, MICRO};
 use crate::tiled_output::ColumnTiles;
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// Below this many rows products take this layout. Text prefill, alternating with the other
 /// layout (q8_0 Qwen2-VL-2B): 399 tokens 900-904 against 989-1020 ms, 499 tokens 1302-1337
@@ -24,12 +25,15 @@ pub(super) fn gemm(x: &[f32], m: usize, w: &WeightRows, n: usize, k: usize, dst:
     let (k_pad, m_pad) = (k.next_multiple_of(K_STEP), m.next_multiple_of(PANEL));
     // activations as B panels: [m_pad / PANEL][k_pad / 2][PANEL] pairs, zero past m and k
     let panel_len = k_pad / 2 * PANEL;
-    let mut panels = Aligned::<u32>::reused(m_pad / PANEL * panel_len);
-    panels.as_mut_slice().par_chunks_mut(panel_len).enumerate().for_each(|(p, panel)| {
-        let mut scratch = Aligned::<f32>::reused(16 * k_pad);
-        // SAFETY: `available()` checked AVX-512 F/BF16; `x` is [m, k].
-        unsafe { pack::panel_avx512(&WeightRows::F32(x), m, k, p * PANEL, scratch.as_mut_slice(), panel) };
-    });
+    let pack_activations = |panels: &mut [MaybeUninit<u32>]| {
+        panels.par_chunks_mut(panel_len).enumerate().for_each(|(p, panel)| {
+            let mut scratch = Aligned::<f32>::reused(16 * k_pad);
+            // SAFETY: `available()` checked AVX-512 F/BF16; `x` is [m, k].
+            unsafe { pack::panel_avx512(&WeightRows::F32(x), m, k, p * PANEL, scratch.as_mut_slice(), panel) };
+        })
+    };
+    // SAFETY: `panel_avx512` writes every value of each panel (the buffer is whole panels).
+    let panels = unsafe { Aligned::<u32>::written_by(m_pad / PANEL * panel_len, pack_activations) };
     // weight rows per task: four tasks per thread, 32 to 256 rows. Every task streams all the
     // activation panels (5.7 MB for a 307-row K = 8960 product) into its L2, so fewer, larger
     // tasks fetch them less often: a first version with 32-row tasks there (its weight rows
@@ -40,16 +44,19 @@ pub(super) fn gemm(x: &[f32], m: usize, w: &WeightRows, n: usize, k: usize, dst:
         let (f0, rows) = (t * per_task, per_task.min(n - t * per_task));
         let rows_pad = rows.next_multiple_of(MICRO);
         // this task's weight rows as bf16 rows, k_pad apart; zero rows past n
-        let mut a = Aligned::<u16>::reused(rows_pad * k_pad);
         let mut scratch = Aligned::<f32>::reused(k_pad);
-        for (r, row) in a.as_mut_slice().chunks_exact_mut(k_pad).enumerate() {
-            if r < rows {
-                // SAFETY: as above; the weight is [n, k] (checked by the caller).
-                unsafe { pack::weight_row_avx512(w, n, k, f0 + r, scratch.as_mut_slice(), row) };
-            } else {
-                row.fill(0);
+        let decode_rows = |a: &mut [MaybeUninit<u16>]| {
+            for (r, row) in a.chunks_exact_mut(k_pad).enumerate() {
+                if r < rows {
+                    // SAFETY: as above; the weight is [n, k] (checked by the caller).
+                    unsafe { pack::weight_row_avx512(w, n, k, f0 + r, scratch.as_mut_slice(), row) };
+                } else {
+                    row.fill(MaybeUninit::new(0));
+                }
             }
-        }
+        };
+        // SAFETY: `weight_row_avx512` writes every value of a row, and the other rows are zeroed.
+        let a = unsafe { Aligned::<u16>::written_by(rows_pad * k_pad, decode_rows) };
         // [rows_pad][m_pad]: feature rows by token columns
         let mut acc = Aligned::<f32>::reused(rows_pad * m_pad);
         let block = TaskBlock { a: a.as_slice(), k_pad, r0: 0, rows_pad, panels, panel_len, acc: acc.as_mut_slice(), ldc: m_pad, accumulate: false };
