@@ -4,9 +4,10 @@
 //!
 //! Why: `iris` lets mimalloc keep freed pages for 10 s instead of its default 1 s, so that a
 //! vision layer slower than 1 s (CogVLM2 at 1344²: ~1.6 s) reuses the previous layer's
-//! activation buffers instead of faulting in and zeroing fresh ones. Released after the media
-//! encode and after the prefill, the kept pages then never outlive their phase (Qwen2-VL's
-//! peak RSS stays where the 1 s delay had it).
+//! activation buffers instead of faulting in and zeroing fresh ones. Released after loading,
+//! after the media encode and after the prefill (the scheduler: after each media encode), the
+//! kept pages never outlive their phase: Qwen2-VL-2B's 448² question peaked at 1.136-1.141x its
+//! weights against 1.145x with the 1 s delay (BENCHMARKS.md).
 
 use crate::scheduler::IdleHook;
 use std::sync::OnceLock;

@@ -379,6 +379,8 @@ impl Scheduler {
             Some(e) => (e, true),
             None => {
                 let e = iris_nn::on_compute_pool(|| self.engine.model.encode_media(media)).map_err(|e| (i, e.to_string()))?;
+                // the encode's freed activations are not needed by the steps that follow
+                crate::memory::release_cached_memory();
                 self.encoder_cache.insert(key, e.clone());
                 (e, false)
             }
