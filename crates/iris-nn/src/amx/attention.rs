@@ -81,7 +81,7 @@ pub(crate) fn attention(q: &[f32], k: &[f32], v: &[f32], (h, t, d, kvh, s): Atte
         let qh = &q[(hi * t + t0) * d..][..len * d];
         for (dst, src) in a.as_mut_slice().chunks_exact_mut(d_pad).zip(qh.chunks_exact(d).chain(std::iter::repeat(&[][..]))) {
             // SAFETY: `available()` checked AVX-512 F/BF16/VL.
-            unsafe { pack::round_row_avx512(src, dst) };
+            unsafe { pack::round_row_avx512(src, pack::uninit_view(dst)) };
         }
         // the keys this chunk sees: all, or up to its last query's position
         let seen = causal.map_or(s, |offset| (offset + t0 + len).min(s));

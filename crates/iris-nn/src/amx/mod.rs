@@ -293,7 +293,7 @@ fn activation_tiles_gemm(x: &[f32], m: usize, w: &WeightRows, n: usize, k: usize
         a.par_chunks_mut(k_pad).enumerate().for_each(|(r, dst)| {
             if r < m {
                 // SAFETY: `available()` checked AVX-512 F/BF16/VL.
-                unsafe { pack::round_row_avx512_uninit(&x[r * k..(r + 1) * k], dst) }
+                unsafe { pack::round_row_avx512(&x[r * k..(r + 1) * k], dst) }
             } else {
                 dst.fill(MaybeUninit::new(0));
             }

@@ -96,19 +96,14 @@ pub(super) fn weight_row_scalar(w: &WeightRows, n: usize, k: usize, row: usize, 
 }
 
 #[cfg(target_arch = "x86_64")]
-pub(super) use x86::{panel_avx512, round_row_avx512, round_row_avx512_uninit, transposed_panels_avx512, weight_row_avx512};
+pub(super) use x86::{panel_avx512, round_row_avx512, transposed_panels_avx512, weight_row_avx512};
 /// Also the f32 GEMM's (`crate::f32_gemm`) panel transpose.
 #[cfg(target_arch = "x86_64")]
 pub(crate) use x86::transpose_16x16;
 
 /// Elsewhere the AMX paths never run (`super::available()` is false); these keep them compiling.
 #[cfg(not(target_arch = "x86_64"))]
-pub(super) unsafe fn round_row_avx512(_src: &[f32], _dst: &mut [u16]) {
-    unreachable!("AMX is x86-64 only")
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-pub(super) unsafe fn round_row_avx512_uninit(_src: &[f32], _dst: &mut [MaybeUninit<u16>]) {
+pub(super) unsafe fn round_row_avx512(_src: &[f32], _dst: &mut [MaybeUninit<u16>]) {
     unreachable!("AMX is x86-64 only")
 }
 
@@ -136,27 +131,14 @@ mod x86 {
 
     /// `round_row_scalar` with `vcvtneps2bf16` (round to nearest even, as `bf16_bits`, for
     /// normal values; the instruction flushes denormals to zero, as the tiles treat bf16
-    /// denormals anyway).
+    /// denormals anyway). Writes every value of `dst`, which need not be initialised (init rows
+    /// pass `uninit_view`).
     ///
     /// # Safety
     /// The CPU must have AVX-512 F, BF16 and VL.
-    pub unsafe fn round_row_avx512(src: &[f32], dst: &mut [u16]) {
-        // SAFETY: per the contract; `dst` holds `dst.len()` writable values.
-        unsafe { round_row_to(src, dst.as_mut_ptr(), dst.len()) }
-    }
-
-    /// `round_row_avx512` into values that may not be initialised yet (it writes them all).
-    ///
-    /// # Safety
-    /// As for `round_row_avx512`.
-    pub unsafe fn round_row_avx512_uninit(src: &[f32], dst: &mut [std::mem::MaybeUninit<u16>]) {
-        // SAFETY: per the contract; `MaybeUninit<u16>` has `u16`'s layout.
-        unsafe { round_row_to(src, dst.as_mut_ptr() as *mut u16, dst.len()) }
-    }
-
-    /// Writes all `len >= src.len()` values at `dst`: `src` rounded, then zeros.
     #[target_feature(enable = "avx512f,avx512bf16,avx512vl")]
-    unsafe fn round_row_to(src: &[f32], dst: *mut u16, len: usize) {
+    pub unsafe fn round_row_avx512(src: &[f32], dst: &mut [MaybeUninit<u16>]) {
+        let (len, dst) = (dst.len(), dst.as_mut_ptr() as *mut u16);
         assert!(len >= src.len());
         let whole = src.len() / 16 * 16;
         // SAFETY: every access is inside `src` or the `len` values at `dst` (16-value steps
@@ -212,7 +194,7 @@ mod x86 {
             _ => {
                 weight_column(w, n, k, row, scratch);
                 // SAFETY: the CPU has AVX-512 F/BF16/VL (this function's contract).
-                unsafe { round_row_avx512_uninit(&scratch[..k], dst) };
+                unsafe { round_row_avx512(&scratch[..k], dst) };
             }
         }
     }

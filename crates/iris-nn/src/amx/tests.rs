@@ -93,12 +93,12 @@ fn avx512_packers_equal_their_twins() {
         let (mut fast, mut plain) = (vec![1u16; 1024], vec![2u16; 1024]);
         pack::round_row_scalar(&x[..len], &mut plain);
         // SAFETY: as above.
-        unsafe { pack::round_row_avx512(&x[..len], &mut fast) };
+        unsafe { pack::round_row_avx512(&x[..len], pack::uninit_view(&mut fast)) };
         assert_eq!(fast, plain, "row of {len}");
         // into values not initialised yet: every one written
         let mut uninit = vec![std::mem::MaybeUninit::<u16>::uninit(); 1024];
         // SAFETY: as above.
-        unsafe { pack::round_row_avx512_uninit(&x[..len], &mut uninit) };
+        unsafe { pack::round_row_avx512(&x[..len], &mut uninit) };
         // SAFETY: the call wrote all 1024 values.
         let written: Vec<u16> = uninit.iter().map(|v| unsafe { v.assume_init() }).collect();
         assert_eq!(written, plain, "row of {len} into uninitialised values");
