@@ -1,10 +1,11 @@
 """Concurrent streaming clients against a live `iris serve`, with random cancellations.
 
 usage: loadtest.py BASE_URL [--clients 32] [--seconds 120] [--cancel-rate 0.2] [--max-tokens 64]
-                   [--image PATH] [--api-key KEY] [--model NAME]
+                   [--image PATH ...] [--api-key KEY] [--model NAME]
 
-Each client loops until the deadline: a streamed chat completion (every other one with the
-image, when given), abandoned after a few chunks with probability --cancel-rate. Expected
+Each client loops until the deadline: a streamed chat completion (every other one with an
+image, when given; with several --image, each such request takes the next in turn, so the
+server sees distinct images and encodes them instead of hitting its encoder cache), abandoned after a few chunks with probability --cancel-rate. Expected
 outcomes are 200 streams that end in [DONE] and 429 (queue full, retried after Retry-After).
 Anything else is an error. Prints one JSON object: counts, errors, throughput, time to first
 token and per-token latency percentiles.
@@ -29,14 +30,15 @@ def pct(xs, p):
     return xs[min(len(xs) - 1, int(p / 100 * len(xs)))]
 
 
-async def client_loop(n, args, http, image_url, stats, deadline):
+async def client_loop(n, args, http, image_urls, stats, deadline):
     rng = random.Random(n)
     i = 0
     while time.monotonic() < deadline:
         i += 1
         content = [{"type": "text", "text": f"Client {n} question {i}: describe what you see."}]
-        if image_url and i % 2 == 0:
-            content.insert(0, {"type": "image_url", "image_url": {"url": image_url}})
+        if image_urls and i % 2 == 0:
+            url = image_urls[(n + i // 2) % len(image_urls)]
+            content.insert(0, {"type": "image_url", "image_url": {"url": url}})
         body = {"messages": [{"role": "user", "content": content}], "max_tokens": args.max_tokens, "temperature": 0.7, "seed": n * 1000 + i, "stream": True}
         if args.model:
             body["model"] = args.model
@@ -94,20 +96,18 @@ async def main():
     ap.add_argument("--seconds", type=float, default=120)
     ap.add_argument("--cancel-rate", type=float, default=0.2)
     ap.add_argument("--max-tokens", type=int, default=64)
-    ap.add_argument("--image")
+    ap.add_argument("--image", action="append", default=[], help="repeat for several images")
     ap.add_argument("--api-key")
     ap.add_argument("--model")
     args = ap.parse_args()
-    image_url = None
-    if args.image:
-        image_url = "data:image/png;base64," + base64.b64encode(open(args.image, "rb").read()).decode()
+    image_urls = ["data:image/png;base64," + base64.b64encode(open(path, "rb").read()).decode() for path in args.image]
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     stats = {"completed": 0, "cancelled": 0, "rejected_429": 0, "chunks": 0, "errors": [], "ttft": [], "itl": []}
     limits = httpx.Limits(max_connections=args.clients + 4, max_keepalive_connections=args.clients + 4)
     t0 = time.monotonic()
     async with httpx.AsyncClient(base_url=args.base, headers=headers, timeout=httpx.Timeout(600.0), limits=limits) as http:
         deadline = t0 + args.seconds
-        await asyncio.gather(*(client_loop(n, args, http, image_url, stats, deadline) for n in range(args.clients)))
+        await asyncio.gather(*(client_loop(n, args, http, image_urls, stats, deadline) for n in range(args.clients)))
     wall = time.monotonic() - t0
     out = {
         "clients": args.clients,
