@@ -1,5 +1,5 @@
-//! Many-row products (prefill, the vision tower) with int8 activations on AVX512-VNNI:
-//! `[m, K] x W^T` for q8_0 and q4_K weights. The f32 path decodes weight tiles to f32 and runs
+//! Many-row products (prefill, the vision tower) with int8 activations on AVX512-VNNI or
+//! AVX-VNNI: `[m, K] x W^T` for q8_0 and q4_K weights. The f32 path decodes weight tiles to f32 and runs
 //! an f32 GEMM, bound by FMA throughput (16 multiply-adds per instruction); `vpdpbusd` does 64.
 //! Activations are quantized to int8 per 32-value block, as llama.cpp does for its quantized
 //! matmuls: for q8_0 exactly the decode kernels' recipe; for q4_K finer than decode's 256-value
@@ -14,7 +14,8 @@
 //! their scale and `dot = sum(byte * xq)`. For q8_0 the +128 comes back out in the integer
 //! domain: each block's `vpdpbusd` accumulators start at `-128 * sum(xq)`, so `dot` is exactly
 //! `sum(q * xq)` and the tile does one float operation less per block and row (the f32 min term
-//! also cancelled two large terms). `tile_scalar` is the plain twin of the AVX-512 tile kernel.
+//! also cancelled two large terms). `tile_scalar` is the plain twin of the AVX-512 and AVX-VNNI
+//! tile kernels.
 
 use super::kernels::{self, q4k_block, Kernel};
 use super::Blocks;
@@ -209,7 +210,7 @@ pub(crate) fn tile_scalar(panel: &PanelPair, t: &TileRows, out: &mut [f32]) {
 }
 
 /// `out[r * n + o] = sum_i x[r * k + i] * W[o, i]` for `m` rows of `x` (any `m`), int8
-/// activations. `kernel` picks the tile kernel: AVX-512 VNNI, or the scalar twin otherwise.
+/// activations. `kernel` picks the tile kernel: AVX-512 VNNI, AVX-VNNI, or the scalar twin.
 pub(crate) fn gemm_with(blocks: &Blocks, n: usize, k: usize, x: &[f32], m: usize, out: &mut [f32], kernel: Kernel) {
     assert!(x.len() == m * k && out.len() == m * n && k.is_multiple_of(BLOCK));
     let acts = Activations::quantize_with(x, k, kernel);
@@ -225,6 +226,9 @@ pub(crate) fn gemm_with(blocks: &Blocks, n: usize, k: usize, x: &[f32], m: usize
                 // SAFETY: Avx512Vnni comes from `Kernel::available`, which checked the features.
                 #[cfg(target_arch = "x86_64")]
                 Kernel::Avx512Vnni => unsafe { kernels::avx512_gemm::tile(&panel, &t, &mut tile) },
+                // SAFETY: AvxVnni comes from `Kernel::available`, which checked AVX2, FMA and AVX-VNNI.
+                #[cfg(target_arch = "x86_64")]
+                Kernel::AvxVnni => unsafe { kernels::avxvnni_gemm::tile(&panel, &t, &mut tile) },
                 _ => tile_scalar(&panel, &t, &mut tile),
             }
             // SAFETY: columns `first..first + cols` belong to this task alone; `out` outlives the loop.
@@ -233,9 +237,9 @@ pub(crate) fn gemm_with(blocks: &Blocks, n: usize, k: usize, x: &[f32], m: usize
     });
 }
 
-/// Whether many-row products take the int8 GEMM: on AVX512-VNNI CPUs, unless the environment
-/// sets `IRIS_NO_INT8_GEMM` (then they take the f32-tile path, for A/B measurements).
+/// Whether many-row products take the int8 GEMM: on AVX512-VNNI and AVX-VNNI CPUs, unless the
+/// environment sets `IRIS_NO_INT8_GEMM` (then they take the f32-tile path, for A/B measurements).
 pub(crate) fn available() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| Kernel::best() == Kernel::Avx512Vnni && std::env::var_os("IRIS_NO_INT8_GEMM").is_none())
+    *ON.get_or_init(|| matches!(Kernel::best(), Kernel::Avx512Vnni | Kernel::AvxVnni) && std::env::var_os("IRIS_NO_INT8_GEMM").is_none())
 }

@@ -71,7 +71,7 @@ fn max_rel(a: &[f32], b: &[f32]) -> f32 {
 
 #[test]
 fn kernels_on_this_cpu_are_reported() {
-    let all = [Kernel::Scalar, Kernel::Avx2, Kernel::Avx512Vnni];
+    let all = [Kernel::Scalar, Kernel::Avx2, Kernel::AvxVnni, Kernel::Avx512Vnni];
     let skipped: Vec<_> = all.iter().filter(|k| !Kernel::available().contains(k)).collect();
     // not an assertion: tells the log which fast paths this machine could not exercise
     println!("quantized kernels tested here: {:?}; skipped (CPU lacks them): {skipped:?}", Kernel::available());
@@ -97,12 +97,19 @@ fn simd_kernels_match_the_scalar_twin_and_the_f64_product() {
             let fast: Vec<f32> = q.matmul_t(&Tensor::from_slice(&x, (m, k), &Device::Cpu).unwrap()).unwrap().flatten_all().unwrap().to_vec1().unwrap();
             let mut slow = vec![0f32; m * n];
             gemv_with(&q.blocks, n, k, &x, m, &mut slow, Kernel::Scalar);
+            let mut by_kernel = Vec::new();
             for kernel in Kernel::available() {
                 let mut simd = vec![0f32; m * n];
                 gemv_with(&q.blocks, n, k, &x, m, &mut simd, kernel);
                 let twin = max_rel(&simd, &slow);
                 println!("{format} [{n}, {k}] m={m}: {kernel:?} rel diff vs scalar twin {twin:e}");
                 assert!(twin < 1e-5, "{format} m={m}: {kernel:?} differs from its twin by {twin}");
+                by_kernel.push((kernel, simd));
+            }
+            // AVX-VNNI only fuses the AVX2 kernels' integer steps: the same sums, the same bits
+            let of = |want: Kernel| by_kernel.iter().find(|(k, _)| *k == want).map(|(_, out)| out.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+            if let (Some(avx2), Some(vnni)) = (of(Kernel::Avx2), of(Kernel::AvxVnni)) {
+                assert!(avx2 == vnni, "{format} [{n}, {k}] m={m}: AvxVnni differs from Avx2");
             }
             let exact = reference(&q, &x, m);
             let vs_exact = max_rel(&fast, &exact);
@@ -171,7 +178,7 @@ fn int8_gemm_matches_its_scalar_twin_and_the_f64_product() {
             println!("{format} [{n}, {k}]: int8 GEMM row 0 rel diff vs the decode kernel {vs_gemv:e}");
             assert!(vs_gemv < 1e-5, "{format}: {vs_gemv}");
         }
-        for kernel in Kernel::available().into_iter().filter(|&k| k == Kernel::Avx512Vnni) {
+        for kernel in Kernel::available().into_iter().filter(|&k| matches!(k, Kernel::AvxVnni | Kernel::Avx512Vnni)) {
             let mut fast = vec![0f32; m * n];
             gemm::gemm_with(&q.blocks, n, k, &x, m, &mut fast, kernel);
             let twin = max_rel(&fast, &slow);

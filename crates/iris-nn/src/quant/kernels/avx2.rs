@@ -1,5 +1,8 @@
 //! AVX2 twins of the integer kernels in `kernels/mod.rs` (`maddubs` on 32 bytes) and the 4-row
-//! q4_K decode kernel over interleaved rows; tested against the scalar twin.
+//! q4_K decode kernel over interleaved rows; tested against the scalar twin. With `VNNI` they
+//! take AVX-VNNI's 256-bit `vpdpbusd`/`vpdpwssd` (Intel Alder Lake and later client CPUs, which
+//! lack AVX-512; Zen 5) where plain AVX2 needs two or three instructions; the integer sums are
+//! the same, so both give bit-identical results.
 
 use super::{prefetch_to_l2, q4k_row, Q4KBlock, QuantizedRow, MAX_ROWS, PREFETCH_AHEAD_Q8_0};
 use candle_core::quantized::k_quants::{QK8_0, QK_K};
@@ -13,21 +16,48 @@ unsafe fn hsum(v: __m256) -> f32 {
     _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps::<1>(s, s)))
 }
 
-/// 32 unsigned x 32 signed bytes -> 8 i32 lanes (no overflow: |products| <= 2 * 255 * 127).
+/// 32 unsigned x 32 signed bytes -> 8 i32 lanes, each the sum of four products. Without VNNI
+/// `maddubs` forms i16 pair sums first, which saturate only past 2 * 255 * 127: callers keep the
+/// unsigned operand <= 128 and the signed one in [-127, 127], so both paths are exact.
+#[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn dot_u8_i8(u: __m256i, s: __m256i) -> __m256i {
-    _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1))
+unsafe fn dot_u8_i8<const VNNI: bool>(u: __m256i, s: __m256i) -> __m256i {
+    if VNNI {
+        vpdpbusd(_mm256_setzero_si256(), u, s)
+    } else {
+        _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1))
+    }
+}
+
+/// AVX-VNNI `acc + u8 x i8 quad sums`, as one VEX-encoded `vpdpbusd`. Inline asm, as
+/// `avx512::dpwssd`, so the AVX2 kernels need no extra target feature to be generic over `VNNI`
+/// (the caller checks the CPU has AVX-VNNI before choosing `VNNI`).
+#[inline]
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn vpdpbusd(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+    let mut acc = acc;
+    std::arch::asm!("{{vex}} vpdpbusd {acc}, {u}, {s}", acc = inout(ymm_reg) acc, u = in(ymm_reg) u, s = in(ymm_reg) s, options(pure, nomem, nostack));
+    acc
+}
+
+/// AVX-VNNI `acc + i16 pair products`, as one VEX-encoded `vpdpwssd` (`madd` + `add` without).
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn vpdpwssd(acc: __m256i, a: __m256i, b: __m256i) -> __m256i {
+    let mut acc = acc;
+    std::arch::asm!("{{vex}} vpdpwssd {acc}, {a}, {b}", acc = inout(ymm_reg) acc, a = in(ymm_reg) a, b = in(ymm_reg) b, options(pure, nomem, nostack));
+    acc
 }
 
 /// q8_0 x q8_0: eight blocks at a time share one F16C conversion of their weight scales and
 /// one multiply by each row's activation scales; each block then picks its lane with a
 /// permute. The remaining `per_row % 8` blocks take the per-block path.
-pub unsafe fn dot_row_q8_0(qs: &[i8], d: &[f16], k: usize, o: usize, rows: &[QuantizedRow], cell: &mut [f32]) {
-    super::for_row_count!(rows.len(), dot_row_q8_0_rows, qs, d, k, o, rows, cell)
+pub unsafe fn dot_row_q8_0<const VNNI: bool>(qs: &[i8], d: &[f16], k: usize, o: usize, rows: &[QuantizedRow], cell: &mut [f32]) {
+    super::for_row_count!(rows.len(), dot_row_q8_0_rows::<_, VNNI>, qs, d, k, o, rows, cell)
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_row_q8_0_rows<const M: usize>(qs: &[i8], d: &[f16], k: usize, o: usize, rows: &[QuantizedRow], cell: &mut [f32]) {
+unsafe fn dot_row_q8_0_rows<const M: usize, const VNNI: bool>(qs: &[i8], d: &[f16], k: usize, o: usize, rows: &[QuantizedRow], cell: &mut [f32]) {
     let per_row = k / QK8_0;
     let rows: &[QuantizedRow; M] = rows.try_into().expect("M activation rows");
     let wq = qs.as_ptr().add(o * k);
@@ -36,7 +66,7 @@ unsafe fn dot_row_q8_0_rows<const M: usize>(qs: &[i8], d: &[f16], k: usize, o: u
     let block_dot = |b: usize, w: __m256i, r: usize| {
         let x = _mm256_loadu_si256(rows[r].qs.as_ptr().add(b * QK8_0) as *const __m256i);
         // maddubs takes one unsigned operand: |w| times x with w's sign moved onto x
-        _mm256_cvtepi32_ps(dot_u8_i8(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w)))
+        _mm256_cvtepi32_ps(dot_u8_i8::<VNNI>(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w)))
     };
     let full = per_row / 8 * 8;
     for b0 in (0..full).step_by(8) {
@@ -117,13 +147,17 @@ unsafe fn q4k_activations(a: *const i8, g: usize) -> (__m256i, __m256i) {
     (_mm256_loadu_si256(a.add(off_lo) as *const __m256i), _mm256_loadu_si256(a.add(off_hi) as *const __m256i))
 }
 
-/// Scale-weighted integer dot product of a group with its activations, as 8 i32 lanes.
+/// `isum` plus the scale-weighted integer dot product of a group with its activations, as 8
+/// i32 lanes.
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn q4k_group_dot(w: &Q4kGroup, (a_lo, a_hi): (__m256i, __m256i)) -> __m256i {
-    let p_lo = _mm256_madd_epi16(_mm256_maddubs_epi16(w.lo, a_lo), w.sc_lo);
-    let p_hi = _mm256_madd_epi16(_mm256_maddubs_epi16(w.hi, a_hi), w.sc_hi);
-    _mm256_add_epi32(p_lo, p_hi)
+unsafe fn q4k_group_dot<const VNNI: bool>(isum: __m256i, w: &Q4kGroup, (a_lo, a_hi): (__m256i, __m256i)) -> __m256i {
+    let (pairs_lo, pairs_hi) = (_mm256_maddubs_epi16(w.lo, a_lo), _mm256_maddubs_epi16(w.hi, a_hi));
+    if VNNI {
+        vpdpwssd(vpdpwssd(isum, pairs_lo, w.sc_lo), pairs_hi, w.sc_hi)
+    } else {
+        _mm256_add_epi32(isum, _mm256_add_epi32(_mm256_madd_epi16(pairs_lo, w.sc_lo), _mm256_madd_epi16(pairs_hi, w.sc_hi)))
+    }
 }
 
 /// Adds one super-block to `acc`: `d*dx*isum - dmin*dx*(m_j * sum_j)` over the 8 sub-blocks.
@@ -144,12 +178,12 @@ unsafe fn q4k_accumulate(acc: __m256, isum: __m256i, blk: &Q4KBlock, dx: f32, su
 /// scale broadcast as i16 instead of ones), so each 256-value super-block needs one int->float
 /// conversion per row instead of eight; mins use the integer sub-block sums. Bounds: a pair
 /// sum is <= 2*15*127, times a scale <= 63 and summed over 256 values < 2^25, no overflow.
-pub unsafe fn dot_row_q4k(blocks: &[Q4KBlock], k: usize, o: usize, rows: &[QuantizedRow], cell: &mut [f32]) {
-    super::for_row_count!(rows.len(), dot_row_q4k_rows, blocks, k, o, rows, cell)
+pub unsafe fn dot_row_q4k<const VNNI: bool>(blocks: &[Q4KBlock], k: usize, o: usize, rows: &[QuantizedRow], cell: &mut [f32]) {
+    super::for_row_count!(rows.len(), dot_row_q4k_rows::<_, VNNI>, blocks, k, o, rows, cell)
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_row_q4k_rows<const M: usize>(blocks: &[Q4KBlock], k: usize, o: usize, rows: &[QuantizedRow], cell: &mut [f32]) {
+unsafe fn dot_row_q4k_rows<const M: usize, const VNNI: bool>(blocks: &[Q4KBlock], k: usize, o: usize, rows: &[QuantizedRow], cell: &mut [f32]) {
     let per_row = k / QK_K;
     let rows: &[QuantizedRow; M] = rows.try_into().expect("M activation rows");
     let mut acc = [_mm256_setzero_ps(); M];
@@ -160,7 +194,7 @@ unsafe fn dot_row_q4k_rows<const M: usize>(blocks: &[Q4KBlock], k: usize, o: usi
             let w = q4k_group(blk, scales, g);
             for r in 0..M {
                 let a = q4k_activations(rows[r].qs.as_ptr().add(s * QK_K), g);
-                isum[r] = _mm256_add_epi32(isum[r], q4k_group_dot(&w, a));
+                isum[r] = q4k_group_dot::<VNNI>(isum[r], &w, a);
             }
         }
         for r in 0..M {
@@ -176,7 +210,7 @@ unsafe fn dot_row_q4k_rows<const M: usize>(blocks: &[Q4KBlock], k: usize, o: usi
 /// activation row: the activations are loaded once per group for all four rows, the rows'
 /// blocks are adjacent in memory, and the four accumulation chains are independent.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot_4_rows_q4k(blocks: &[Q4KBlock], k: usize, o: usize, row: &QuantizedRow, out: &mut [f32]) {
+pub unsafe fn dot_4_rows_q4k<const VNNI: bool>(blocks: &[Q4KBlock], k: usize, o: usize, row: &QuantizedRow, out: &mut [f32]) {
     let per_row = k / QK_K;
     let mut acc = [_mm256_setzero_ps(); 4];
     for s in 0..per_row {
@@ -187,7 +221,7 @@ pub unsafe fn dot_4_rows_q4k(blocks: &[Q4KBlock], k: usize, o: usize, row: &Quan
         for g in 0..4 {
             let a = q4k_activations(row.qs.as_ptr().add(s * QK_K), g);
             for i in 0..4 {
-                isum[i] = _mm256_add_epi32(isum[i], q4k_group_dot(&q4k_group(&group[i], scales[i], g), a));
+                isum[i] = q4k_group_dot::<VNNI>(isum[i], &q4k_group(&group[i], scales[i], g), a);
             }
         }
         for i in 0..4 {

@@ -318,14 +318,24 @@ fn quantize_row(blocks: &Blocks, x: &[f32]) -> QuantizedRow {
 pub enum Kernel {
     Scalar,
     Avx2,
+    /// AVX2 with AVX-VNNI's 256-bit `vpdpbusd` (Intel client CPUs from Alder Lake, which lack
+    /// AVX-512; AMD from Zen 5): the AVX2 decode kernels with VNNI dot products, and the int8 GEMM.
+    AvxVnni,
     Avx512Vnni,
 }
 
 impl Kernel {
-    /// The fastest kernel this CPU supports (detected once; every product asks).
+    /// The fastest kernel this CPU supports (detected once; every product asks), or the one
+    /// `IRIS_QUANT_KERNEL` names (`scalar`, `avx2`, `avxvnni`, `avx512vnni`) where the CPU has it:
+    /// so one machine can measure the paths other CPUs take (an AVX-512 CPU running as an AVX2
+    /// laptop would, for the quantized products only).
     pub fn best() -> Kernel {
         static BEST: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
-        *BEST.get_or_init(|| Self::available().last().copied().unwrap_or(Kernel::Scalar))
+        *BEST.get_or_init(|| {
+            let available = Self::available();
+            let asked = std::env::var("IRIS_QUANT_KERNEL").ok().and_then(|name| available.iter().copied().find(|k| format!("{k:?}").eq_ignore_ascii_case(&name)));
+            asked.or(available.last().copied()).unwrap_or(Kernel::Scalar)
+        })
     }
 
     /// Every kernel this CPU can run, slowest first. Every kernel but `Scalar` implies AVX2,
@@ -337,6 +347,9 @@ impl Kernel {
             use std::is_x86_feature_detected as has;
             if has!("avx2") && has!("fma") && has!("f16c") {
                 out.push(Kernel::Avx2);
+                if has!("avxvnni") {
+                    out.push(Kernel::AvxVnni);
+                }
                 if has!("avx512f") && has!("avx512bw") && has!("avx512vnni") {
                     out.push(Kernel::Avx512Vnni);
                 }
@@ -368,14 +381,15 @@ pub(crate) fn gemv_with(blocks: &Blocks, n: usize, k: usize, x: &[f32], m: usize
         let mut j = 0;
         // one input row (decode): four interleaved q4_K weight rows per call, one contiguous stream
         #[cfg(target_arch = "x86_64")]
-        if let (1, Kernel::Avx2 | Kernel::Avx512Vnni, Blocks::Q4K(b)) = (m, kernel, blocks) {
+        if let (1, Kernel::Avx2 | Kernel::AvxVnni | Kernel::Avx512Vnni, Blocks::Q4K(b)) = (m, kernel, blocks) {
             while j + 4 <= dst.len() {
                 // SAFETY: the kernel comes from `Kernel::available`; `first + j` is a multiple of
                 // four with four rows left, so it starts a full interleaved group.
                 unsafe {
                     match kernel {
                         Kernel::Avx512Vnni => avx512::dot_4_rows_q4k(b, k, first + j, &rows[0], &mut dst[j..j + 4]),
-                        _ => avx2::dot_4_rows_q4k(b, k, first + j, &rows[0], &mut dst[j..j + 4]),
+                        Kernel::AvxVnni => avx2::dot_4_rows_q4k::<true>(b, k, first + j, &rows[0], &mut dst[j..j + 4]),
+                        _ => avx2::dot_4_rows_q4k::<false>(b, k, first + j, &rows[0], &mut dst[j..j + 4]),
                     }
                 }
                 j += 4;
@@ -396,13 +410,15 @@ pub(crate) fn gemv_with(blocks: &Blocks, n: usize, k: usize, x: &[f32], m: usize
 }
 
 fn dot_row(blocks: &Blocks, k: usize, o: usize, rows: &[QuantizedRow], cell: &mut [f32], kernel: Kernel) {
-    // SAFETY (both arms): `kernel` comes from `Kernel::available`, which checked the features.
+    // SAFETY (every arm): `kernel` comes from `Kernel::available`, which checked the features.
     #[cfg(target_arch = "x86_64")]
     match (kernel, blocks) {
         (Kernel::Avx512Vnni, Blocks::Q8_0 { qs, d }) => return unsafe { avx512::dot_row_q8_0(qs, d, k, o, rows, cell) },
         (Kernel::Avx512Vnni, Blocks::Q4K(b)) => return unsafe { avx512::dot_row_q4k(b, k, o, rows, cell) },
-        (Kernel::Avx2, Blocks::Q8_0 { qs, d }) => return unsafe { avx2::dot_row_q8_0(qs, d, k, o, rows, cell) },
-        (Kernel::Avx2, Blocks::Q4K(b)) => return unsafe { avx2::dot_row_q4k(b, k, o, rows, cell) },
+        (Kernel::AvxVnni, Blocks::Q8_0 { qs, d }) => return unsafe { avx2::dot_row_q8_0::<true>(qs, d, k, o, rows, cell) },
+        (Kernel::AvxVnni, Blocks::Q4K(b)) => return unsafe { avx2::dot_row_q4k::<true>(b, k, o, rows, cell) },
+        (Kernel::Avx2, Blocks::Q8_0 { qs, d }) => return unsafe { avx2::dot_row_q8_0::<false>(qs, d, k, o, rows, cell) },
+        (Kernel::Avx2, Blocks::Q4K(b)) => return unsafe { avx2::dot_row_q4k::<false>(b, k, o, rows, cell) },
         (Kernel::Scalar, _) => {}
     }
     let _ = kernel;
@@ -449,6 +465,20 @@ fn dot_row_q4k_scalar(blocks: &[Q4KBlock], k: usize, o: usize, rows: &[Quantized
 /// run time.
 #[cfg(target_arch = "x86_64")]
 macro_rules! for_row_count {
+    // `kernel::<_, EXTRA>`: a kernel with one more const parameter after the row count
+    ($rows:expr, $kernel:ident :: <_, $extra:ident>, $($arg:expr),*) => {
+        match $rows {
+            1 => $kernel::<1, $extra>($($arg),*),
+            2 => $kernel::<2, $extra>($($arg),*),
+            3 => $kernel::<3, $extra>($($arg),*),
+            4 => $kernel::<4, $extra>($($arg),*),
+            5 => $kernel::<5, $extra>($($arg),*),
+            6 => $kernel::<6, $extra>($($arg),*),
+            7 => $kernel::<7, $extra>($($arg),*),
+            8 => $kernel::<8, $extra>($($arg),*),
+            m => unreachable!("{m} activation rows (at most {MAX_ROWS})"),
+        }
+    };
     ($rows:expr, $kernel:ident, $($arg:expr),*) => {
         match $rows {
             1 => $kernel::<1>($($arg),*),
@@ -471,6 +501,8 @@ mod avx512;
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx512_gemm;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avxvnni_gemm;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
