@@ -1,5 +1,5 @@
 //! Prefill/vision product benchmark: `QuantizedMatrix::matmul_t` on many rows (the int8 GEMM on
-//! AVX512-VNNI CPUs, f32 weight tiles elsewhere) next to candle's f32 matmul with the weight
+//! AVX512-VNNI and AVX-VNNI CPUs, f32 weight tiles elsewhere; `IRIS_QUANT_KERNEL` picks one) next to candle's f32 matmul with the weight
 //! already dequantized (the f32 path's GEMM alone), at Qwen2-VL-2B sizes: the vision MLP on 1024
 //! patches, the language MLP on a 307-token prompt and on 9-64 rows (batched decode); and for bf16
 //! weights the bf16 GEMM (AVX512-BF16) next to the general path it replaces (widen the weight to
