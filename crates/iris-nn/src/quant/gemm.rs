@@ -43,8 +43,8 @@ pub(crate) struct Activations {
 }
 
 impl Activations {
-    /// `[m, K]` f32 activations quantized by the chosen row quantizer: the AVX-512 one on VNNI
-    /// CPUs (a fused pass that writes the quants, scales and sums in place; the general one took
+    /// `[m, K]` f32 activations quantized by the chosen row quantizer: the AVX-512 or AVX2 one on
+    /// VNNI CPUs (a fused pass that writes the quants, scales and sums in place; the general one took
     /// a third of a `[1024, 5120]` product's time), the general one elsewhere. Same results
     /// (tested).
     pub fn quantize_with(x: &[f32], k: usize, kernel: Kernel) -> Self {
@@ -61,6 +61,9 @@ impl Activations {
                 // SAFETY: Avx512Vnni comes from `Kernel::available`, which checked AVX-512 F/BW.
                 #[cfg(target_arch = "x86_64")]
                 Kernel::Avx512Vnni => unsafe { kernels::avx512_gemm::quantize_row(src, row) },
+                // SAFETY: AvxVnni comes from `Kernel::available`, which checked AVX2.
+                #[cfg(target_arch = "x86_64")]
+                Kernel::AvxVnni => unsafe { kernels::avxvnni_gemm::quantize_row(src, row) },
                 _ => quantize_row_general(src, row),
             }
         });
@@ -110,8 +113,8 @@ fn panel_byte(b: usize, c: usize, i: usize) -> usize {
 impl PanelPair {
     /// Columns `first..first + PAIR` of the weight; columns past `n` are zero. Blocks outermost,
     /// so a block's 1 KiB of the panel is written while it is in L1 (by itself this order
-    /// measured no faster in `gemm_bench`). `kernel` Avx512Vnni gathers whole q8_0 panels
-    /// (`avx512_gemm::pack_q8_0_block`): packing had been ~10% of a vision encode's profile.
+    /// measured no faster in `gemm_bench`). `kernel` Avx512Vnni or AvxVnni gathers whole q8_0
+    /// panels (`avx512_gemm::pack_q8_0_block`, `avxvnni_gemm::pack_q8_0_block`): packing had been ~10% of a vision encode's profile.
     pub fn pack_with(blocks: &Blocks, n: usize, k: usize, first: usize, kernel: Kernel) -> Self {
         let nb = k / BLOCK;
         let cols = PAIR.min(n - first);
@@ -121,11 +124,17 @@ impl PanelPair {
         let words = |bytes: &[u8]| -> [u32; BLOCK / 4] { std::array::from_fn(|g| u32::from_le_bytes(bytes[4 * g..4 * g + 4].try_into().expect("4 bytes"))) };
         match blocks {
             #[cfg(target_arch = "x86_64")]
-            Blocks::Q8_0 { qs, d } if cols == PAIR && kernel == Kernel::Avx512Vnni => {
+            Blocks::Q8_0 { qs, d } if cols == PAIR && matches!(kernel, Kernel::Avx512Vnni | Kernel::AvxVnni) => {
                 for b in 0..nb {
-                    // SAFETY: Avx512Vnni comes from `Kernel::available` (AVX-512 F checked); the
-                    // panel has all 32 columns.
-                    unsafe { kernels::avx512_gemm::pack_q8_0_block(qs, k, first, b, &mut out.bytes[b * BLOCK * PAIR..][..BLOCK * PAIR]) };
+                    let panel = &mut out.bytes[b * BLOCK * PAIR..][..BLOCK * PAIR];
+                    // SAFETY: the kernel comes from `Kernel::available` (AVX-512 F, or AVX2,
+                    // checked); the panel has all 32 columns.
+                    unsafe {
+                        match kernel {
+                            Kernel::Avx512Vnni => kernels::avx512_gemm::pack_q8_0_block(qs, k, first, b, panel),
+                            _ => kernels::avxvnni_gemm::pack_q8_0_block(qs, k, first, b, panel),
+                        }
+                    }
                     for col in 0..PAIR {
                         out.scale[b * PAIR + col] = d[(first + col) * nb + b].to_f32();
                     }

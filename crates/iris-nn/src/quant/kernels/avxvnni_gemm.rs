@@ -3,10 +3,11 @@
 //! operation order as `avx512_gemm::tile`, tested against `tile_scalar`. Such CPUs have 16
 //! vector registers, not 32, so a pass covers three activation rows and one 16-column half of
 //! the pair (two 8-lane vectors): 6 f32 accumulators, 6 block dots, 2 weight vectors and the
-//! broadcast activation word. The panel (K / 32 KiB) stays in L2 across the passes.
+//! broadcast activation word. The panel (K / 32 KiB) stays in L2 across the passes. Also the
+//! AVX2 twins of `avx512_gemm`'s activation quantizer and q8_0 panel gathers.
 
 use super::avx2::vpdpbusd;
-use crate::quant::gemm::{PanelPair, TileRows, BLOCK, PAIR, TILE_ROWS};
+use crate::quant::gemm::{PanelPair, QuantizedRowOut, TileRows, BLOCK, PAIR, TILE_ROWS};
 use std::arch::x86_64::*;
 
 /// Activation rows per pass.
@@ -77,5 +78,74 @@ unsafe fn pass<const R: usize, const OFFSET: bool>(panel: &PanelPair, t: &TileRo
         let dst = out.as_mut_ptr().add((first + r) * PAIR + 16 * half);
         _mm256_storeu_ps(dst, lo);
         _mm256_storeu_ps(dst.add(8), hi);
+    }
+}
+
+/// `avx512_gemm::quantize_row` in 8-lane AVX2: one activation row -> int8 quants per 32-value
+/// block, the block scales `amax / 127`, `dx * sum(quants)` and `-128 * sum(quants)`, in one pass
+/// (the general quantizer's separate vectors, copies and scalar sums cost more). Every step is
+/// `quantize_blocks_portable`'s, tested bit for bit against it.
+#[target_feature(enable = "avx2")]
+pub unsafe fn quantize_row(src: &[f32], row: QuantizedRowOut) {
+    let blocks = src.len() / BLOCK;
+    assert!(src.len() == blocks * BLOCK && row.q.len() == src.len() && row.dx.len() == blocks && row.dx_sum.len() == blocks && row.offset.len() == blocks);
+    let (half, one, limit) = (_mm256_set1_ps(0.5), _mm256_set1_ps(1.0), _mm256_set1_ps(127.0));
+    let (sign_bit, abs_mask) = (_mm256_set1_ps(-0.0), _mm256_castsi256_ps(_mm256_set1_epi32(i32::MAX)));
+    // dwords (four quants each) of the two packs below back in row order
+    let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for b in 0..blocks {
+        let x = src.as_ptr().add(b * BLOCK);
+        let v: [__m256; 4] = [0, 1, 2, 3].map(|i| _mm256_loadu_ps(x.add(8 * i)));
+        // vmaxps returns its second operand when the first is NaN, so NaN lanes keep the max so far
+        let mut m = _mm256_setzero_ps();
+        for x in v {
+            m = _mm256_max_ps(_mm256_and_ps(x, abs_mask), m);
+        }
+        let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
+        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        let amax = _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps::<1>(m, m)));
+        let scale = amax / 127.0;
+        let inv = _mm256_set1_ps(if scale > 0.0 { 1.0 / scale } else { 0.0 });
+        let quants = v.map(|x| {
+            let y = _mm256_mul_ps(x, inv);
+            let t = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(y);
+            let away = _mm256_cmp_ps::<_CMP_GE_OQ>(_mm256_and_ps(_mm256_sub_ps(y, t), abs_mask), half);
+            // copysign(1, y)
+            let step = _mm256_or_ps(_mm256_and_ps(y, sign_bit), one);
+            let r = _mm256_add_ps(t, _mm256_and_ps(away, step));
+            // NaN -> 0, then clamp to [-127, 127]
+            let r = _mm256_and_ps(r, _mm256_cmp_ps::<_CMP_ORD_Q>(r, r));
+            _mm256_cvttps_epi32(_mm256_max_ps(_mm256_min_ps(r, limit), _mm256_sub_ps(_mm256_setzero_ps(), limit)))
+        });
+        // i32 -> i8 (in range, so the saturating packs change nothing); the packs work per
+        // 128-bit lane, `order` undoes the interleave
+        let bytes = _mm256_packs_epi16(_mm256_packs_epi32(quants[0], quants[1]), _mm256_packs_epi32(quants[2], quants[3]));
+        _mm256_storeu_si256(row.q.as_mut_ptr().add(b * BLOCK) as *mut _, _mm256_permutevar8x32_epi32(bytes, order));
+        let s = _mm256_add_epi32(_mm256_add_epi32(quants[0], quants[1]), _mm256_add_epi32(quants[2], quants[3]));
+        let s = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256::<1>(s));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+        let sum = _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s)));
+        row.dx[b] = scale;
+        row.dx_sum[b] = scale * sum as f32;
+        row.offset[b] = -128 * sum;
+    }
+}
+
+/// `avx512_gemm::pack_q8_0_block` with 8-lane gathers: block `b` of q8_0 weight rows
+/// `first..first + 32` in the panel layout, biased to unsigned bytes. Same bytes as the general
+/// `PanelPair::pack_with` (tested).
+#[target_feature(enable = "avx2")]
+pub unsafe fn pack_q8_0_block(qs: &[i8], k: usize, first: usize, b: usize, out: &mut [u8]) {
+    assert!(out.len() == BLOCK * PAIR && (first + PAIR) * k <= qs.len() && (b + 1) * BLOCK <= k && 8 * k <= i32::MAX as usize);
+    // byte offsets of 8 consecutive rows from the first of them
+    let rows = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(k as i32));
+    let bias = _mm256_set1_epi32(0x8080_8080u32 as i32);
+    for quarter in 0..PAIR / 8 {
+        let base = qs.as_ptr().add((first + 8 * quarter) * k + b * BLOCK);
+        for g in 0..BLOCK / 4 {
+            // [g][32 columns][4 bytes]: columns 8 * quarter.. of group g
+            let words = _mm256_i32gather_epi32::<1>(base.add(4 * g) as *const i32, rows);
+            _mm256_storeu_si256(out.as_mut_ptr().add(g * 4 * PAIR + 32 * quarter) as *mut _, _mm256_xor_si256(words, bias));
+        }
     }
 }
