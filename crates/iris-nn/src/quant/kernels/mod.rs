@@ -333,8 +333,15 @@ impl Kernel {
         static BEST: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
         *BEST.get_or_init(|| {
             let available = Self::available();
-            let asked = std::env::var("IRIS_QUANT_KERNEL").ok().and_then(|name| available.iter().copied().find(|k| format!("{k:?}").eq_ignore_ascii_case(&name)));
-            asked.or(available.last().copied()).unwrap_or(Kernel::Scalar)
+            let best = available.last().copied().unwrap_or(Kernel::Scalar);
+            let Ok(name) = std::env::var("IRIS_QUANT_KERNEL") else { return best };
+            match available.iter().copied().find(|k| format!("{k:?}").eq_ignore_ascii_case(&name)) {
+                Some(asked) => asked,
+                None => {
+                    tracing::warn!("IRIS_QUANT_KERNEL={name}: not a kernel this CPU runs ({available:?}); using {best:?}");
+                    best
+                }
+            }
         })
     }
 
