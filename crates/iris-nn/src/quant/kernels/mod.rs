@@ -328,7 +328,8 @@ impl Kernel {
     /// The fastest kernel this CPU supports (detected once; every product asks), or the one
     /// `IRIS_QUANT_KERNEL` names (`scalar`, `avx2`, `avxvnni`, `avx512vnni`) where the CPU has it:
     /// so one machine can measure the paths other CPUs take (an AVX-512 CPU running as an AVX2
-    /// laptop would, for the quantized products only).
+    /// laptop would, for the quantized products only; on AMX CPUs the AMX GEMM still takes the
+    /// many-row products unless `IRIS_NO_AMX` is set too).
     pub fn best() -> Kernel {
         static BEST: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
         *BEST.get_or_init(|| {
