@@ -477,6 +477,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(target_arch = "x86_64")]
     fn vector_activations_match_the_scalar_formulas_over_the_whole_range() {
         if !vector_activations() {
             println!("SKIPPED: no AVX-512F (the scalar formulas run)");

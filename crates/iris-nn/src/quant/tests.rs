@@ -71,7 +71,7 @@ fn max_rel(a: &[f32], b: &[f32]) -> f32 {
 
 #[test]
 fn kernels_on_this_cpu_are_reported() {
-    let all = [Kernel::Scalar, Kernel::Avx2, Kernel::AvxVnni, Kernel::Avx512Vnni];
+    let all = [Kernel::Scalar, Kernel::Avx2, Kernel::AvxVnni, Kernel::Avx512Vnni, Kernel::Neon];
     let skipped: Vec<_> = all.iter().filter(|k| !Kernel::available().contains(k)).collect();
     // not an assertion: tells the log which fast paths this machine could not exercise
     println!("quantized kernels tested here: {:?}; skipped (CPU lacks them): {skipped:?}", Kernel::available());

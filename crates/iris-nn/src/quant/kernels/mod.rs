@@ -322,11 +322,13 @@ pub enum Kernel {
     /// AVX-512; AMD from Zen 5): the AVX2 decode kernels with VNNI dot products, and the int8 GEMM.
     AvxVnni,
     Avx512Vnni,
+    /// aarch64 with the Armv8.2 dot product (`sdot`): `kernels/neon.rs`.
+    Neon,
 }
 
 impl Kernel {
     /// The fastest kernel this CPU supports (detected once; every product asks), or the one
-    /// `IRIS_QUANT_KERNEL` names (`scalar`, `avx2`, `avxvnni`, `avx512vnni`) where the CPU has it:
+    /// `IRIS_QUANT_KERNEL` names (`scalar`, `avx2`, `avxvnni`, `avx512vnni`, `neon`) where the CPU has it:
     /// so one machine can measure the paths other CPUs take (an AVX-512 CPU running as an AVX2
     /// laptop would, for the quantized products only; on AMX CPUs the AMX GEMM still takes the
     /// many-row products unless `IRIS_NO_AMX` is set too).
@@ -346,10 +348,14 @@ impl Kernel {
         })
     }
 
-    /// Every kernel this CPU can run, slowest first. Every kernel but `Scalar` implies AVX2,
-    /// FMA and F16C.
+    /// Every kernel this CPU can run, slowest first. On x86-64 every kernel but `Scalar` implies
+    /// AVX2, FMA and F16C.
     pub fn available() -> Vec<Kernel> {
         let mut out = vec![Kernel::Scalar];
+        #[cfg(target_arch = "aarch64")]
+        if std::arch::is_aarch64_feature_detected!("dotprod") {
+            out.push(Kernel::Neon);
+        }
         #[cfg(target_arch = "x86_64")]
         {
             use std::is_x86_feature_detected as has;
@@ -427,7 +433,14 @@ fn dot_row(blocks: &Blocks, k: usize, o: usize, rows: &[QuantizedRow], cell: &mu
         (Kernel::AvxVnni, Blocks::Q4K(b)) => return unsafe { avx2::dot_row_q4k::<true>(b, k, o, rows, cell) },
         (Kernel::Avx2, Blocks::Q8_0 { qs, d }) => return unsafe { avx2::dot_row_q8_0::<false>(qs, d, k, o, rows, cell) },
         (Kernel::Avx2, Blocks::Q4K(b)) => return unsafe { avx2::dot_row_q4k::<false>(b, k, o, rows, cell) },
-        (Kernel::Scalar, _) => {}
+        (Kernel::Scalar | Kernel::Neon, _) => {}
+    }
+    // SAFETY (both arms): Neon comes from `Kernel::available`, which checked `dotprod`.
+    #[cfg(target_arch = "aarch64")]
+    match (kernel, blocks) {
+        (Kernel::Neon, Blocks::Q8_0 { qs, d }) => return unsafe { neon::dot_row_q8_0(qs, d, k, o, rows, cell) },
+        (Kernel::Neon, Blocks::Q4K(b)) => return unsafe { neon::dot_row_q4k(b, k, o, rows, cell) },
+        _ => {}
     }
     let _ = kernel;
     match blocks {
@@ -471,7 +484,7 @@ fn dot_row_q4k_scalar(blocks: &[Q4KBlock], k: usize, o: usize, rows: &[Quantized
 /// Calls `$kernel::<M>(args)` with `M = $rows` (1..=MAX_ROWS): with the row count known at
 /// compile time the per-row accumulators live in registers instead of a stack array indexed at
 /// run time.
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 macro_rules! for_row_count {
     // `kernel::<_, EXTRA>`: a kernel with one more const parameter after the row count
     ($rows:expr, $kernel:ident :: <_, $extra:ident>, $($arg:expr),*) => {
@@ -501,7 +514,7 @@ macro_rules! for_row_count {
         }
     };
 }
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 pub(super) use for_row_count;
 
 #[cfg(target_arch = "x86_64")]
@@ -514,3 +527,5 @@ pub(crate) mod avxvnni_gemm;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "aarch64")]
+mod neon;
