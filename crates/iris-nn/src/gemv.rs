@@ -3,8 +3,9 @@
 //! (2-core Zen 5) showed candle 0.11's CPU matmul at 10 GB/s for f32, 6 GB/s for f16 and 0.9 GB/s
 //! for bf16 GEMV (it widens the whole bf16 operand to f32 per call). Each weight row is read once
 //! for all m input rows; accumulation is in f32. AVX-512F CPUs take a 16-lane kernel with a
-//! software prefetch, others an AVX2 one. `gemv_reference` is the plain twin they are tested
-//! against.
+//! software prefetch, others an AVX2 one, aarch64 a NEON one (the portable loop's one running sum
+//! per row cannot be vectorised: float addition is not reassociated). `gemv_reference` is the
+//! plain twin they are tested against.
 
 use half::{bf16, f16};
 use rayon::prelude::*;
@@ -60,6 +61,13 @@ fn dot_rows(x: &[f32], m: usize, w: WeightRows, o: usize, k: usize, cell: &mut [
             return;
         }
     }
+    #[cfg(target_arch = "aarch64")]
+    {
+        // SAFETY: NEON is part of the aarch64 baseline.
+        unsafe { neon::dot_rows(x, m, w, o, k, cell) };
+        return;
+    }
+    #[allow(unreachable_code)]
     dot_rows_scalar(x, m, w, o, k, cell);
 }
 
@@ -195,6 +203,64 @@ mod avx512 {
         }
         for r in 0..m {
             let mut s = _mm512_reduce_add_ps(_mm512_add_ps(acc[r][0], acc[r][1]));
+            for j in i..k {
+                s += x[r * k + j] * super::weight_at(w, base + j);
+            }
+            cell[r] = s;
+        }
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+mod neon {
+    use super::{WeightRows, MAX_ROWS};
+    use std::arch::aarch64::*;
+
+    /// Four f16 weights to f32 (`fcvtl`, exact, base Armv8 NEON). Inline asm because Rust's NEON
+    /// f16 vector types are not stable yet.
+    #[inline(always)]
+    unsafe fn widen_f16(bits: uint16x4_t) -> float32x4_t {
+        let out: float32x4_t;
+        // SAFETY: a register-only conversion.
+        unsafe { std::arch::asm!("fcvtl {o:v}.4s, {i:v}.4h", i = in(vreg) bits, o = out(vreg) out, options(pure, nomem, nostack)) };
+        out
+    }
+
+    /// Weight rows widened 4 at a time (f16 by `fcvtl`, bf16 as the top half of an f32: both
+    /// exact), two chains per input row. Untimed (no Arm machine at hand; BENCHMARKS.md).
+    #[target_feature(enable = "neon")]
+    pub unsafe fn dot_rows(x: &[f32], m: usize, w: WeightRows, o: usize, k: usize, cell: &mut [f32]) {
+        // SAFETY (all arms): `rows_with`'s loads read 4 values at indices below o * k + k.
+        unsafe {
+            match w {
+                WeightRows::F32(s) => rows_with(x, m, w, o, k, cell, |i| vld1q_f32(s.as_ptr().add(i))),
+                WeightRows::F16(s) => rows_with(x, m, w, o, k, cell, |i| widen_f16(vld1_u16(s.as_ptr().add(i) as *const u16))),
+                WeightRows::BF16(s) => rows_with(x, m, w, o, k, cell, |i| vreinterpretq_f32_u32(vshll_n_u16::<16>(vld1_u16(s.as_ptr().add(i) as *const u16)))),
+            }
+        }
+    }
+
+    /// `dot_rows` for one storage: `load(i)` widens weights `i..i + 4`.
+    #[allow(clippy::needless_range_loop)]
+    #[inline(always)]
+    unsafe fn rows_with(x: &[f32], m: usize, w: WeightRows, o: usize, k: usize, cell: &mut [f32], load: impl Fn(usize) -> float32x4_t) {
+        let base = o * k;
+        let mut acc = [[vdupq_n_f32(0.0); 2]; MAX_ROWS];
+        let mut i = 0;
+        // SAFETY (all): loads stay below base + k and below r * k + k in `x`.
+        unsafe {
+            while i + 8 <= k {
+                for u in 0..2 {
+                    let wv = load(base + i + 4 * u);
+                    for r in 0..m {
+                        acc[r][u] = vfmaq_f32(acc[r][u], vld1q_f32(x.as_ptr().add(r * k + i + 4 * u)), wv);
+                    }
+                }
+                i += 8;
+            }
+        }
+        for r in 0..m {
+            let mut s = vaddvq_f32(vaddq_f32(acc[r][0], acc[r][1]));
             for j in i..k {
                 s += x[r * k + j] * super::weight_at(w, base + j);
             }
