@@ -6,16 +6,7 @@
 #   tools/test-aarch64.sh [filter]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-missing=()
-for p in qemu-user gcc-aarch64-linux-gnu libc6-dev-arm64-cross; do
-  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  SUDO=""
-  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-  $SUDO apt-get update -q
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "${missing[@]}"
-fi
+scripts/apt-install.sh qemu-user gcc-aarch64-linux-gnu libc6-dev-arm64-cross
 rustup target list --installed 2>/dev/null | grep -qx aarch64-unknown-linux-gnu || rustup target add aarch64-unknown-linux-gnu
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
 export CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc
