@@ -154,15 +154,28 @@ impl PanelPair {
             }
             Blocks::Q4K(q4k) => {
                 let per_row = k / QK_K;
+                // full panels on the VNNI kernels' CPUs (AVX2 at least) gather the nibbles
+                let gathered = cfg!(target_arch = "x86_64") && cols == PAIR && matches!(kernel, Kernel::Avx512Vnni | Kernel::AvxVnni);
+                let sub = QK_K / BLOCK;
                 for s in 0..per_row {
+                    #[cfg(target_arch = "x86_64")]
+                    if gathered {
+                        // SAFETY: both kernels come from `Kernel::available`, which checked AVX2.
+                        unsafe { kernels::avxvnni_gemm::pack_q4k_nibbles(q4k, per_row, first, s, &mut out.bytes[s * sub * BLOCK * PAIR..][..QK_K * PAIR]) };
+                    }
                     for col in 0..cols {
                         let blk = q4k_block(q4k, per_row, first + col, s);
                         let (d, dmin) = (blk.dm[0].to_f32(), blk.dm[1].to_f32());
-                        for j in 0..QK_K / BLOCK {
-                            // sub-block j: nibble j % 2 of bytes 32 * (j / 2) .. + 32
-                            let shift = 4 * (j % 2);
-                            let nibbles = words(&blk.qs[32 * (j / 2)..][..32]).map(|w| (w >> shift) & 0x0F0F_0F0F);
-                            out.put(s * (QK_K / BLOCK) + j, col, nibbles, d * blk.sc[j] as f32, dmin * blk.m[j] as f32);
+                        for j in 0..sub {
+                            let (scale, min) = (d * blk.sc[j] as f32, dmin * blk.m[j] as f32);
+                            if gathered {
+                                (out.scale[(s * sub + j) * PAIR + col], out.min[(s * sub + j) * PAIR + col]) = (scale, min);
+                            } else {
+                                // sub-block j: nibble j % 2 of bytes 32 * (j / 2) .. + 32
+                                let shift = 4 * (j % 2);
+                                let nibbles = words(&blk.qs[32 * (j / 2)..][..32]).map(|w| (w >> shift) & 0x0F0F_0F0F);
+                                out.put(s * sub + j, col, nibbles, scale, min);
+                            }
                         }
                     }
                 }

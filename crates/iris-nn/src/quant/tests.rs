@@ -189,18 +189,22 @@ fn int8_gemm_matches_its_scalar_twin_and_the_f64_product() {
 }
 
 #[test]
-fn gathered_q8_0_panels_equal_the_general_packing() {
-    // 70 columns: two full panels (gathered on AVX-512) and a partial one (the general path)
+fn gathered_panels_equal_the_general_packing() {
+    // 70 columns: two full panels (gathered on the VNNI kernels' CPUs) and a partial one (the
+    // general path, which also covers q4_K's last two rows, stored outside the four-row
+    // interleave: a full panel never reaches them, as 32-column panels start at multiples of 4)
     let (n, k) = (70, 1536);
-    let q = QuantizedMatrix::quantize(&pseudo_random(n * k, 13), n, k, WeightFormat::Q8_0).unwrap();
-    for kernel in Kernel::available() {
-        for first in [0, 32, 64] {
-            let general = gemm::PanelPair::pack_with(&q.blocks, n, k, first, Kernel::Scalar);
-            let packed = gemm::PanelPair::pack_with(&q.blocks, n, k, first, kernel);
-            assert!(packed.bytes == general.bytes, "{kernel:?} panel at {first}: bytes differ");
-            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-            assert_eq!(bits(&packed.scale), bits(&general.scale), "{kernel:?} panel at {first}");
-            assert_eq!(bits(&packed.min), bits(&general.min), "{kernel:?} panel at {first}");
+    for format in [WeightFormat::Q8_0, WeightFormat::Q4K] {
+        let q = QuantizedMatrix::quantize(&pseudo_random(n * k, 13), n, k, format).unwrap();
+        for kernel in Kernel::available() {
+            for first in [0, 32, 64] {
+                let general = gemm::PanelPair::pack_with(&q.blocks, n, k, first, Kernel::Scalar);
+                let packed = gemm::PanelPair::pack_with(&q.blocks, n, k, first, kernel);
+                assert!(packed.bytes == general.bytes, "{format} {kernel:?} panel at {first}: bytes differ");
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&packed.scale), bits(&general.scale), "{format} {kernel:?} panel at {first}");
+                assert_eq!(bits(&packed.min), bits(&general.min), "{format} {kernel:?} panel at {first}");
+            }
         }
     }
 }

@@ -4,9 +4,12 @@
 //! vector registers, not 32, so a pass covers three activation rows and one 16-column half of
 //! the pair (two 8-lane vectors): 6 f32 accumulators, 6 block dots, 2 weight vectors and the
 //! broadcast activation word. The panel (K / 32 KiB) stays in L2 across the passes. Also the
-//! AVX2 twins of `avx512_gemm`'s activation quantizer and q8_0 panel gathers.
+//! AVX2 twins of `avx512_gemm`'s activation quantizer and q8_0 panel gathers, and q4_K panel
+//! gathers for both.
 
 use super::avx2::vpdpbusd;
+use super::{q4k_block, Q4KBlock};
+use candle_core::quantized::k_quants::QK_K;
 use crate::quant::gemm::{PanelPair, QuantizedRowOut, TileRows, BLOCK, PAIR, TILE_ROWS};
 use std::arch::x86_64::*;
 
@@ -146,6 +149,33 @@ pub unsafe fn pack_q8_0_block(qs: &[i8], k: usize, first: usize, b: usize, out: 
             // [g][32 columns][4 bytes]: columns 8 * quarter.. of group g
             let words = _mm256_i32gather_epi32::<1>(base.add(4 * g) as *const i32, rows);
             _mm256_storeu_si256(out.as_mut_ptr().add(g * 4 * PAIR + 32 * quarter) as *mut _, _mm256_xor_si256(words, bias));
+        }
+    }
+}
+
+/// The nibbles of super-block `s` of q4_K weight rows `first..first + 32` in the panel layout
+/// (`out`: the panel's blocks `8s..8s + 8`): four bytes of 8 rows in one gather, the low and high
+/// nibbles (sub-blocks `2h` and `2h + 1`) split from the same words. AVX2 only, so AVX-512 CPUs
+/// use it too. Same bytes as the general `PanelPair::pack_with` (tested), whose 4-byte moves per
+/// row were ~10% of a q4_K GEMM's time here (`gemm_bench`: q4k 10% slower than q8_0, which
+/// gathers). The scales and mins stay with the caller.
+#[target_feature(enable = "avx2")]
+pub unsafe fn pack_q4k_nibbles(blocks: &[Q4KBlock], per_row: usize, first: usize, s: usize, out: &mut [u8]) {
+    assert!(out.len() == QK_K * PAIR && s < per_row);
+    let nibble = _mm256_set1_epi32(0x0F0F_0F0F);
+    for quarter in 0..PAIR / 8 {
+        // the 8 rows' nibble bytes, as offsets from the first row's (rows ascend in storage)
+        let qs: [*const u8; 8] = std::array::from_fn(|c| q4k_block(blocks, per_row, first + 8 * quarter + c, s).qs.as_ptr());
+        let offsets: [i32; 8] = std::array::from_fn(|c| i32::try_from(qs[c].offset_from(qs[0])).expect("eight weight rows within 2 GiB"));
+        let offsets = _mm256_loadu_si256(offsets.as_ptr() as *const _);
+        for h in 0..4 {
+            for g in 0..BLOCK / 4 {
+                let words = _mm256_i32gather_epi32::<1>(qs[0].add(32 * h + 4 * g) as *const i32, offsets);
+                let halves = [_mm256_and_si256(words, nibble), _mm256_and_si256(_mm256_srli_epi32::<4>(words), nibble)];
+                for (j, v) in [2 * h, 2 * h + 1].into_iter().zip(halves) {
+                    _mm256_storeu_si256(out.as_mut_ptr().add(j * BLOCK * PAIR + g * 4 * PAIR + 32 * quarter) as *mut _, v);
+                }
+            }
         }
     }
 }
