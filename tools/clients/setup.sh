@@ -4,20 +4,10 @@
 # from npm (no browser download: it drives /usr/bin/chromium).
 set -euo pipefail
 cd "$(dirname "$0")"
-missing=()
-for p in chromium curl nodejs npm; do
-  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
-done
+pkgs=(chromium curl)
 # node/npm may come from elsewhere than Debian
-command -v node >/dev/null && command -v npm >/dev/null && missing=("${missing[@]/nodejs}") && missing=("${missing[@]/npm}")
-pkgs=()
-for p in "${missing[@]}"; do [ -n "$p" ] && pkgs+=("$p"); done
-if [ ${#pkgs[@]} -gt 0 ]; then
-  SUDO=""
-  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-  $SUDO apt-get update -q
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "${pkgs[@]}"
-fi
+command -v node >/dev/null && command -v npm >/dev/null || pkgs+=(nodejs npm)
+../../scripts/apt-install.sh "${pkgs[@]}"
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -c "import openai, httpx" 2>/dev/null || .venv/bin/pip install -q openai "httpx>=0.27"
 [ -d node_modules/playwright-core ] || npm ci --no-audit --no-fund

@@ -137,9 +137,9 @@ pub const INTEGER_KERNEL_MAX_ROWS: usize = 64;
 /// ms, at 32 rows 4.5/3.7 vs 4.3, at 16 rows 2.3/1.9 vs 3.3; then q8_0 panels were packed with
 /// gathers, and on the 2-core Xeon VM of 2026-12-05 q8_0 measured 4.5-4.6 vs 1.9-2.3 ms at 32
 /// rows, 2.1-2.4 vs 1.5-1.6 at 16, 1.4 vs 1.2 at 9; q4k 4.1 vs 2.9 at 32, 1.9 vs 2.2 at 16.
-/// The AVX-VNNI GEMM (256-bit) against the AVX-VNNI passes, on the same Xeon with
-/// `IRIS_QUANT_KERNEL=avxvnni IRIS_NO_AMX=1`, two rounds: q8_0 at 16 rows 3.4/3.8 vs 2.9/2.9 ms,
-/// at 32 rows 4.7/4.3 vs 5.7/5.7; q4k at 32 rows 5.8/5.6 vs 5.5/5.6, at 64 5.8/5.9 vs 11.6/11.8.
+/// AVX-VNNI passes vs its 256-bit GEMM, on the same Xeon with `IRIS_QUANT_KERNEL=avxvnni
+/// IRIS_NO_AMX=1`, two rounds each: q8_0 at 16 rows 2.9, 2.9 vs 3.4, 3.8 ms, at 32 rows 5.7, 5.7
+/// vs 4.7, 4.3; q4k at 32 rows 5.5, 5.6 vs 5.8, 5.6, at 64 11.6, 11.8 vs 5.8, 5.9.
 pub fn int8_gemm_min_rows(format: WeightFormat) -> usize {
     match (format, kernels::Kernel::best()) {
         (WeightFormat::Q8_0, kernels::Kernel::AvxVnni) => 32,

@@ -319,7 +319,8 @@ pub enum Kernel {
     Scalar,
     Avx2,
     /// AVX2 with AVX-VNNI's 256-bit `vpdpbusd` (Intel client CPUs from Alder Lake, which lack
-    /// AVX-512; AMD from Zen 5): the AVX2 decode kernels with VNNI dot products, and the int8 GEMM.
+    /// AVX-512): the AVX2 decode kernels with VNNI dot products, and the int8 GEMM. CPUs that
+    /// also have AVX512-VNNI (Zen 5, Sapphire Rapids) take `Avx512Vnni`.
     AvxVnni,
     Avx512Vnni,
     /// aarch64 with the Armv8.2 dot product (`sdot`): `kernels/neon.rs`.
