@@ -21,7 +21,7 @@ pub enum Products {
     /// The inputs' dtype (f32 inputs: f32 products).
     AsInputs,
     /// bf16 operands with f32 sums and an f32 softmax even for f32 inputs, where a CPU runs them
-    /// much faster (AMX); elsewhere as `AsInputs`. For models whose linears already round
+    /// faster (AMX; AMD's AVX512-BF16 for full attention); elsewhere as `AsInputs`. For models whose linears already round
     /// their activations to bf16 on such CPUs: quantized or 16-bit weights.
     Bf16,
 }
@@ -29,8 +29,9 @@ pub enum Products {
 impl Products {
     /// The policy for a model part whose linears are stored as `linears` (None: dense in the
     /// compute dtype): bf16 products where the linears are quantized, bf16 or f16, whose
-    /// many-row products take bf16 activations on AMX CPUs (`amx`), the only ones where this
-    /// policy changes the attention. f32 linears keep f32 activations, so their attention does too.
+    /// many-row products round their activations too (to bf16 on AMX CPUs, to int8 blocks on
+    /// VNNI ones). The policy changes the attention on AMX CPUs and, for full attention, on AMD's
+    /// AVX512-BF16 ones. f32 linears keep f32 activations, so their attention does too.
     pub fn for_linears(linears: Option<crate::quant::WeightFormat>) -> Self {
         if linears.is_some_and(|f| f != crate::quant::WeightFormat::F32) {
             Products::Bf16
@@ -47,8 +48,9 @@ const AMX_MIN_QUERY_ROWS: usize = 16;
 /// `attention` with the products' precision chosen by the caller: attention of f32 queries
 /// over f32, f16 or bf16 keys and values (a narrower KV cache) with `Products::Bf16` takes the
 /// AMX kernel (`amx::attention`) where the CPU has AMX and there are at least
-/// `AMX_MIN_QUERY_ROWS` query rows.
-/// bf16 queries take it whatever `products` says: their products are bf16 on every path (the
+/// `AMX_MIN_QUERY_ROWS` query rows; without AMX, full (non-causal) attention with
+/// `Products::Bf16` takes the fused bf16 kernel where it beats f32 products
+/// (`flash_attention::bf16_faster_than_f32`). bf16 queries take it whatever `products` says: their products are bf16 on every path (the
 /// kernel widens them to f32 and rounds them back exactly, and rounds the probabilities to bf16
 /// as `flash_attention_bf16` does).
 pub fn attention_with(q: &Tensor, k: &Tensor, v: &Tensor, causal: Option<usize>, scale: f64, max_score_bytes: usize, products: Products) -> Result<Tensor> {
@@ -56,6 +58,11 @@ pub fn attention_with(q: &Tensor, k: &Tensor, v: &Tensor, causal: Option<usize>,
     if bf16_products && q.dim(1)? >= AMX_MIN_QUERY_ROWS && crate::amx::available() {
         if let Some(o) = amx_attention(&q.to_dtype(DType::F32)?, k, v, causal, scale)? {
             return Ok(o.to_dtype(q.dtype())?);
+        }
+    }
+    if bf16_products && causal.is_none() && crate::flash_attention::bf16_faster_than_f32() {
+        if let Some(o) = crate::flash_attention::flash_attention_bf16(q, k, v, scale)? {
+            return Ok(o);
         }
     }
     attention(q, k, v, causal, scale, max_score_bytes)
@@ -251,6 +258,33 @@ mod tests {
             // and through the dispatch (the decode path for these few rows)
             let d = max_abs_diff(&attention(&q, &k, &v, causal, 0.25, DEFAULT_SCORE_BYTES).unwrap(), &slow).unwrap();
             assert!(d < 1e-5, "{d}");
+        }
+    }
+
+    /// `Products::Bf16` on f32 inputs: full attention takes the fused bf16 kernel exactly where
+    /// `bf16_faster_than_f32` says (AMX CPUs take their own kernel first), stays within bf16
+    /// rounding of the f32 twin, and causal attention keeps f32 products off AMX.
+    #[test]
+    fn bf16_products_policy_for_f32_inputs() {
+        let dev = Device::Cpu;
+        let bf16_fused = crate::flash_attention::bf16_faster_than_f32();
+        println!("f32 inputs with bf16 products take the fused bf16 kernel: {bf16_fused} (AMX: {})", crate::amx::available());
+        let (h, kvh, t, d) = (4, 2, 70, 32);
+        let [q, k, v] = [h, kvh, kvh].map(|heads| Tensor::randn(0f32, 1.0, (heads, t, d), &dev).unwrap());
+        let slow = attention_slow(&q, &k, &v, None, 0.2).unwrap();
+        let with_bf16 = attention_with(&q, &k, &v, None, 0.2, DEFAULT_SCORE_BYTES, Products::Bf16).unwrap();
+        assert_eq!(with_bf16.dtype(), DType::F32);
+        let diff = max_abs_diff(&with_bf16, &slow).unwrap();
+        println!("full attention, bf16 products on f32 inputs: max|diff| against f32 = {diff:e}");
+        assert!(diff < 3e-2, "{diff}");
+        if bf16_fused && !crate::amx::available() {
+            let fused = crate::flash_attention::flash_attention_bf16(&q, &k, &v, 0.2).unwrap().unwrap();
+            assert_eq!(max_abs_diff(&with_bf16, &fused).unwrap(), 0.0);
+        }
+        if !crate::amx::available() {
+            let causal = attention_with(&q, &k, &v, Some(0), 0.2, DEFAULT_SCORE_BYTES, Products::Bf16).unwrap();
+            let f32_products = attention(&q, &k, &v, Some(0), 0.2, DEFAULT_SCORE_BYTES).unwrap();
+            assert_eq!(max_abs_diff(&causal, &f32_products).unwrap(), 0.0);
         }
     }
 }

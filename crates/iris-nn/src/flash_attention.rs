@@ -16,7 +16,9 @@
 //! inputs here (1.6-2x its blocked bf16 GEMM path, `attention_bench`) and keeps f32 inputs on
 //! f32 products: on the 2-core Intel Xeon VM of 2026-12-05 `vdpbf16ps` retired at a quarter of
 //! the FMA rate (`simd_peak`: 119 against 246 GFLOP/s a thread), so bf16 operands were slower
-//! there (190 against 226 GFLOP/s on CogVLM2's vision attention shape).
+//! there (190 against 226 GFLOP/s on CogVLM2's vision attention shape). f32 inputs whose model
+//! asks for bf16 products (`attention::Products::Bf16`: quantized linears) take the bf16 kernel
+//! where it is the faster (`bf16_faster_than_f32`: AMD's AVX512-BF16).
 //!
 //! Why: the blocked path (`attention::blocked_attention`) ran two matmuls with a short inner
 //! dimension (`D` = 80 in Qwen2-VL's tower) through candle's GEMM plus a softmax pass over a
@@ -62,6 +64,31 @@ pub fn bf16_available() -> bool {
     {
         false
     }
+}
+
+/// Whether f32 inputs with `attention::Products::Bf16` run faster through the bf16 kernel than
+/// on f32 products: on AMD CPUs with AVX512-BF16 (Zen 4 and 5), whose `vdpbf16ps` retires at
+/// the FMA's instruction rate with twice its multiply-adds. On the 2-core Zen 5 VM (`simd_peak`)
+/// both retire 3.6 G a second on one thread, and `attention_bench 16 1024 80` (Qwen2-VL's
+/// tower) ran f32 inputs at 194 GFLOP/s through this kernel against 131-146 on f32 products.
+/// Intel's AVX512-BF16 cores of the Xeon VM retire it at a quarter of the FMA rate (f32 was the
+/// faster there, and their AMX kernel comes first anyway), so the choice goes by vendor.
+/// `IRIS_NO_BF16_ATTENTION=1` keeps f32 products, for A/B runs.
+pub fn bf16_faster_than_f32() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| bf16_available() && cpu_is_amd() && std::env::var_os("IRIS_NO_BF16_ATTENTION").is_none())
+}
+
+#[cfg(target_arch = "x86_64")]
+fn cpu_is_amd() -> bool {
+    // CPUID leaf 0: the vendor string in EBX, EDX, ECX
+    let id = std::arch::x86_64::__cpuid(0);
+    [id.ebx, id.edx, id.ecx].map(u32::to_le_bytes).concat() == *b"AuthenticAMD"
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn cpu_is_amd() -> bool {
+    false
 }
 
 /// The contiguous f32 values of a CPU tensor, if it has them.
