@@ -236,9 +236,20 @@ pub(crate) fn tile_scalar(panel: &PanelPair, t: &TileRows, out: &mut [f32]) {
 /// `out[r * n + o] = sum_i x[r * k + i] * W[o, i]` for `m` rows of `x` (any `m`), int8
 /// activations. `kernel` picks the tile kernel: AVX-512 VNNI, AVX-VNNI, or the scalar twin.
 pub(crate) fn gemm_with(blocks: &Blocks, n: usize, k: usize, x: &[f32], m: usize, out: &mut [f32], kernel: Kernel) {
-    assert!(x.len() == m * k && out.len() == m * n && k.is_multiple_of(BLOCK));
+    gemm_into(blocks, n, k, x, m, ColumnTiles::new(out, m, n), kernel);
+}
+
+/// `gemm_with` into a new buffer that is never zeroed first (zeroing a vision MLP's 21 MB
+/// output was a store pass of its own).
+pub(crate) fn gemm_vec(blocks: &Blocks, n: usize, k: usize, x: &[f32], m: usize, kernel: Kernel) -> Vec<f32> {
+    // SAFETY: `gemm_into` writes every tile of rows 0..m and columns 0..n.
+    unsafe { crate::tiled_output::written_once(m, n, |dst| gemm_into(blocks, n, k, x, m, dst, kernel)) }
+}
+
+/// `gemm_with` through `dst`, which it fills completely: every row tile of every panel pair.
+fn gemm_into(blocks: &Blocks, n: usize, k: usize, x: &[f32], m: usize, dst: ColumnTiles, kernel: Kernel) {
+    assert!(x.len() == m * k && dst.dims() == (m, n) && k.is_multiple_of(BLOCK));
     let acts = Activations::quantize_with(x, k, kernel);
-    let dst = ColumnTiles::new(out, m, n);
     (0..n.div_ceil(PAIR)).into_par_iter().for_each(|p| {
         let first = p * PAIR;
         let cols = PAIR.min(n - first);

@@ -429,8 +429,7 @@ impl QuantizedMatrix {
             return Ok(y);
         }
         if gemm::available() && x.device().is_cpu() {
-            let mut out = vec![0f32; m * self.n];
-            with_f32_values(&x, |xs| gemm::gemm_with(&self.blocks, self.n, self.k, xs, m, &mut out, kernels::Kernel::best()))?;
+            let out = with_f32_values(&x, |xs| gemm::gemm_vec(&self.blocks, self.n, self.k, xs, m, kernels::Kernel::best()))?;
             return Ok(Tensor::from_vec(out, (m, self.n), x.device())?);
         }
         self.matmul_t_f32_tiles(&x)

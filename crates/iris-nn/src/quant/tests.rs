@@ -363,3 +363,56 @@ fn one_row_decode_equals_each_row_of_a_batch_bit_for_bit() {
         }
     }
 }
+
+#[test]
+#[ignore]
+fn scratch_tile_rate() {
+    use std::time::Instant;
+    for (m, n, k) in [(1024usize, 256usize, 256usize), (1024, 64, 1280), (1024, 64, 5120), (1024, 1280, 5120), (1024, 5120, 1280)] {
+        let w: Vec<f32> = (0..n * k).map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 300.0).collect();
+        let x: Vec<f32> = (0..m * k).map(|i| ((i * 104729 % 997) as f32 - 498.0) / 250.0).collect();
+        let q = QuantizedMatrix::quantize(&w, n, k, WeightFormat::Q8_0).unwrap();
+        let kernel = Kernel::best();
+        let acts = gemm::Activations::quantize_with(&x, k, kernel);
+        let panels: Vec<_> = (0..n / 32).map(|p| gemm::PanelPair::pack_with(&q.blocks, n, k, p * 32, kernel)).collect();
+        let mut tile = [0f32; gemm::TILE_ROWS * 32];
+        // tile only: every panel against every row tile, single thread
+        let t0 = Instant::now();
+        let reps = 3;
+        for _ in 0..reps {
+            for panel in &panels {
+                for row in (0..m).step_by(gemm::TILE_ROWS) {
+                    let t = gemm::TileRows { acts: &acts, k, row, rows: gemm::TILE_ROWS.min(m - row) };
+                    unsafe { crate::quant::kernels::avx512_gemm::tile(panel, &t, &mut tile) };
+                }
+            }
+        }
+        let s = t0.elapsed().as_secs_f64() / reps as f64;
+        let ops = 2.0 * (m * n * k) as f64;
+        use rayon::prelude::*;
+        let t2 = Instant::now();
+        for _ in 0..reps {
+            panels.par_iter().for_each(|panel| {
+                let mut tile = [0f32; gemm::TILE_ROWS * 32];
+                for row in (0..m).step_by(gemm::TILE_ROWS) {
+                    let t = gemm::TileRows { acts: &acts, k, row, rows: gemm::TILE_ROWS.min(m - row) };
+                    unsafe { crate::quant::kernels::avx512_gemm::tile(panel, &t, &mut tile) };
+                }
+            });
+        }
+        let s2 = t2.elapsed().as_secs_f64() / reps as f64;
+        let t3 = Instant::now();
+        for _ in 0..reps { let _ = gemm::Activations::quantize_with(&x, k, kernel); }
+        let qt = t3.elapsed().as_secs_f64() / reps as f64;
+        let t4 = Instant::now();
+        for _ in 0..reps { let _: Vec<_> = (0..n / 32).into_par_iter().map(|p| gemm::PanelPair::pack_with(&q.blocks, n, k, p * 32, kernel)).collect(); }
+        let pt = t4.elapsed().as_secs_f64() / reps as f64;
+        println!("   tiles on 2 threads {:.0} GOP/s = {:.2} ms; quantize {:.2} ms; pack {:.2} ms", ops / s2 / 1e9, s2 * 1e3, qt * 1e3, pt * 1e3);
+        // whole gemm, 2 threads
+        let mut out = vec![0f32; m * n];
+        let t1 = Instant::now();
+        for _ in 0..reps { gemm::gemm_with(&q.blocks, n, k, &x, m, &mut out, kernel); }
+        let g = t1.elapsed().as_secs_f64() / reps as f64;
+        println!("m={m} n={n} k={k}: tile alone 1 thread {:.0} GOP/s ({:.1}% of 460); whole gemm 2 threads {:.0} GOP/s = {:.2} ms", ops / s / 1e9, ops / s / 1e9 / 4.6, ops / g / 1e9, g * 1e3);
+    }
+}
