@@ -113,10 +113,10 @@ fn panel_byte(b: usize, c: usize, i: usize) -> usize {
 impl PanelPair {
     /// Columns `first..first + PAIR` of the weight; columns past `n` are zero. Blocks outermost,
     /// so a block's 1 KiB of the panel is written while it is in L1 (by itself this order
-    /// measured no faster in `gemm_bench`). `kernel` Avx512Vnni or AvxVnni gathers whole q8_0
-    /// panels (`avx512_gemm::pack_q8_0_block`, `avxvnni_gemm::pack_q8_0_block`) and the
-    /// nibbles of whole q4_K ones (`avxvnni_gemm::pack_q4k_nibbles`): packing had been ~10% of
-    /// a vision encode's profile.
+    /// measured no faster in `gemm_bench`). `kernel` Avx512Vnni or AvxVnni packs whole q8_0
+    /// panels with vector code (`avx512_gemm::pack_q8_0_block`, a register transpose;
+    /// `avxvnni_gemm::pack_q8_0_block`, gathers) and gathers the nibbles of whole q4_K ones
+    /// (`avxvnni_gemm::pack_q4k_nibbles`): packing had been ~10% of a vision encode's profile.
     pub fn pack_with(blocks: &Blocks, n: usize, k: usize, first: usize, kernel: Kernel) -> Self {
         let nb = k / BLOCK;
         let cols = PAIR.min(n - first);
