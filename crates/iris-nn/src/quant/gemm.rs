@@ -115,8 +115,10 @@ impl PanelPair {
     /// so a block's 1 KiB of the panel is written while it is in L1 (by itself this order
     /// measured no faster in `gemm_bench`). `kernel` Avx512Vnni or AvxVnni packs whole q8_0
     /// panels with vector code (`avx512_gemm::pack_q8_0_block`, a register transpose;
-    /// `avxvnni_gemm::pack_q8_0_block`, gathers) and gathers the nibbles of whole q4_K ones
-    /// (`avxvnni_gemm::pack_q4k_nibbles`): packing had been ~10% of a vision encode's profile.
+    /// `avxvnni_gemm::pack_q8_0_block`, gathers) and the nibbles of whole q4_K ones
+    /// (`avx512_gemm::pack_q4k_super_block`, the same transpose, scales and mins included;
+    /// `avxvnni_gemm::pack_q4k_nibbles`, gathers): packing had been ~10% of a vision encode's
+    /// profile.
     pub fn pack_with(blocks: &Blocks, n: usize, k: usize, first: usize, kernel: Kernel) -> Self {
         let nb = k / BLOCK;
         let cols = PAIR.min(n - first);
@@ -156,21 +158,29 @@ impl PanelPair {
             }
             Blocks::Q4K(q4k) => {
                 let per_row = k / QK_K;
-                // full panels on the VNNI kernels' CPUs (AVX2 at least) gather the nibbles
-                let gathered = cfg!(target_arch = "x86_64") && cols == PAIR && matches!(kernel, Kernel::Avx512Vnni | Kernel::AvxVnni);
                 let sub = QK_K / BLOCK;
+                // full panels on the VNNI kernels' CPUs (AVX2 at least) pack the nibbles in vectors,
+                // on AVX-512 the scales and mins too
+                let vector_packed = cfg!(target_arch = "x86_64") && cols == PAIR && matches!(kernel, Kernel::Avx512Vnni | Kernel::AvxVnni);
                 for s in 0..per_row {
                     #[cfg(target_arch = "x86_64")]
-                    if gathered {
-                        // SAFETY: both kernels come from `Kernel::available`, which checked AVX2.
-                        unsafe { kernels::avxvnni_gemm::pack_q4k_nibbles(q4k, per_row, first, s, &mut out.bytes[s * sub * BLOCK * PAIR..][..QK_K * PAIR]) };
+                    if vector_packed {
+                        let nibbles = &mut out.bytes[s * sub * BLOCK * PAIR..][..QK_K * PAIR];
+                        if kernel == Kernel::Avx512Vnni {
+                            let (scale, min) = (&mut out.scale[s * sub * PAIR..][..sub * PAIR], &mut out.min[s * sub * PAIR..][..sub * PAIR]);
+                            // SAFETY: Avx512Vnni comes from `Kernel::available`, which checked AVX-512 F/BW.
+                            unsafe { kernels::avx512_gemm::pack_q4k_super_block(q4k, per_row, first, s, nibbles, scale, min) };
+                            continue;
+                        }
+                        // SAFETY: AvxVnni comes from `Kernel::available`, which checked AVX2.
+                        unsafe { kernels::avxvnni_gemm::pack_q4k_nibbles(q4k, per_row, first, s, nibbles) };
                     }
                     for col in 0..cols {
                         let blk = q4k_block(q4k, per_row, first + col, s);
                         let (d, dmin) = (blk.dm[0].to_f32(), blk.dm[1].to_f32());
                         for j in 0..sub {
                             let (scale, min) = (d * blk.sc[j] as f32, dmin * blk.m[j] as f32);
-                            if gathered {
+                            if vector_packed {
                                 (out.scale[(s * sub + j) * PAIR + col], out.min[(s * sub + j) * PAIR + col]) = (scale, min);
                             } else {
                                 // sub-block j: nibble j % 2 of bytes 32 * (j / 2) .. + 32

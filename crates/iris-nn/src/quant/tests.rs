@@ -189,8 +189,8 @@ fn int8_gemm_matches_its_scalar_twin_and_the_f64_product() {
 }
 
 #[test]
-fn gathered_panels_equal_the_general_packing() {
-    // 70 columns: two full panels (gathered on the VNNI kernels' CPUs) and a partial one (the
+fn vector_packed_panels_equal_the_general_packing() {
+    // 70 columns: two full panels (packed by vector code on the VNNI kernels' CPUs) and a partial one (the
     // general path, which also covers q4_K's last two rows, stored outside the four-row
     // interleave: a full panel never reaches them, as 32-column panels start at multiples of 4)
     let (n, k) = (70, 1536);

@@ -7,6 +7,8 @@
 //! time, tested bit for bit against the general row quantizer.
 
 use crate::quant::gemm::{PanelPair, QuantizedRowOut, TileRows, BLOCK, PAIR, TILE_ROWS};
+use crate::quant::kernels::{q4k_block, Q4KBlock};
+use candle_core::quantized::k_quants::QK_K;
 use std::arch::x86_64::*;
 
 /// `out[r * PAIR + c]` for the tile's rows and the pair's 32 columns.
@@ -113,41 +115,90 @@ pub unsafe fn quantize_row(src: &[f32], row: QuantizedRowOut) {
 
 /// Block `b` of q8_0 weight rows `first..first + 32` (`qs [N, K]`) in the panel layout of
 /// `PanelPair` (`out`: that block's `[8 groups][2 halves][16 columns][4 bytes]`), biased to
-/// unsigned bytes. Each half is a 16 x 8 transpose of 4-byte words done in registers: 16 rows'
-/// 32 bytes in eight vectors of two rows, then three rounds of `vpermt2d` (rows 4 -> 8 -> 16 per
-/// vector while the groups per vector halve). Same bytes as the general `PanelPair::pack_with`
-/// (tested). It replaced one 16-row gather per group: AMD's gathers are slow, and on the Zen 5
-/// VM packing was 10% of a 307-token prefill's profile.
+/// unsigned bytes: each half one `transpose_words`. Same bytes as the general
+/// `PanelPair::pack_with` (tested). It replaced one 16-row gather per group: AMD's gathers are
+/// slow, and on the Zen 5 VM packing was 10% of a 307-token prefill's profile (the packer alone:
+/// 1.54 -> 0.50 ms over a [1280, 5120] weight, one thread).
 #[target_feature(enable = "avx512f")]
 pub unsafe fn pack_q8_0_block(qs: &[i8], k: usize, first: usize, b: usize, out: &mut [u8]) {
     assert!(out.len() == BLOCK * PAIR && (first + PAIR) * k <= qs.len() && (b + 1) * BLOCK <= k);
-    let idx = |i: &[i32; 16]| _mm512_loadu_si512(i.as_ptr() as *const _);
-    let [rows_lo, rows_hi, pairs_lo, pairs_hi, single_lo, single_hi] = TRANSPOSE_INDEX.each_ref().map(idx);
     let bias = _mm512_set1_epi32(0x8080_8080u32 as i32);
     for half in 0..2 {
-        let row = |r: usize| _mm256_loadu_si256(qs.as_ptr().add((first + 16 * half + r) * k + b * BLOCK) as *const _);
-        // [rows 2p, 2p + 1][8 words]
-        let two: [__m512i; 8] = std::array::from_fn(|p| _mm512_inserti64x4::<1>(_mm512_castsi256_si512(row(2 * p)), row(2 * p + 1)));
-        // [4 groups][rows 4q..4q + 4]: groups 0-3 in `four[q]`, 4-7 in `four[4 + q]`
-        let four: [__m512i; 8] = std::array::from_fn(|i| _mm512_permutex2var_epi32(two[2 * (i % 4)], if i < 4 { rows_lo } else { rows_hi }, two[2 * (i % 4) + 1]));
-        // [2 groups][rows 8s..8s + 8]: `eight[4 * s + pair of groups]`
-        let eight: [__m512i; 8] = std::array::from_fn(|i| {
-            let (s, pair) = (i / 4, i % 4);
-            let (a, b) = (four[4 * (pair / 2) + 2 * s], four[4 * (pair / 2) + 2 * s + 1]);
-            _mm512_permutex2var_epi32(a, if pair % 2 == 0 { pairs_lo } else { pairs_hi }, b)
-        });
-        for g in 0..BLOCK / 4 {
-            // [16 rows] of group g
-            let words = _mm512_permutex2var_epi32(eight[g / 2], if g % 2 == 0 { single_lo } else { single_hi }, eight[4 + g / 2]);
+        let rows: [*const u8; 16] = std::array::from_fn(|r| qs.as_ptr().add((first + 16 * half + r) * k + b * BLOCK) as *const u8);
+        for (g, words) in transpose_words(&rows).into_iter().enumerate() {
             _mm512_storeu_si512(out.as_mut_ptr().add(g * 4 * PAIR + 64 * half) as *mut _, _mm512_xor_si512(words, bias));
         }
     }
 }
 
-/// `vpermt2d` indexes of `pack_q8_0_block`'s transpose (an index `16 + j` takes word `j` of the
-/// second operand). Round 1, from [2 rows][8 groups] pairs of vectors: [groups 0-3 | 4-7][4 rows].
-/// Round 2, from two [4 groups][4 rows]: [groups 0-1 | 2-3 of those four][8 rows]. Round 3, from
-/// two [2 groups][8 rows]: [the first | second group][16 rows].
+/// Super-block `s` of q4_K weight rows `first..first + 32` in the panel layout: `bytes` the
+/// panel's blocks `8s..8s + 8` (per 32 nibble bytes of a row, sub-blocks `2h` and `2h + 1` in
+/// the low and high nibbles, one `transpose_words` per 16 rows), `scale`/`min` their `[8][32]`
+/// `d * sc[j]` and `dmin * m[j]` (the 20-byte block headers transposed the same way, 16 columns
+/// per multiply). Same bytes and bits as the general `PanelPair::pack_with` (tested), which it
+/// replaced on AVX-512 with the AVX2 nibble gathers of `avxvnni_gemm::pack_q4k_nibbles` and a
+/// scalar loop over the scales: 0.90 + ~1.0 ms -> 0.35 ms + the vector scales per [8960, 1536]
+/// weight on the Zen 5 VM, one thread, where AMD's gathers are slow.
+#[target_feature(enable = "avx512f,avx512bw")]
+pub unsafe fn pack_q4k_super_block(blocks: &[Q4KBlock], per_row: usize, first: usize, s: usize, bytes: &mut [u8], scale: &mut [f32], min: &mut [f32]) {
+    const SUB: usize = QK_K / BLOCK;
+    assert!(bytes.len() == QK_K * PAIR && scale.len() == SUB * PAIR && min.len() == SUB * PAIR && s < per_row);
+    let nibble = _mm512_set1_epi32(0x0F0F_0F0F);
+    let byte = _mm512_set1_epi32(0xFF);
+    for half in 0..2 {
+        let block: [*const Q4KBlock; 16] = std::array::from_fn(|r| q4k_block(blocks, per_row, first + 16 * half + r, s) as *const Q4KBlock);
+        for h in 0..4 {
+            let rows = block.map(|b| (*b).qs.as_ptr().add(32 * h));
+            for (g, words) in transpose_words(&rows).into_iter().enumerate() {
+                let halves = [_mm512_and_si512(words, nibble), _mm512_and_si512(_mm512_srli_epi32::<4>(words), nibble)];
+                for (j, v) in [2 * h, 2 * h + 1].into_iter().zip(halves) {
+                    _mm512_storeu_si512(bytes.as_mut_ptr().add(j * BLOCK * PAIR + g * 4 * PAIR + 64 * half) as *mut _, v);
+                }
+            }
+        }
+        // the headers' words (`repr(C)`, 148-byte blocks): [dm], [sc 0-3], [sc 4-7], [m 0-3], [m 4-7]
+        let header = transpose_words(&block.map(|b| b as *const u8));
+        let d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(header[0]));
+        let dmin = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(header[0])));
+        for j in 0..SUB {
+            // byte j % 4 of the word holding sc[j] (m[j])
+            let nth = |w: __m512i| _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srlv_epi32(w, _mm512_set1_epi32(8 * (j % 4) as i32)), byte));
+            _mm512_storeu_ps(scale.as_mut_ptr().add(j * PAIR + 16 * half), _mm512_mul_ps(d, nth(header[1 + j / 4])));
+            _mm512_storeu_ps(min.as_mut_ptr().add(j * PAIR + 16 * half), _mm512_mul_ps(dmin, nth(header[3 + j / 4])));
+        }
+    }
+}
+
+/// The 32 bytes at each of 16 `rows` as eight vectors `[16 rows]` of one 4-byte word each
+/// (vector `g`: bytes `4g..4g + 4` of every row), transposed in registers: the rows in pairs
+/// per vector, then three rounds of `vpermt2d` (rows 2 -> 4 -> 8 -> 16 per vector while the
+/// words per row halve).
+///
+/// # Safety
+/// Each pointer is valid for 32 bytes; the CPU has AVX-512F.
+#[target_feature(enable = "avx512f")]
+unsafe fn transpose_words(rows: &[*const u8; 16]) -> [__m512i; 8] {
+    let idx = |i: &[i32; 16]| _mm512_loadu_si512(i.as_ptr() as *const _);
+    let [rows_lo, rows_hi, pairs_lo, pairs_hi, single_lo, single_hi] = TRANSPOSE_INDEX.each_ref().map(idx);
+    let row = |r: usize| _mm256_loadu_si256(rows[r] as *const _);
+    // [rows 2p, 2p + 1][8 words]
+    let two: [__m512i; 8] = std::array::from_fn(|p| _mm512_inserti64x4::<1>(_mm512_castsi256_si512(row(2 * p)), row(2 * p + 1)));
+    // [4 words][rows 4q..4q + 4]: words 0-3 in `four[q]`, 4-7 in `four[4 + q]`
+    let four: [__m512i; 8] = std::array::from_fn(|i| _mm512_permutex2var_epi32(two[2 * (i % 4)], if i < 4 { rows_lo } else { rows_hi }, two[2 * (i % 4) + 1]));
+    // [2 words][rows 8s..8s + 8]: `eight[4 * s + pair of words]`
+    let eight: [__m512i; 8] = std::array::from_fn(|i| {
+        let (s, pair) = (i / 4, i % 4);
+        let (a, b) = (four[4 * (pair / 2) + 2 * s], four[4 * (pair / 2) + 2 * s + 1]);
+        _mm512_permutex2var_epi32(a, if pair % 2 == 0 { pairs_lo } else { pairs_hi }, b)
+    });
+    // [16 rows] of word g
+    std::array::from_fn(|g| _mm512_permutex2var_epi32(eight[g / 2], if g % 2 == 0 { single_lo } else { single_hi }, eight[4 + g / 2]))
+}
+
+/// `vpermt2d` indexes of `transpose_words` (an index `16 + j` takes word `j` of the
+/// second operand). Round 1, from [2 rows][8 words] pairs of vectors: [words 0-3 | 4-7][4 rows].
+/// Round 2, from two [4 words][4 rows]: [words 0-1 | 2-3 of those four][8 rows]. Round 3, from
+/// two [2 words][8 rows]: [the first | second word][16 rows].
 const TRANSPOSE_INDEX: [[i32; 16]; 6] = {
     let mut t = [[0i32; 16]; 6];
     let mut j = 0;

@@ -155,8 +155,8 @@ pub unsafe fn pack_q8_0_block(qs: &[i8], k: usize, first: usize, b: usize, out: 
 
 /// The nibbles of super-block `s` of q4_K weight rows `first..first + 32` in the panel layout
 /// (`out`: the panel's blocks `8s..8s + 8`): four bytes of 8 rows in one gather, the low and high
-/// nibbles (sub-blocks `2h` and `2h + 1`) split from the same words. AVX2 only, so AVX-512 CPUs
-/// use it too. Same bytes as the general `PanelPair::pack_with` (tested), whose 4-byte moves per
+/// nibbles (sub-blocks `2h` and `2h + 1`) split from the same words. AVX2 only (AVX-512 CPUs
+/// take `avx512_gemm::pack_q4k_super_block`). Same bytes as the general `PanelPair::pack_with` (tested), whose 4-byte moves per
 /// row were ~10% of a q4_K GEMM's time here (`gemm_bench`: q4k 10% slower than q8_0, which
 /// gathers). The scales and mins stay with the caller.
 #[target_feature(enable = "avx2")]
