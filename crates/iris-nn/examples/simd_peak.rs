@@ -4,6 +4,10 @@
 //! about one per cycle, i.e. 2 threads x 3.6 G x 64 x 2 = ~930 int8 GOP/s and ~233 f32 GFLOP/s.
 //! On the 2-core Intel Xeon VM (AMX) of 2026-12-05: two `vpdpbusd`, `vfmadd` or `vpdpwssd` per
 //! cycle (7.5-7.7 G/s), `vdpbf16ps` one every two (1.9 G/s).
+//! Then `vpdpbusd` beside other operations: on the Zen 5 VM of 2026-12-06 a `vfmadd` or `vmulps`
+//! halves the pair rate (they share its one 512-bit multiply pipe, as do `vpmaddubsw`,
+//! `vpmaddwd`, `vpdpwssd` and `vdpbf16ps` in a scratch probe), while `vaddps`, `vcvtdq2ps` and
+//! `vpaddd` issue beside it.
 //! `cargo run --release -p iris-nn --example simd_peak`
 
 #[cfg(target_arch = "x86_64")]
@@ -41,13 +45,53 @@ mod peak {
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     pub unsafe fn maddubs_dpwssd(iterations: usize) -> i32 {
         let mut acc = [_mm512_setzero_si512(); CHAINS];
-        let (a, b, s) = (_mm512_set1_epi8(1), _mm512_set1_epi8(2), _mm512_set1_epi16(3));
+        let (b, s) = (_mm512_set1_epi8(2), _mm512_set1_epi16(3));
         for _ in 0..iterations {
             for chain in acc.iter_mut() {
-                *chain = _mm512_dpwssd_epi32(*chain, _mm512_maddubs_epi16(a, b), s);
+                // the multiplier input is the chain's own value, so the pair cannot be hoisted
+                *chain = _mm512_dpwssd_epi32(*chain, _mm512_maddubs_epi16(*chain, b), s);
             }
         }
         _mm512_reduce_add_epi32(acc.iter().fold(_mm512_setzero_si512(), |s, v| _mm512_add_epi32(s, *v)))
+    }
+
+    /// `vpdpbusd` on one half of the chains and `other` on the other half, each chain step
+    /// feeding its result back in (nothing hoists): one step per cycle means the two issue
+    /// side by side, one every two cycles that they share a pipe.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub unsafe fn dpbusd_beside(iterations: usize, other: Other) -> i32 {
+        let mut ints = [_mm512_setzero_si512(); CHAINS / 2];
+        let mut floats = [_mm512_set1_ps(1.0); CHAINS / 2];
+        let (b, x) = (_mm512_set1_epi8(std::hint::black_box(2)), _mm512_set1_ps(std::hint::black_box(0.999)));
+        macro_rules! run {
+            ($step:expr) => {
+                for _ in 0..iterations {
+                    for (i, f) in ints.iter_mut().zip(floats.iter_mut()) {
+                        *i = _mm512_dpbusd_epi32(*i, *i, b);
+                        *f = $step(*f);
+                    }
+                }
+            };
+        }
+        match other {
+            Other::Fmadd => run!(|f| _mm512_fmadd_ps(f, x, x)),
+            Other::Mul => run!(|f| _mm512_mul_ps(f, x)),
+            Other::Add => run!(|f| _mm512_add_ps(f, x)),
+            Other::Convert => run!(|f: __m512| _mm512_cvtepi32_ps(_mm512_castps_si512(f))),
+            Other::IntAdd => run!(|f: __m512| _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(f), b))),
+        }
+        let fs = floats.iter().fold(_mm512_setzero_si512(), |s, v| _mm512_xor_si512(s, _mm512_castps_si512(*v)));
+        _mm512_reduce_add_epi32(ints.iter().fold(fs, |s, v| _mm512_add_epi32(s, *v)))
+    }
+
+    /// What `dpbusd_beside` puts next to `vpdpbusd`.
+    #[derive(Clone, Copy, Debug)]
+    pub enum Other {
+        Fmadd,
+        Mul,
+        Add,
+        Convert,
+        IntAdd,
     }
 
     #[target_feature(enable = "avx512f")]
@@ -87,6 +131,16 @@ fn main() {
     let check = unsafe { peak::maddubs_dpwssd(iterations) };
     let pair = per_second(t.elapsed().as_secs_f64());
     println!("vpmaddubsw + vpdpwssd zmm, one thread: {pair:.2} G pairs/s (checksum {check})");
+    // which 512-bit operations share vpdpbusd's pipe (the int8 GEMM's per-block scale fold is
+    // a convert, a multiply and a fused multiply-add)
+    use peak::Other;
+    for other in [Other::Fmadd, Other::Mul, Other::Add, Other::Convert, Other::IntAdd] {
+        let t = Instant::now();
+        // SAFETY: as above.
+        let check = unsafe { peak::dpbusd_beside(iterations, other) };
+        let steps = (iterations * 12) as f64 / t.elapsed().as_secs_f64() / 1e9;
+        println!("vpdpbusd beside {other:?}, one thread: {steps:.2} G pairs/s = {:.2} per vpdpbusd alone (checksum {check})", steps / dp);
+    }
     if std::is_x86_feature_detected!("avx512bf16") {
         let t = Instant::now();
         // SAFETY: the feature was just detected.

@@ -245,6 +245,7 @@ pub(crate) fn tile_scalar(panel: &PanelPair, t: &TileRows, out: &mut [f32]) {
 
 /// `out[r * n + o] = sum_i x[r * k + i] * W[o, i]` for `m` rows of `x` (any `m`), int8
 /// activations. `kernel` picks the tile kernel: AVX-512 VNNI, AVX-VNNI, or the scalar twin.
+#[cfg(test)]
 pub(crate) fn gemm_with(blocks: &Blocks, n: usize, k: usize, x: &[f32], m: usize, out: &mut [f32], kernel: Kernel) {
     gemm_into(blocks, n, k, x, m, ColumnTiles::new(out, m, n), kernel);
 }
