@@ -36,7 +36,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("score budget {budget_mib:>3} MiB ({rows:>4} query rows of one head per block): {s:.2} s, {:.0} GFLOP/s (checksum {:.3})", flop / s / 1e9, o.sum_all()?.to_scalar::<f32>()?);
     }
     let t = Instant::now();
-    match iris_nn::flash_attention::flash_attention_bf16(&q, &k, &v, 1.0 / (d as f64).sqrt())? {
+    match iris_nn::flash_attention::flash_attention_bf16(&q, &k, &v, None, 1.0 / (d as f64).sqrt())? {
         Some(o) => {
             let s = t.elapsed().as_secs_f64();
             println!("f32 inputs, fused bf16 products: {s:.2} s, {:.0} GFLOP/s (checksum {:.3})", flop / s / 1e9, o.sum_all()?.to_scalar::<f32>()?);

@@ -28,40 +28,46 @@ pub enum Products {
 
 impl Products {
     /// The policy for a model part whose linears are stored as `linears` (None: dense in the
-    /// compute dtype): bf16 products where the linears are quantized, bf16 or f16, whose
-    /// many-row products round their activations too (to bf16 on AMX CPUs, to int8 blocks on
-    /// VNNI ones). The policy changes the attention on AMX CPUs and, for full attention, on AMD's
-    /// AVX512-BF16 ones. f32 linears keep f32 activations, so their attention does too.
+    /// compute dtype): bf16 products where the linears' many-row products round their
+    /// activations as much or more: quantized ones (int8 blocks on VNNI CPUs, bf16 on AMX),
+    /// bf16 ones (the bf16 GEMM and AMX round to bf16), and f16 ones on AMX CPUs. f16 linears
+    /// elsewhere are widened exactly for an f32 GEMM, and f32 linears keep f32 activations, so
+    /// their attention does too (on AMD the tiny fixtures' f16 model went from 128/128 steps and
+    /// a 9e-7 logit error to 127/128 and 1.4e-2 under bf16 products). The policy changes the
+    /// attention on AMX CPUs and on AMD's AVX512-BF16 ones.
     pub fn for_linears(linears: Option<crate::quant::WeightFormat>) -> Self {
-        if linears.is_some_and(|f| f != crate::quant::WeightFormat::F32) {
-            Products::Bf16
-        } else {
-            Products::AsInputs
+        use crate::quant::WeightFormat;
+        match linears {
+            None | Some(WeightFormat::F32) => Products::AsInputs,
+            Some(WeightFormat::F16) if !crate::amx::available() => Products::AsInputs,
+            Some(_) => Products::Bf16,
         }
     }
 }
 
-/// Query rows from which `Products::Bf16` attention takes the AMX kernel (decode steps keep
-/// `decode_attention`).
-const AMX_MIN_QUERY_ROWS: usize = 16;
+/// Query rows from which `Products::Bf16` attention takes the AMX kernel or the fused bf16 one
+/// (decode steps keep `decode_attention`).
+const MIN_QUERY_ROWS: usize = 16;
 
 /// `attention` with the products' precision chosen by the caller: attention of f32 queries
 /// over f32, f16 or bf16 keys and values (a narrower KV cache) with `Products::Bf16` takes the
 /// AMX kernel (`amx::attention`) where the CPU has AMX and there are at least
-/// `AMX_MIN_QUERY_ROWS` query rows; without AMX, full (non-causal) attention with
-/// `Products::Bf16` takes the fused bf16 kernel where it beats f32 products
-/// (`flash_attention::bf16_faster_than_f32`). bf16 queries take it whatever `products` says: their products are bf16 on every path (the
+/// `MIN_QUERY_ROWS` query rows; without AMX, such attention (full or causal, from as many rows)
+/// takes the fused bf16 kernel where it beats f32 products
+/// (`flash_attention::bf16_faster_than_f32`: AMD's AVX512-BF16). bf16 queries take it whatever `products` says: their products are bf16 on every path (the
 /// kernel widens them to f32 and rounds them back exactly, and rounds the probabilities to bf16
 /// as `flash_attention_bf16` does).
 pub fn attention_with(q: &Tensor, k: &Tensor, v: &Tensor, causal: Option<usize>, scale: f64, max_score_bytes: usize, products: Products) -> Result<Tensor> {
     let bf16_products = products == Products::Bf16 || q.dtype() == DType::BF16;
-    if bf16_products && q.dim(1)? >= AMX_MIN_QUERY_ROWS && crate::amx::available() {
+    if bf16_products && q.dim(1)? >= MIN_QUERY_ROWS && crate::amx::available() {
         if let Some(o) = amx_attention(&q.to_dtype(DType::F32)?, k, v, causal, scale)? {
             return Ok(o.to_dtype(q.dtype())?);
         }
     }
-    if bf16_products && causal.is_none() && crate::flash_attention::bf16_faster_than_f32() {
-        if let Some(o) = crate::flash_attention::flash_attention_bf16(q, k, v, scale)? {
+    if bf16_products && q.dim(1)? >= MIN_QUERY_ROWS && crate::flash_attention::bf16_faster_than_f32() {
+        // a cache's visible rows (a strided view, f16 when the cache is stored so) made dense once
+        let dense = |x: &Tensor| -> Result<Tensor> { Ok(if matches!(x.dtype(), DType::F32 | DType::BF16) { x.contiguous()? } else { x.to_dtype(DType::F32)? }) };
+        if let Some(o) = crate::flash_attention::flash_attention_bf16(q, &dense(k)?, &dense(v)?, causal, scale)? {
             return Ok(o);
         }
     }
@@ -111,7 +117,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, causal: Option<usize>, scal
         }
         // bf16 inputs keep bf16 products (the blocked path's semantics), fused
         if q.dtype() == DType::BF16 {
-            if let Some(o) = crate::flash_attention::flash_attention_bf16(q, k, v, scale)? {
+            if let Some(o) = crate::flash_attention::flash_attention_bf16(q, k, v, None, scale)? {
                 return Ok(o);
             }
         }
@@ -261,9 +267,10 @@ mod tests {
         }
     }
 
-    /// `Products::Bf16` on f32 inputs: full attention takes the fused bf16 kernel exactly where
-    /// `bf16_faster_than_f32` says (AMX CPUs take their own kernel first), stays within bf16
-    /// rounding of the f32 twin, and causal attention keeps f32 products off AMX.
+    /// `Products::Bf16` on f32 inputs: full and causal attention take the fused bf16 kernel
+    /// exactly where `bf16_faster_than_f32` says (AMX CPUs take their own kernel first), also
+    /// over an f16 cache's strided view, and stay within bf16 rounding of the f32 twin; fewer
+    /// than `MIN_QUERY_ROWS` rows keep f32 products off AMX.
     #[test]
     fn bf16_products_policy_for_f32_inputs() {
         let dev = Device::Cpu;
@@ -278,13 +285,29 @@ mod tests {
         println!("full attention, bf16 products on f32 inputs: max|diff| against f32 = {diff:e}");
         assert!(diff < 3e-2, "{diff}");
         if bf16_fused && !crate::amx::available() {
-            let fused = crate::flash_attention::flash_attention_bf16(&q, &k, &v, 0.2).unwrap().unwrap();
+            let fused = crate::flash_attention::flash_attention_bf16(&q, &k, &v, None, 0.2).unwrap().unwrap();
             assert_eq!(max_abs_diff(&with_bf16, &fused).unwrap(), 0.0);
         }
+        // causal prefill after 40 cached keys, over a cache stored in f16 with spare capacity
+        let cache_rows = |x: &Tensor| Tensor::cat(&[x, &x.narrow(1, 0, 10).unwrap()], 1).unwrap().to_dtype(DType::F16).unwrap();
+        let (kc, vc) = (cache_rows(&k), cache_rows(&v));
+        let (kv_view, vv_view) = (kc.narrow(1, 0, t).unwrap(), vc.narrow(1, 0, t).unwrap());
+        let q_tail = q.narrow(1, 40, t - 40).unwrap().contiguous().unwrap();
+        let slow = attention_slow(&q_tail, &kv_view.to_dtype(DType::F32).unwrap(), &vv_view.to_dtype(DType::F32).unwrap(), Some(40), 0.2).unwrap();
+        let causal = attention_with(&q_tail, &kv_view, &vv_view, Some(40), 0.2, DEFAULT_SCORE_BYTES, Products::Bf16).unwrap();
+        let diff = max_abs_diff(&causal, &slow).unwrap();
+        println!("causal attention over an f16 cache view, bf16 products: max|diff| against f32 = {diff:e}");
+        assert!(diff < 3e-2, "{diff}");
+        if bf16_fused && !crate::amx::available() {
+            let fused = crate::flash_attention::flash_attention_bf16(&q_tail, &kv_view.to_dtype(DType::F32).unwrap(), &vv_view.to_dtype(DType::F32).unwrap(), Some(40), 0.2).unwrap().unwrap();
+            assert_eq!(max_abs_diff(&causal, &fused).unwrap(), 0.0);
+        }
         if !crate::amx::available() {
-            let causal = attention_with(&q, &k, &v, Some(0), 0.2, DEFAULT_SCORE_BYTES, Products::Bf16).unwrap();
-            let f32_products = attention(&q, &k, &v, Some(0), 0.2, DEFAULT_SCORE_BYTES).unwrap();
-            assert_eq!(max_abs_diff(&causal, &f32_products).unwrap(), 0.0);
+            // a decode-sized step keeps f32 products
+            let one = q.narrow(1, t - 1, 1).unwrap().contiguous().unwrap();
+            let step = attention_with(&one, &k, &v, Some(t - 1), 0.2, DEFAULT_SCORE_BYTES, Products::Bf16).unwrap();
+            let f32_products = attention(&one, &k, &v, Some(t - 1), 0.2, DEFAULT_SCORE_BYTES).unwrap();
+            assert_eq!(max_abs_diff(&step, &f32_products).unwrap(), 0.0);
         }
     }
 }

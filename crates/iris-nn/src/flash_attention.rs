@@ -18,7 +18,9 @@
 //! the FMA rate (`simd_peak`: 119 against 246 GFLOP/s a thread), so bf16 operands were slower
 //! there (190 against 226 GFLOP/s on CogVLM2's vision attention shape). f32 inputs whose model
 //! asks for bf16 products (`attention::Products::Bf16`: quantized linears) take the bf16 kernel
-//! where it is the faster (`bf16_faster_than_f32`: AMD's AVX512-BF16).
+//! where it is the faster (`bf16_faster_than_f32`: AMD's AVX512-BF16), causal prefill included:
+//! the bf16 kernel takes a causal offset, its tiles skip the key blocks past their last row and
+//! mask the rest per row.
 //!
 //! Why: the blocked path (`attention::blocked_attention`) ran two matmuls with a short inner
 //! dimension (`D` = 80 in Qwen2-VL's tower) through candle's GEMM plus a softmax pass over a
@@ -123,14 +125,14 @@ fn fitting_shape(q: &Tensor, k: &Tensor, v: &Tensor, dtypes: &[DType]) -> Result
     Ok((fits && cpu_dtypes).then_some((h, t, d, kvh, s)))
 }
 
-/// Runs `block(kv head, query rows, output rows)` over every head's blocks of `QUERY_BLOCK`
-/// query rows in parallel; `q` holds `q_row` values per query row, the output `d`.
-fn for_each_query_block<Q: Sync>(q: &[Q], q_row: usize, out: &mut [f32], (t, d): (usize, usize), groups: usize, block: impl Fn(usize, &[Q], &mut [f32]) + Sync) {
+/// Runs `block(kv head, first query row, query rows, output rows)` over every head's blocks of
+/// `QUERY_BLOCK` query rows in parallel; `q` holds `q_row` values per query row, the output `d`.
+fn for_each_query_block<Q: Sync>(q: &[Q], q_row: usize, out: &mut [f32], (t, d): (usize, usize), groups: usize, block: impl Fn(usize, usize, &[Q], &mut [f32]) + Sync) {
     out.par_chunks_mut(t * d).enumerate().for_each(|(hi, oh)| {
         let qh = &q[hi * t * q_row..(hi + 1) * t * q_row];
         oh.par_chunks_mut(QUERY_BLOCK * d).enumerate().for_each(|(bi, o)| {
             let rows = o.len() / d;
-            block(hi / groups, &qh[bi * QUERY_BLOCK * q_row..][..rows * q_row], o)
+            block(hi / groups, bi * QUERY_BLOCK, &qh[bi * QUERY_BLOCK * q_row..][..rows * q_row], o)
         });
     });
 }
@@ -158,8 +160,8 @@ pub fn flash_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result
         }
     });
     let mut out = vec![0f32; h * t * d];
-    let shape = Shape { d, s, s_pad, scale: scale as f32 };
-    for_each_query_block(qv, d, &mut out, (t, d), h / kvh, |kvi, qb, o| {
+    let shape = Shape { d, s, s_pad, scale: scale as f32, causal: None, first_row: 0 };
+    for_each_query_block(qv, d, &mut out, (t, d), h / kvh, |kvi, _, qb, o| {
         let (kth, vh) = (&kt[kvi * d * s_pad..(kvi + 1) * d * s_pad], &vv[kvi * s * d..(kvi + 1) * s * d]);
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `available()` checked AVX-512F and FMA at run time.
@@ -174,7 +176,7 @@ pub fn flash_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result
 /// `flash_attention` with bf16 operands and f32 sums (see the header), for f32 or bf16 inputs
 /// (each of `q`, `k`, `v` either) -> `Some([H, T, D])` in `q`'s dtype; `None` where this path
 /// does not apply (as `flash_attention`, or no AVX512-BF16).
-pub fn flash_attention_bf16(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Option<Tensor>> {
+pub fn flash_attention_bf16(q: &Tensor, k: &Tensor, v: &Tensor, causal: Option<usize>, scale: f64) -> Result<Option<Tensor>> {
     let Some((h, t, d, kvh, s)) = fitting_shape(q, k, v, &[DType::F32, DType::BF16])? else { return Ok(None) };
     if !bf16_available() {
         return Ok(None);
@@ -205,25 +207,36 @@ pub fn flash_attention_bf16(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> R
         }
     });
     let mut out = vec![0f32; h * t * d];
-    let shape = Shape { d, s, s_pad, scale: scale as f32 };
-    for_each_query_block(&qp, half, &mut out, (t, d), h / kvh, |kvi, qb, o| {
+    let shape = Shape { d, s, s_pad, scale: scale as f32, causal, first_row: 0 };
+    for_each_query_block(&qp, half, &mut out, (t, d), h / kvh, |kvi, first_row, qb, o| {
         let (kph, vph) = (&kp[kvi * half * s_pad..(kvi + 1) * half * s_pad], &vp[kvi * s_pad / 2 * d..(kvi + 1) * s_pad / 2 * d]);
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `bf16_available()` checked AVX-512F, AVX512-BF16 and FMA at run time.
         unsafe {
-            avx512::query_block_bf16(qb, kph, vph, o, shape)
+            avx512::query_block_bf16(qb, kph, vph, o, Shape { first_row, ..shape })
         };
     });
     Ok(Some(Tensor::from_vec(out, (h, t, d), q.device())?.to_dtype(q.dtype())?))
 }
 
-/// One head's sizes: head dim, keys, keys padded to whole blocks, softmax scale.
+/// One head's sizes: head dim, keys, keys padded to whole blocks, softmax scale; with `causal`
+/// the position of query row 0 (row `i` sees keys `0..=causal + i`), and the first query row
+/// of the block a kernel call takes.
 #[derive(Clone, Copy)]
 struct Shape {
     d: usize,
     s: usize,
     s_pad: usize,
     scale: f32,
+    causal: Option<usize>,
+    first_row: usize,
+}
+
+impl Shape {
+    /// Keys that query row `row` (of the whole head) sees: `0..visible_keys(row)`.
+    fn visible_keys(self, row: usize) -> usize {
+        self.causal.map_or(self.s, |offset| (offset + row + 1).min(self.s))
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -270,7 +283,7 @@ mod tests {
             let unrounded = attention_slow(&q, &k, &v, None, scale).unwrap();
             for dtype in [DType::F32, DType::BF16] {
                 let [qi, ki, vi] = [&q, &k, &v].map(|x| x.to_dtype(dtype).unwrap());
-                let Some(fast) = flash_attention_bf16(&qi, &ki, &vi, scale).unwrap() else {
+                let Some(fast) = flash_attention_bf16(&qi, &ki, &vi, None, scale).unwrap() else {
                     assert!(!bf16_available(), "the fused bf16 path should take h={h} kvh={kvh} t={t} s={s} d={d}");
                     continue;
                 };
@@ -283,6 +296,28 @@ mod tests {
                 let rounding = if dtype == DType::BF16 { top / 256.0 } else { 0.0 };
                 assert!(diff < 8e-3 * spread + rounding, "{diff}");
             }
+        }
+    }
+
+    /// Causal attention (query `i` at position `offset + i` sees keys `0..=offset + i`): rows
+    /// across several query blocks and tiles, key blocks the diagonal cuts, prefill after cached
+    /// keys (offset > 0) and a partial last key block.
+    #[test]
+    fn causal_fused_bf16_attention_matches_the_slow_twin_on_rounded_inputs() {
+        let dev = Device::Cpu;
+        let round = |x: &Tensor| x.to_dtype(DType::BF16).unwrap().to_dtype(DType::F32).unwrap();
+        for (h, kvh, t, offset, d) in [(2, 1, 100, 0, 32), (4, 2, 70, 30, 64), (2, 2, 17, 0, 80), (3, 3, 130, 5, 16), (2, 2, 49, 150, 128)] {
+            let s = offset + t;
+            let [q, k, v] = [(h, t), (kvh, s), (kvh, s)].map(|(a, b)| Tensor::randn(0f32, 1.0, (a, b, d), &dev).unwrap());
+            let scale = 1.0 / (d as f64).sqrt();
+            let twin = attention_slow(&round(&q), &round(&k), &round(&v), Some(offset), scale).unwrap();
+            let Some(fast) = flash_attention_bf16(&q, &k, &v, Some(offset), scale).unwrap() else {
+                assert!(!bf16_available(), "the fused bf16 path should take h={h} t={t} offset={offset} d={d}");
+                continue;
+            };
+            let diff = max_abs_diff(&fast, &twin).unwrap();
+            println!("causal fused bf16 attention h={h} kvh={kvh} t={t} offset={offset} d={d}: max|diff| = {diff:e}");
+            assert!(diff < 8e-3, "{diff}");
         }
     }
 

@@ -53,15 +53,22 @@ pub(super) unsafe fn query_block_bf16(q: &[u32], kp: &[u32], vp: &[u32], o: &mut
 /// its softmax sum. `q` holds `q_row` elements per row.
 #[inline(always)]
 unsafe fn query_block<H: HeadOperands>(head: &H, q: &[H::Q], q_row: usize, o: &mut [f32], sh: Shape) {
-    let Shape { d, s, s_pad, .. } = sh;
+    let Shape { d, s_pad, .. } = sh;
     let rows = o.len() / d;
     assert!(q.len() == rows * q_row && rows <= QUERY_BLOCK && s_pad.is_multiple_of(KEY_BLOCK) && d.is_multiple_of(16));
     let mut state = [RowState { max: f32::NEG_INFINITY, sum: 0.0 }; QUERY_BLOCK];
     o.fill(0.0);
-    for j0 in (0..s).step_by(KEY_BLOCK) {
+    // causal: the block's last row sees the most keys; a tile skips blocks past its last row's
+    // (key 0 is visible to every row, so every row's first block sets a finite max)
+    for j0 in (0..sh.visible_keys(sh.first_row + rows - 1)).step_by(KEY_BLOCK) {
         for r0 in (0..rows).step_by(TILE_ROWS) {
+            let tile_rows = (rows - r0).min(TILE_ROWS);
+            if j0 >= sh.visible_keys(sh.first_row + r0 + tile_rows - 1) {
+                continue;
+            }
             let (qt, ot, st) = (&q[r0 * q_row..], &mut o[r0 * d..], &mut state[r0..]);
-            match (rows - r0).min(TILE_ROWS) {
+            let sh = Shape { first_row: sh.first_row + r0, ..sh };
+            match tile_rows {
                 1 => head.tile_step::<1>(qt, ot, st, j0, sh),
                 2 => head.tile_step::<2>(qt, ot, st, j0, sh),
                 3 => head.tile_step::<3>(qt, ot, st, j0, sh),
@@ -80,24 +87,26 @@ unsafe fn query_block<H: HeadOperands>(head: &H, q: &[H::Q], q_row: usize, o: &m
 }
 
 /// Raw scores `acc [R][64 keys]` of the block at `j0` -> `exp(scale * score - new max)` per key
-/// (0 for padding keys past S), with each row's max and sum moved on and its output rows
-/// rescaled to the new max.
+/// (0 for padding keys past S and keys a causal row does not see), with each row's max and sum
+/// moved on and its output rows rescaled to the new max. Row `r` is row `sh.first_row + r` of
+/// the head.
 #[inline(always)]
 unsafe fn online_softmax<const R: usize>(acc: &[[__m512; 4]; R], o: &mut [f32], state: &mut [RowState], j0: usize, sh: Shape) -> [[__m512; 4]; R] {
-    let Shape { d, s, scale, .. } = sh;
-    // padding keys past S get -inf (probability 0)
-    let valid = s - j0;
-    let lane_mask = |i: usize| -> __mmask16 {
-        let n = valid.saturating_sub(16 * i).min(16);
-        if n == 16 {
-            0xFFFF
-        } else {
-            ((1u32 << n) - 1) as __mmask16
-        }
-    };
+    let Shape { d, scale, .. } = sh;
     let neg_inf = _mm512_set1_ps(f32::NEG_INFINITY);
     let mut probs = [[_mm512_setzero_ps(); 4]; R];
     for r in 0..R {
+        // keys past what the row sees get -inf (probability 0); a row that sees none of the
+        // block keeps its max (already finite: key 0 came first), so its exps are all 0
+        let valid = sh.visible_keys(sh.first_row + r).saturating_sub(j0);
+        let lane_mask = |i: usize| -> __mmask16 {
+            let n = valid.saturating_sub(16 * i).min(16);
+            if n == 16 {
+                0xFFFF
+            } else {
+                ((1u32 << n) - 1) as __mmask16
+            }
+        };
         let scaled = [0, 1, 2, 3].map(|i| _mm512_mask_mul_ps(neg_inf, lane_mask(i), acc[r][i], _mm512_set1_ps(scale)));
         let block_max = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_max_ps(scaled[0], scaled[1]), _mm512_max_ps(scaled[2], scaled[3])));
         let st = &mut state[r];
@@ -154,7 +163,7 @@ impl HeadOperands for F32Head<'_> {
 
     #[inline(always)]
     unsafe fn tile_step<const R: usize>(&self, q: &[f32], o: &mut [f32], state: &mut [RowState], j0: usize, sh: Shape) {
-        let Shape { d, s, s_pad, .. } = sh;
+        let Shape { d, s_pad, .. } = sh;
         assert!(q.len() >= R * d && o.len() >= R * d && state.len() >= R && j0 + KEY_BLOCK <= s_pad);
         // scores [R, 64]: one 16-key vector of K^T per column group, one broadcast q value per row
         let mut acc = [[_mm512_setzero_ps(); 4]; R];
@@ -176,7 +185,8 @@ impl HeadOperands for F32Head<'_> {
             }
         }
         // o [R, D] += probs [R, n] x V [n, D], 64 columns (or the rest) at a time
-        let n = (s - j0).min(KEY_BLOCK);
+        // keys past the tile's last row's are all probability 0
+        let n = (sh.visible_keys(sh.first_row + R - 1) - j0).min(KEY_BLOCK);
         for_each_column_chunk!(d, |c0, V| self.weighted_values::<R, V>(&probs, o, j0, n, c0, d));
     }
 }
@@ -207,7 +217,7 @@ impl HeadOperands for Bf16Head<'_> {
 
     #[inline(always)]
     unsafe fn tile_step<const R: usize>(&self, q: &[u32], o: &mut [f32], state: &mut [RowState], j0: usize, sh: Shape) {
-        let Shape { d, s, s_pad, .. } = sh;
+        let Shape { d, s_pad, .. } = sh;
         let half = d / 2;
         assert!(q.len() >= R * half && o.len() >= R * d && state.len() >= R && j0 + KEY_BLOCK <= s_pad);
         // scores [R, 64]: per dim pair, four 16-key vectors of pairs against one broadcast pair per row
@@ -232,7 +242,7 @@ impl HeadOperands for Bf16Head<'_> {
             }
         }
         // o [R, D] += probs [R, n] x V [n, D], two keys per instruction
-        let n_pairs = (s - j0).min(KEY_BLOCK).div_ceil(2);
+        let n_pairs = (sh.visible_keys(sh.first_row + R - 1) - j0).min(KEY_BLOCK).div_ceil(2);
         for_each_column_chunk!(d, |c0, V| self.weighted_values::<R, V>(&pairs, o, j0 / 2, n_pairs, c0, d));
     }
 }
