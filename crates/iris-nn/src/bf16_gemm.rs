@@ -35,6 +35,7 @@ pub enum Bf16Kernel {
 impl Bf16Kernel {
     /// The kernels this CPU can run, the plain twin first.
     pub fn available() -> Vec<Self> {
+        #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
         let mut kernels = vec![Self::Scalar];
         #[cfg(target_arch = "x86_64")]
         if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bf16") {

@@ -62,6 +62,7 @@ impl<'a> HeadRows<'a> {
 
 /// `src` as f32 in `dst`; 8 at a time with `vcvtph2ps` where the caller runs with F16C (`f16c`).
 #[inline(always)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
 fn widen_f16(src: &[f16], dst: &mut [f32], f16c: bool) {
     #[cfg(target_arch = "x86_64")]
     if f16c {
@@ -116,6 +117,7 @@ pub fn decode_attention(q: &Tensor, k: &Tensor, v: &Tensor, causal: Option<usize
     let rows = groups * t;
     let mut out = vec![0f32; h * t * d];
     let simd = simd_detected();
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
     let avx512 = simd && avx512_detected();
     out.par_chunks_mut(rows * d).zip(heads).enumerate().for_each(|(i, (o, (kh, vh)))| {
         let qh = &qv[i * rows * d..(i + 1) * rows * d];

@@ -147,6 +147,7 @@ impl<F: Fn(&mut [f32]) + Sync + Send> InplaceOp1 for ChunkMap<F> {
 }
 
 /// Whether the f32 activations (sigmoids, erf GELU) take the AVX-512 kernels.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 fn vector_activations() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| {

@@ -22,6 +22,7 @@ const ROWS_PER_TASK: usize = 16;
 /// 14.5-14.8 at 512 B, 15.9-16.7 at 8 KiB, 16.4-16.9 at 16 KiB, 15.3-15.7 at 32 KiB. Into L2
 /// (`prefetch_to_l2`; a tuning build that read the distance from the environment, so only
 /// comparable with itself): 2, 4, 8 and 16 KiB all within 16.7-17.5.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const PREFETCH_AHEAD_Q8_0: usize = 8192;
 
 /// The same for the 4-row q4_K kernel. Into L1 (before `prefetch_to_l2`) it was the more
@@ -30,6 +31,7 @@ const PREFETCH_AHEAD_Q8_0: usize = 8192;
 /// Qwen2-VL-2B q4k text decode ran at 15.8-16.1 tok/s without, 21.1-21.8 at 1-2 KiB and
 /// 18.4-19.9 at 3-8 KiB (the prefetches stalled: too many lines in flight). Into L2 (the same
 /// tuning build), 2, 4, 6 and 8 KiB measured 22.8-24.1 tok/s, within noise of each other.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const PREFETCH_AHEAD_Q4K: usize = 4096;
 
 /// Starts loading the 64-byte line at `addr` into L2 (`prefetcht1`), not L1: the decode
