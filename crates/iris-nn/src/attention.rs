@@ -21,8 +21,8 @@ pub enum Products {
     /// The inputs' dtype (f32 inputs: f32 products).
     AsInputs,
     /// bf16 operands with f32 sums and an f32 softmax even for f32 inputs, where a CPU runs them
-    /// faster (AMX; AMD's AVX512-BF16 for full attention); elsewhere as `AsInputs`. For models whose linears already round
-    /// their activations to bf16 on such CPUs: quantized or 16-bit weights.
+    /// faster (AMX; AMD's AVX512-BF16); elsewhere as `AsInputs`. For models whose linears already
+    /// round their activations (`Products::for_linears`).
     Bf16,
 }
 
@@ -54,9 +54,10 @@ const MIN_QUERY_ROWS: usize = 16;
 /// AMX kernel (`amx::attention`) where the CPU has AMX and there are at least
 /// `MIN_QUERY_ROWS` query rows; without AMX, such attention (full or causal, from as many rows)
 /// takes the fused bf16 kernel where it beats f32 products
-/// (`flash_attention::bf16_faster_than_f32`: AMD's AVX512-BF16). bf16 queries take it whatever `products` says: their products are bf16 on every path (the
-/// kernel widens them to f32 and rounds them back exactly, and rounds the probabilities to bf16
-/// as `flash_attention_bf16` does).
+/// (`flash_attention::bf16_faster_than_f32`: AMD's AVX512-BF16). bf16 queries take these
+/// kernels whatever `products` says: their products are bf16 on every path (the AMX kernel
+/// widens them to f32 and rounds them back exactly, and rounds the probabilities to bf16 as
+/// `flash_attention_bf16` does).
 pub fn attention_with(q: &Tensor, k: &Tensor, v: &Tensor, causal: Option<usize>, scale: f64, max_score_bytes: usize, products: Products) -> Result<Tensor> {
     let bf16_products = products == Products::Bf16 || q.dtype() == DType::BF16;
     if bf16_products && q.dim(1)? >= MIN_QUERY_ROWS && crate::amx::available() {
@@ -65,9 +66,9 @@ pub fn attention_with(q: &Tensor, k: &Tensor, v: &Tensor, causal: Option<usize>,
         }
     }
     if bf16_products && q.dim(1)? >= MIN_QUERY_ROWS && crate::flash_attention::bf16_faster_than_f32() {
-        // a cache's visible rows (a strided view, f16 when the cache is stored so) made dense once
-        let dense = |x: &Tensor| -> Result<Tensor> { Ok(if matches!(x.dtype(), DType::F32 | DType::BF16) { x.contiguous()? } else { x.to_dtype(DType::F32)? }) };
-        if let Some(o) = crate::flash_attention::flash_attention_bf16(q, &dense(k)?, &dense(v)?, causal, scale)? {
+        // a cache's visible rows (a strided view, f16 when the cache is stored so) are repacked
+        // by the kernel's own rounding to bf16
+        if let Some(o) = crate::flash_attention::flash_attention_bf16(q, k, v, causal, scale)? {
             return Ok(o);
         }
     }

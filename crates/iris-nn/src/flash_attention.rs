@@ -104,15 +104,18 @@ fn contiguous_f32<'a>(storage: &'a Storage, layout: &Layout) -> Option<&'a [f32]
     }
 }
 
-/// The bf16 bits of a contiguous f32 (rounded to nearest even) or bf16 CPU tensor.
-fn contiguous_bf16_bits(x: &Tensor) -> Option<Vec<u16>> {
+/// The bf16 bits of an f32 or f16 (rounded to nearest even) or bf16 CPU tensor, row-major
+/// whatever its layout (a KV cache's strided view is copied once first).
+fn bf16_bits_row_major(x: &Tensor) -> Result<Option<Vec<u16>>> {
+    let x = x.contiguous()?;
     let (storage, layout) = x.storage_and_layout();
-    let (start, end) = layout.contiguous_offsets()?;
-    match &*storage {
+    let Some((start, end)) = layout.contiguous_offsets() else { return Ok(None) };
+    Ok(match &*storage {
         Storage::Cpu(CpuStorage::F32(v)) => Some(v[start..end].par_iter().map(|&x| bf16_bits(x)).collect()),
+        Storage::Cpu(CpuStorage::F16(v)) => Some(v[start..end].par_iter().map(|x| bf16_bits(x.to_f32())).collect()),
         Storage::Cpu(CpuStorage::BF16(v)) => Some(v[start..end].iter().map(|x| x.to_bits()).collect()),
         _ => None,
-    }
+    })
 }
 
 /// Heads, query rows, head dim, KV heads, keys.
@@ -176,15 +179,17 @@ pub fn flash_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result
     Ok(Some(Tensor::from_vec(out, (h, t, d), q.device())?))
 }
 
-/// `flash_attention` with bf16 operands and f32 sums (see the header), for f32 or bf16 inputs
-/// (each of `q`, `k`, `v` either) -> `Some([H, T, D])` in `q`'s dtype; `None` where this path
-/// does not apply (as `flash_attention`, or no AVX512-BF16).
+/// `flash_attention` with bf16 operands and f32 sums (see the header), for f32, f16 or bf16
+/// inputs in any layout (each of `q`, `k`, `v` its own; they are rounded and repacked anyway,
+/// so a KV cache's strided f16 view needs no copy of its own first), with `causal` as in
+/// `attention::attention` -> `Some([H, T, D])` in `q`'s dtype; `None` where this path does not
+/// apply (a shape or device `flash_attention` refuses, or no AVX512-BF16).
 pub fn flash_attention_bf16(q: &Tensor, k: &Tensor, v: &Tensor, causal: Option<usize>, scale: f64) -> Result<Option<Tensor>> {
-    let Some((h, t, d, kvh, s)) = fitting_shape(q, k, v, &[DType::F32, DType::BF16])? else { return Ok(None) };
+    let Some((h, t, d, kvh, s)) = fitting_shape(q, k, v, &[DType::F32, DType::F16, DType::BF16])? else { return Ok(None) };
     if !bf16_available() {
         return Ok(None);
     }
-    let (Some(q16), Some(k16), Some(v16)) = (contiguous_bf16_bits(q), contiguous_bf16_bits(k), contiguous_bf16_bits(v)) else { return Ok(None) };
+    let (Some(q16), Some(k16), Some(v16)) = (bf16_bits_row_major(q)?, bf16_bits_row_major(k)?, bf16_bits_row_major(v)?) else { return Ok(None) };
     let pair = |lo: u16, hi: u16| lo as u32 | (hi as u32) << 16;
     // Q as consecutive-dim pairs: [H, T, D] -> [H, T, D/2] pairs
     let qp: Vec<u32> = q16.par_chunks_exact(2).map(|p| pair(p[0], p[1])).collect();

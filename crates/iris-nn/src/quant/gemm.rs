@@ -243,21 +243,22 @@ pub(crate) fn tile_scalar(panel: &PanelPair, t: &TileRows, out: &mut [f32]) {
     }
 }
 
-/// `out[r * n + o] = sum_i x[r * k + i] * W[o, i]` for `m` rows of `x` (any `m`), int8
-/// activations. `kernel` picks the tile kernel: AVX-512 VNNI, AVX-VNNI, or the scalar twin.
+/// `gemm_into` a caller's buffer (the tests'), which it overwrites.
 #[cfg(test)]
 pub(crate) fn gemm_with(blocks: &Blocks, n: usize, k: usize, x: &[f32], m: usize, out: &mut [f32], kernel: Kernel) {
     gemm_into(blocks, n, k, x, m, ColumnTiles::new(out, m, n), kernel);
 }
 
-/// `gemm_with` into a new buffer that is never zeroed first (zeroing a vision MLP's 21 MB
-/// output was a store pass of its own).
+/// `gemm_into` a new buffer that is never zeroed first (zeroing a vision MLP's 21 MB output
+/// was a store pass of its own).
 pub(crate) fn gemm_vec(blocks: &Blocks, n: usize, k: usize, x: &[f32], m: usize, kernel: Kernel) -> Vec<f32> {
     // SAFETY: `gemm_into` writes every tile of rows 0..m and columns 0..n.
     unsafe { crate::tiled_output::written_once(m, n, |dst| gemm_into(blocks, n, k, x, m, dst, kernel)) }
 }
 
-/// `gemm_with` through `dst`, which it fills completely: every row tile of every panel pair.
+/// `dst[r * n + o] = sum_i x[r * k + i] * W[o, i]` for `m` rows of `x` (any `m`), int8
+/// activations, every value of `dst` written once (each panel pair's row tiles in turn).
+/// `kernel` picks the tile kernel: AVX-512 VNNI, AVX-VNNI, or the scalar twin.
 fn gemm_into(blocks: &Blocks, n: usize, k: usize, x: &[f32], m: usize, dst: ColumnTiles, kernel: Kernel) {
     assert!(x.len() == m * k && dst.dims() == (m, n) && k.is_multiple_of(BLOCK));
     let acts = Activations::quantize_with(x, k, kernel);

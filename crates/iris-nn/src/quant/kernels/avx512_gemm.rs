@@ -204,14 +204,14 @@ const TRANSPOSE_INDEX: [[i32; 16]; 6] = {
     let mut j = 0;
     while j < 16 {
         let (g, r) = (j / 4, j % 4);
-        // word (row r, group g) of [rows 2p, 2p + 1][8 groups] pairs: rows 0-1 in the first
+        // word g of row r from [2 rows][8 words] pairs: rows 0-1 in the first
         t[0][j] = ((r / 2) * 16 + (r % 2) * 8 + g) as i32;
         t[1][j] = ((r / 2) * 16 + (r % 2) * 8 + 4 + g) as i32;
         let (g, r) = (j / 8, j % 8);
-        // from [4 groups][4 rows]: rows 0-3 in the first
+        // from [4 words][4 rows]: rows 0-3 in the first
         t[2][j] = ((r / 4) * 16 + g * 4 + r % 4) as i32;
         t[3][j] = ((r / 4) * 16 + (2 + g) * 4 + r % 4) as i32;
-        // from [2 groups][8 rows]: rows 0-7 in the first
+        // from [2 words][8 rows]: rows 0-7 in the first
         t[4][j] = ((j / 8) * 16 + j % 8) as i32;
         t[5][j] = ((j / 8) * 16 + 8 + j % 8) as i32;
         j += 1;
