@@ -83,27 +83,36 @@ unsafe fn dot_row_q8_0_rows<const M: usize>(qs: &[i8], d: &[f16], k: usize, o: u
 }
 
 /// Byte-shuffle mask turning the block's eight u8 scales (broadcast to every 64-bit lane) into
-/// 32 i16 lanes: lanes 0-15 hold scale `a`, lanes 16-31 scale `b` (high bytes zeroed by 0x80).
+/// 32 i16 lanes laid out as `_mm512_packs_epi32` lays out two vectors' i32 lanes: in 128-bit
+/// lanes 0 and 1 four i16 of scale `a` then four of `b`, in lanes 2 and 3 four of `c` then four
+/// of `d` (high bytes zeroed by 0x80).
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn scale_pair_mask(a: u8, b: u8) -> __m512i {
+unsafe fn scale_pack_mask([a, b, c, d]: [u8; 4]) -> __m512i {
     let mut bytes = [0x80u8; 64];
     for (i, byte) in bytes.iter_mut().enumerate().step_by(2) {
-        *byte = if i < 32 { a } else { b };
+        let (lane, word) = (i / 16, i % 16 / 2);
+        *byte = match (lane < 2, word < 4) {
+            (true, true) => a,
+            (true, false) => b,
+            (false, true) => c,
+            (false, false) => d,
+        };
     }
     _mm512_loadu_si512(bytes.as_ptr() as *const _)
 }
 
 /// One q4_K super-block ready for any number of activation rows: its four 64-byte nibble vectors
-/// (vector v covers sub-blocks (0,2), (1,3), (4,6), (5,7), matching `q4k_lane_order`) and the
-/// matching 6-bit scales as i16 lanes.
+/// (vector v covers sub-blocks (0,2), (1,3), (4,6), (5,7), matching `q4k_lane_order`: i32 lanes
+/// 0-7 the first, 8-15 the second) and the 6-bit scales of vectors (0, 1) and (2, 3) as i16
+/// lanes in `_mm512_packs_epi32` order.
 struct Q4kWeights {
     nibbles: [__m512i; 4],
-    scales: [__m512i; 4],
+    scales: [__m512i; 2],
 }
 
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn q4k_weights(blk: &Q4KBlock, masks: &[__m512i; 4]) -> Q4kWeights {
+unsafe fn q4k_weights(blk: &Q4KBlock, masks: &[__m512i; 2]) -> Q4kWeights {
     let nibble = _mm512_set1_epi8(0x0F);
     let q0 = _mm512_loadu_si512(blk.qs.as_ptr() as *const _);
     let q1 = _mm512_loadu_si512(blk.qs.as_ptr().add(64) as *const _);
@@ -115,26 +124,30 @@ unsafe fn q4k_weights(blk: &Q4KBlock, masks: &[__m512i; 4]) -> Q4kWeights {
             _mm512_and_si512(q1, nibble),
             _mm512_and_si512(_mm512_srli_epi16::<4>(q1), nibble),
         ],
-        scales: [0, 1, 2, 3].map(|v| _mm512_shuffle_epi8(sc, masks[v])),
+        scales: [_mm512_shuffle_epi8(sc, masks[0]), _mm512_shuffle_epi8(sc, masks[1])],
     }
 }
 
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn q4k_scale_masks() -> [__m512i; 4] {
-    [scale_pair_mask(0, 2), scale_pair_mask(1, 3), scale_pair_mask(4, 6), scale_pair_mask(5, 7)]
+unsafe fn q4k_scale_masks() -> [__m512i; 2] {
+    // vectors 0 and 1 hold sub-blocks 0 and 2, 1 and 3; vectors 2 and 3 hold 4 and 6, 5 and 7
+    [scale_pack_mask([0, 1, 2, 3]), scale_pack_mask([4, 5, 6, 7])]
 }
 
-/// The 6-bit sub-block scales are applied in the integer domain: `maddubs` gives i16 pair sums
-/// (<= 2*15*127) and `vpdpwssd` multiplies them by the scale and accumulates in i32 (<= 8 * 3810
-/// * 63 per lane), so a super-block costs one int->float conversion per activation row.
+/// The 6-bit sub-block scales are applied in the integer domain. `vpdpbusd` sums four
+/// nibble x activation products per i32 lane (<= 4*15*127, so it fits an i16); two vectors'
+/// sums pack into one of i16 (`vpackssdw`, which does not saturate here) and `vpdpwssd`
+/// multiplies each by its scale and accumulates in i32 (<= 8 * 7620 * 63 per lane). Four
+/// `vpdpbusd` and two `vpdpwssd` a super-block where `vpmaddubsw` + `vpdpwssd` per vector took
+/// eight of the multiply pipe's slots; a super-block costs one int->float conversion per
+/// activation row.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn q4k_block_dot(w: &Q4kWeights, a: &[__m512i; 4]) -> __m512i {
-    let mut isum = _mm512_setzero_si512();
-    for ((nibbles, scales), a) in w.nibbles.iter().zip(&w.scales).zip(a) {
-        isum = dpwssd(isum, _mm512_maddubs_epi16(*nibbles, *a), *scales);
-    }
-    isum
+    let zero = _mm512_setzero_si512();
+    let sums: [__m512i; 4] = [0, 1, 2, 3].map(|v| _mm512_dpbusd_epi32(zero, w.nibbles[v], a[v]));
+    let isum = dpwssd(zero, _mm512_packs_epi32(sums[0], sums[1]), w.scales[0]);
+    dpwssd(isum, _mm512_packs_epi32(sums[2], sums[3]), w.scales[1])
 }
 
 /// `_mm512_dpwssd_epi32` as one `vpdpwssd`. Inline asm because LLVM, tuning for a generic x86-64,
