@@ -30,9 +30,12 @@ const PREFETCH_AHEAD_Q8_0: usize = 8192;
 /// against a ~28 GB/s streaming sum, 1-8 KiB ahead 21.0-22.9 GB/s there; on the Xeon VM
 /// Qwen2-VL-2B q4k text decode ran at 15.8-16.1 tok/s without, 21.1-21.8 at 1-2 KiB and
 /// 18.4-19.9 at 3-8 KiB (the prefetches stalled: too many lines in flight). Into L2 (the same
-/// tuning build), 2, 4, 6 and 8 KiB measured 22.8-24.1 tok/s, within noise of each other.
+/// tuning build), 2, 4, 6 and 8 KiB measured 22.8-24.1 tok/s, within noise of each other. On
+/// a Zen 4 VM (2026-12-06, ~32 GB/s streaming sum, the same tuning build, runs alternated):
+/// 2 KiB 24.8-26.5, 4 KiB 27.1-30.9 (medians 28.5-29.7 in three sets), 16 KiB 26.8-40.9
+/// (medians 29.2-31.1), 32 and 64 KiB 27.5-35.6; so 16 KiB, which the Xeon did not try.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-const PREFETCH_AHEAD_Q4K: usize = 4096;
+const PREFETCH_AHEAD_Q4K: usize = 16384;
 
 /// Starts loading the 64-byte line at `addr` into L2 (`prefetcht1`), not L1: the decode
 /// kernels read each weight byte once, so L1 gains nothing from holding it early, and an L1
