@@ -1,7 +1,7 @@
 //! Quantized storage and kernels against their twins: candle's ggml decoders, the scalar integer
 //! kernel, and an f64 product with the dequantized weight.
 
-use super::kernels::{dequantize_row, dequantize_row_portable, gemv_with, quantize_blocks, quantize_blocks_portable, Kernel, MAX_ROWS};
+use super::kernels::{abs_max, dequantize_row, dequantize_row_portable, gemv_with, quantize_blocks, quantize_blocks_portable, Kernel, MAX_ROWS};
 use super::{DEQUANT_TILE_ROWS, INTEGER_KERNEL_MAX_ROWS};
 use super::*;
 use candle_core::quantized::k_quants::{BlockQ4K, BlockQ8_0, GgmlType};
@@ -252,6 +252,21 @@ fn activation_quantization_matches_its_portable_twin() {
         assert_eq!(slow.1[100], 0, "NaN quantizes to 0");
         assert!(slow.0.iter().all(|d| d.is_finite()), "NaN is left out of the block scale");
     }
+}
+
+#[test]
+fn abs_max_is_the_serial_fold() {
+    let serial = |x: &[f32]| x.iter().fold(0f32, |a, v| if v.abs() > a { v.abs() } else { a });
+    let mut x = pseudo_random(1000, 17);
+    x[3] = f32::NAN;
+    x[40] = -0.0;
+    x[977] = -9.5;
+    for len in [0, 1, 15, 16, 17, 32, 256, 999, 1000] {
+        assert_eq!(abs_max(&x[..len]).to_bits(), serial(&x[..len]).to_bits(), "{len} values");
+    }
+    x[500] = f32::NEG_INFINITY;
+    assert_eq!(abs_max(&x), f32::INFINITY);
+    assert_eq!(abs_max(&[f32::NAN; 20]), 0.0, "all NaN");
 }
 
 #[test]

@@ -260,7 +260,7 @@ pub(super) fn quantize_blocks_portable(x: &[f32], block: usize) -> (Vec<f32>, Ve
         // written as compare-and-select so LLVM vectorises both loops (`f32::max`, `clamp` and
         // the saturating `as` kept them scalar: ~6% of a vision encode in a profile). NaN
         // inputs are skipped by the max and quantize to 0, as the saturating cast did.
-        let amax = chunk.iter().fold(0f32, |a, v| if v.abs() > a { v.abs() } else { a });
+        let amax = abs_max(chunk);
         let scale = amax / 127.0;
         let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
         d.push(scale);
@@ -272,6 +272,26 @@ pub(super) fn quantize_blocks_portable(x: &[f32], block: usize) -> (Vec<f32>, Ve
         }
     }
     (d, qs)
+}
+
+/// The largest `|v|` in `x`, NaNs skipped (0 for an empty or all-NaN `x`). Sixteen running
+/// maxima, one per lane, so LLVM vectorises it: one fold over `x` compiled to a serial scalar
+/// chain, ~40% of `quantize_blocks` and half of a four-row q8_0 product over 32 weight rows in a
+/// profile. The maximum of values that are not NaN does not depend on the order, so the result
+/// is the same as the plain fold (tested).
+#[inline(always)]
+pub(crate) fn abs_max(x: &[f32]) -> f32 {
+    const LANES: usize = 16;
+    let keep_larger = |a: f32, v: f32| if v.abs() > a { v.abs() } else { a };
+    let mut lanes = [0f32; LANES];
+    let mut rows = x.chunks_exact(LANES);
+    for row in &mut rows {
+        for (m, &v) in lanes.iter_mut().zip(row) {
+            *m = keep_larger(*m, v);
+        }
+    }
+    let tail = rows.remainder().iter().fold(0f32, |a, &v| keep_larger(a, v));
+    lanes.iter().fold(tail, |a, &m| keep_larger(a, m))
 }
 
 /// `f32::round` (ties away from zero) written with `trunc`, which LLVM vectorises (`vroundps`);
