@@ -7,12 +7,13 @@ use super::{Shape, KEY_BLOCK, QUERY_BLOCK, TILE_ROWS};
 use crate::softmax::avx512::exp_nonpositive;
 use std::arch::x86_64::*;
 
-/// Running softmax state of a tile's rows: max score so far and sum of exp below it (`o`
-/// holds the unnormalised weighted sum).
+/// Running softmax state of a tile's rows: max score so far and sum of exp below it, kept in
+/// 16 lanes and added up once at the end (a horizontal sum per row and key block was part of
+/// the online softmax's cost) (`o` holds the unnormalised weighted sum).
 #[derive(Clone, Copy)]
 struct RowState {
     max: f32,
-    sum: f32,
+    sum: __m512,
 }
 
 /// One head's K and V in the layout a kernel reads, and the tile step over it.
@@ -56,7 +57,7 @@ unsafe fn query_block<H: HeadOperands>(head: &H, q: &[H::Q], q_row: usize, o: &m
     let Shape { d, s_pad, .. } = sh;
     let rows = o.len() / d;
     assert!(q.len() == rows * q_row && rows <= QUERY_BLOCK && s_pad.is_multiple_of(KEY_BLOCK) && d.is_multiple_of(16));
-    let mut state = [RowState { max: f32::NEG_INFINITY, sum: 0.0 }; QUERY_BLOCK];
+    let mut state = [RowState { max: f32::NEG_INFINITY, sum: _mm512_setzero_ps() }; QUERY_BLOCK];
     o.fill(0.0);
     // causal: the block's last row sees the most keys; a tile skips blocks past its last row's
     // (key 0 is visible to every row, so every row's first block sets a finite max)
@@ -79,7 +80,7 @@ unsafe fn query_block<H: HeadOperands>(head: &H, q: &[H::Q], q_row: usize, o: &m
         }
     }
     for (row, st) in o.chunks_exact_mut(d).zip(&state) {
-        let inv = _mm512_set1_ps(1.0 / st.sum);
+        let inv = _mm512_set1_ps(1.0 / _mm512_reduce_add_ps(st.sum));
         for x in row.chunks_exact_mut(16) {
             _mm512_storeu_ps(x.as_mut_ptr(), _mm512_mul_ps(_mm512_loadu_ps(x.as_ptr()), inv));
         }
@@ -117,12 +118,14 @@ unsafe fn online_softmax<const R: usize>(acc: &[[__m512; 4]; R], o: &mut [f32], 
             probs[r][i] = exp_nonpositive(_mm512_sub_ps(*x, shift));
             total = _mm512_add_ps(total, probs[r][i]);
         }
-        // rescale what was summed under the old max
-        let alpha = (st.max - new_max).exp();
-        st.sum = st.sum * alpha + _mm512_reduce_add_ps(total);
-        st.max = new_max;
-        if alpha != 1.0 {
-            let a = _mm512_set1_ps(alpha);
+        // rescale what was summed under the old max (by the kernel's own exp: a libm call per
+        // row and block cost more than the vector one; `exp(-inf)` is 0 for a row's first block)
+        if new_max == st.max {
+            st.sum = _mm512_add_ps(st.sum, total);
+        } else {
+            let a = exp_nonpositive(_mm512_set1_ps(st.max - new_max));
+            st.sum = _mm512_fmadd_ps(st.sum, a, total);
+            st.max = new_max;
             for x in o[r * d..(r + 1) * d].chunks_exact_mut(16) {
                 _mm512_storeu_ps(x.as_mut_ptr(), _mm512_mul_ps(_mm512_loadu_ps(x.as_ptr()), a));
             }
