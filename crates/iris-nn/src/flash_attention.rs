@@ -156,7 +156,7 @@ pub fn flash_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result
     let (vs, vl) = v.storage_and_layout();
     let (Some(qv), Some(kv), Some(vv)) = (contiguous_f32(&qs, ql), contiguous_f32(&ks, kl), contiguous_f32(&vs, vl)) else { return Ok(None) };
     // K^T per KV head, keys padded with zeros to whole blocks: [KVH, S, D] -> [KVH, D, S_pad]
-    let s_pad = s.next_multiple_of(KEY_BLOCK);
+    let s_pad = padded_keys(s);
     let mut kt = vec![0f32; kvh * d * s_pad];
     kt.par_chunks_mut(d * s_pad).enumerate().for_each(|(i, dst)| {
         for (j, key) in kv[i * s * d..(i + 1) * s * d].chunks_exact(d).enumerate() {
@@ -193,7 +193,7 @@ pub fn flash_attention_bf16(q: &Tensor, k: &Tensor, v: &Tensor, causal: Option<u
     let pair = |lo: u16, hi: u16| lo as u32 | (hi as u32) << 16;
     // Q as consecutive-dim pairs: [H, T, D] -> [H, T, D/2] pairs
     let qp: Vec<u32> = q16.par_chunks_exact(2).map(|p| pair(p[0], p[1])).collect();
-    let (half, s_pad) = (d / 2, s.next_multiple_of(KEY_BLOCK));
+    let (half, s_pad) = (d / 2, padded_keys(s));
     // K per KV head, pairs of dims key by key, keys padded with zeros: [KVH, S, D] -> [KVH, D/2, S_pad] pairs
     let mut kp = vec![0u32; kvh * half * s_pad];
     kp.par_chunks_mut(half * s_pad).enumerate().for_each(|(i, dst)| {
@@ -225,6 +225,19 @@ pub fn flash_attention_bf16(q: &Tensor, k: &Tensor, v: &Tensor, causal: Option<u
         };
     });
     Ok(Some(Tensor::from_vec(out, (h, t, d), q.device())?.to_dtype(q.dtype())?))
+}
+
+/// `s` keys padded with zero keys to whole blocks, and to an odd number of blocks: `s_pad` is
+/// also the row stride of the transposed K (`kt`, `kp`), which the packing fills one key at a
+/// time, each key's D (or D/2) values `s_pad` apart. With an even number of 64-key blocks
+/// those stores fell on few L1 sets (all in one for Qwen2-VL's 1024 patches, a 4 KiB stride);
+/// an odd count moves each row by an odd number of 256-byte steps. `attention_bench 64 1024
+/// 80` (Zen 4 VM): the packing closures' profile samples 232 -> 29, the fused call (packing
+/// included) 193-208 -> 233-248 GFLOP/s; the tile kernels' own samples did not change. The
+/// kernels never visit the extra keys (they stop at `s`).
+fn padded_keys(s: usize) -> usize {
+    let blocks = s.div_ceil(KEY_BLOCK);
+    (blocks | 1) * KEY_BLOCK
 }
 
 /// One head's sizes: head dim, keys, keys padded to whole blocks, softmax scale; with `causal`
