@@ -75,21 +75,21 @@ fn main() {
 
 /// The integer kernels' compute speed, which bounds decode once memory is fast enough: one
 /// thread (a one-worker pool), weights small enough to stay in a Zen 4 core's 1 MiB L2, every
-/// call inside one compute step (`on_compute_pool`) as a model step makes them. Unlike the
-/// rounds above this varies little from run to run on a VM whose memory bandwidth swings. The
-/// per-call work (quantizing the activations, splitting the rows) is included: two sizes per
+/// call inside one compute step (`on_compute_pool`) as a model step makes them. On a VM whose
+/// memory bandwidth swings it varies less than the rounds above, though the slope still moved
+/// by up to ±15% between runs on the Zen 4 VM. The per-call work (quantizing the activations, splitting the rows) is included: two sizes per
 /// shape separate it from the per-block cost.
 fn core_rounds() {
     let dev = Device::Cpu;
     let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("a one-thread pool");
     println!("quantized kernel: {:?}, one thread", iris_nn::quant::kernels::Kernel::best());
+    let k = 1536;
     for format in [WeightFormat::Q8_0, WeightFormat::Q4K] {
         for m in [1usize, 4] {
             // (rows, per-call time): the per-block cost is the slope between the two sizes
             let mut times = Vec::new();
             let mut bytes_per_block = 0.0;
             for n in [128usize, 512] {
-                let k = 1536;
                 let q = QuantizedMatrix::quantize_tensor(&Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap(), format).unwrap();
                 let x = Tensor::randn(0f32, 1.0, (m, k), &dev).unwrap();
                 let iters = 4000;
@@ -109,10 +109,10 @@ fn core_rounds() {
                 bytes_per_block = (q.size_in_bytes() * 256) as f64 / (n * k) as f64;
             }
             let ((n0, t0), (n1, t1)) = (times[0], times[1]);
-            let per_block = (t1 - t0) / ((n1 - n0) * 1536 / 256) as f64;
-            let per_call = t0 - per_block * (n0 * 1536 / 256) as f64;
+            let per_block = (t1 - t0) / ((n1 - n0) * k / 256) as f64;
+            let per_call = t0 - per_block * (n0 * k / 256) as f64;
             println!(
-                "{format} m={m} [*, 1536]: {:.2} ns per 256 weights ({:.1} GB/s of weights), {:.2} us a call besides",
+                "{format} m={m} [*, {k}]: {:.2} ns per 256 weights ({:.1} GB/s of weights), {:.2} us a call besides",
                 per_block * 1e9,
                 bytes_per_block / per_block / 1e9,
                 per_call * 1e6
