@@ -4,8 +4,9 @@
 //! for bf16 GEMV (it widens the whole bf16 operand to f32 per call). Each weight row is read once
 //! for all m input rows; accumulation is in f32. AVX-512F CPUs take a 16-lane kernel with a
 //! software prefetch, others an AVX2 one, aarch64 a NEON one (the portable loop's one running sum
-//! per row cannot be vectorised: float addition is not reassociated). `gemv_reference` is the
-//! plain twin they are tested against.
+//! per row cannot be vectorised: float addition is not reassociated). bf16 weights on
+//! AVX512-BF16 CPUs take `avx512_bf16` instead, which rounds the activations to bf16 as the
+//! prefill GEMM does. `gemv_reference` is the plain twin they are tested against.
 
 use half::{bf16, f16};
 use rayon::prelude::*;
@@ -25,13 +26,25 @@ pub enum WeightRows<'a> {
 /// `out[r * n + o] = sum_k x[r * k + i] * w[o * k + i]` for `m` rows of `x`.
 pub fn gemv(x: &[f32], m: usize, w: WeightRows, n: usize, k: usize, out: &mut [f32]) {
     assert!((1..=MAX_ROWS).contains(&m) && x.len() == m * k && out.len() == m * n);
+    #[cfg(target_arch = "x86_64")]
+    if let WeightRows::BF16(weights) = w {
+        if avx512_bf16::available() {
+            let x = avx512_bf16::Bf16Activations::round(x);
+            // SAFETY: `available` checked the features.
+            return for_each_output(m, n, out, |o, cell| unsafe { avx512_bf16::dot_rows(&x, m, weights, o, k, cell) });
+        }
+    }
+    for_each_output(m, n, out, |o, cell| dot_rows(x, m, w, o, k, cell));
+}
+
+/// Runs `dot(o, cell)` for every output row `o` (`cell`: its `m` sums), in parallel blocks of
+/// `BLOCK` rows, and writes the sums to `out` `[m, N]`.
+fn for_each_output(m: usize, n: usize, out: &mut [f32], dot: impl Fn(usize, &mut [f32]) + Sync) {
     // [N, m] scratch so each task writes one contiguous block
     let mut by_output = vec![0f32; n * m];
     by_output.par_chunks_mut(BLOCK * m).enumerate().for_each(|(blk, dst)| {
-        let o0 = blk * BLOCK;
         for (j, cell) in dst.chunks_mut(m).enumerate() {
-            let o = o0 + j;
-            dot_rows(x, m, w, o, k, cell);
+            dot(blk * BLOCK + j, cell);
         }
     });
     // [N, m] -> [m, N]
@@ -156,7 +169,7 @@ mod avx512 {
     /// Xeon VM, alternating runs: none 7.6-8.3 tok/s, 1 KiB 8.2-8.9, 2 KiB 8.8-9.8, 4 KiB
     /// 7.9-8.4, 8 KiB 7.3. Into L2 instead (`prefetch_to_l2`, which the quantized kernels use),
     /// 4 KiB ahead, three alternating pairs each: bf16 +1%, f16 -3%, f32 -4%; so into L1.
-    const PREFETCH_AHEAD: usize = 2048;
+    pub(super) const PREFETCH_AHEAD: usize = 2048;
 
     /// Weight rows widened 16 at a time (f16 by `vcvtph2ps`, bf16 as the top half of an f32:
     /// both exact), two chains per input row, the stream prefetched `PREFETCH_AHEAD` bytes ahead
@@ -269,6 +282,10 @@ mod neon {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+#[path = "gemv/avx512_bf16.rs"]
+mod avx512_bf16;
+
 /// Plain triple loop in f64, for tests.
 pub fn gemv_reference(x: &[f32], m: usize, w: WeightRows, n: usize, k: usize) -> Vec<f32> {
     let mut out = vec![0f32; m * n];
@@ -291,34 +308,75 @@ mod tests {
             seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
             (seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5
         };
-        for (m, n, k) in [(1, 37, 29), (3, 70, 128), (8, 5, 1000), (2, 1, 7)] {
+        // every row count of the bf16 kernel's dispatch, K with and without a partial last step
+        for (m, n, k) in [(1, 37, 29), (3, 70, 128), (8, 5, 1000), (2, 1, 7), (1, 40, 1536), (4, 33, 96), (5, 3, 65), (6, 2, 200), (7, 3, 33)] {
             let x: Vec<f32> = (0..m * k).map(|_| rnd()).collect();
             let w32: Vec<f32> = (0..n * k).map(|_| rnd()).collect();
             let w16: Vec<f16> = w32.iter().map(|&v| f16::from_f32(v)).collect();
             let wb: Vec<bf16> = w32.iter().map(|&v| bf16::from_f32(v)).collect();
+            // what the AVX512-BF16 kernel multiplies: the activations rounded to bf16
+            let x_bf16: Vec<f32> = x.iter().map(|&v| bf16::from_f32(v).to_f32()).collect();
             for w in [WeightRows::F32(&w32), WeightRows::F16(&w16), WeightRows::BF16(&wb)] {
+                let want = gemv_reference(&x, m, w, n, k);
+                let want_bf16 = gemv_reference(&x_bf16, m, w, n, k);
+                #[cfg(target_arch = "x86_64")]
+                let rounds = matches!(w, WeightRows::BF16(_)) && avx512_bf16::available();
+                #[cfg(not(target_arch = "x86_64"))]
+                let rounds = false;
                 let mut out = vec![0f32; m * n];
                 gemv(&x, m, w, n, k, &mut out);
-                let want = gemv_reference(&x, m, w, n, k);
-                let d = out.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-                println!("gemv m={m} n={n} k={k}: max|diff| = {d:e}");
+                let d = out.iter().zip(if rounds { &want_bf16 } else { &want }).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                println!("gemv m={m} n={n} k={k} {}{}: max|diff| = {d:e}", match w { WeightRows::F32(_) => "f32", WeightRows::F16(_) => "f16", WeightRows::BF16(_) => "bf16" }, if rounds { " (bf16 activations)" } else { "" });
                 assert!(d < 1e-4, "{d}");
                 // every SIMD variant this CPU has, not only the one dispatch picks
                 #[cfg(target_arch = "x86_64")]
                 for o in 0..n {
                     let mut cell = vec![0f32; m];
-                    let want_o: Vec<f32> = (0..m).map(|r| want[r * n + o]).collect();
-                    let close = |cell: &[f32]| cell.iter().zip(&want_o).all(|(a, b)| (a - b).abs() < 1e-4);
+                    let close = |cell: &[f32], want: &[f32]| cell.iter().enumerate().all(|(r, a)| (a - want[r * n + o]).abs() < 1e-4);
                     if has_avx2() {
                         unsafe { avx2::dot_rows(&x, m, w, o, k, &mut cell) };
-                        assert!(close(&cell), "avx2 row {o}");
+                        assert!(close(&cell, &want), "avx2 row {o}");
                     }
                     if std::is_x86_feature_detected!("avx512f") {
                         unsafe { avx512::dot_rows(&x, m, w, o, k, &mut cell) };
-                        assert!(close(&cell), "avx512 row {o}");
+                        assert!(close(&cell, &want), "avx512 row {o}");
+                    }
+                    if let (WeightRows::BF16(wb), true) = (w, avx512_bf16::available()) {
+                        unsafe { avx512_bf16::dot_rows(&avx512_bf16::Bf16Activations::round(&x), m, wb, o, k, &mut cell) };
+                        assert!(close(&cell, &want_bf16), "avx512_bf16 row {o}");
                     }
                 }
             }
         }
+    }
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod bf16_activation_tests {
+    use super::*;
+
+    /// Infinite and NaN activations give what the f32 kernels give; f32's largest value is past
+    /// bf16's and becomes an infinity, as PyTorch's cast to bf16 makes it.
+    #[test]
+    fn bf16_kernel_keeps_infinities_and_nan() {
+        if !avx512_bf16::available() {
+            println!("skipped: this CPU has no AVX512-BF16");
+            return;
+        }
+        let k = 40;
+        let w: Vec<bf16> = (0..2 * k).map(|i| bf16::from_f32(if i < k { 0.5 } else { -0.25 })).collect();
+        for (special, want) in [(f32::INFINITY, [f32::INFINITY, f32::NEG_INFINITY]), (f32::NEG_INFINITY, [f32::NEG_INFINITY, f32::INFINITY]), (f32::MAX, [f32::INFINITY, f32::NEG_INFINITY])] {
+            let mut x = vec![1.0f32; k];
+            x[k - 1] = special;
+            let mut out = vec![0f32; 2];
+            gemv(&x, 1, WeightRows::BF16(&w), 2, k, &mut out);
+            println!("x[last] = {special:e}: {out:?}");
+            assert_eq!(out, want);
+        }
+        let mut x = vec![1.0f32; k];
+        x[3] = f32::NAN;
+        let mut out = vec![0f32; 2];
+        gemv(&x, 1, WeightRows::BF16(&w), 2, k, &mut out);
+        assert!(out.iter().all(|v| v.is_nan()), "{out:?}");
     }
 }
