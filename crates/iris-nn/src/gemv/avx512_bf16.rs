@@ -6,7 +6,7 @@
 //! Why not the widening kernel (`super::avx512`, which keeps f32 activations): it spends a load,
 //! a zero-extension and a shift to turn 16 weights into f32 for one FMA, ~6 cycles per 64-byte
 //! line on Zen 4 with the data in L2, and that cost shows from DRAM too: Qwen2-VL-2B bf16 decode
-//! 7.6-7.9 tok/s against 10.1-10.2 with this kernel, alternated (BENCHMARKS.md, which also has
+//! 7.3-9.5 tok/s against 10.0-13.7 with this kernel, alternated (BENCHMARKS.md, which also has
 //! the logit error against f32 of both). `gemv_reference` is the twin both are tested against.
 
 use super::{avx512::PREFETCH_AHEAD, MAX_ROWS};
