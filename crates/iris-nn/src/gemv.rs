@@ -171,9 +171,23 @@ mod avx512 {
     /// 4 KiB ahead, three alternating pairs each: bf16 +1%, f16 -3%, f32 -4%; so into L1.
     pub(super) const PREFETCH_AHEAD: usize = 2048;
 
+    /// Whether this (widening) kernel prefetches: not on AMD. On the Zen 4 VM, f16 Qwen2-VL-2B
+    /// decode alternated over nine rounds read 9.5-12.1 tok/s without the prefetch against
+    /// 8.8-9.9 with it 2 KiB ahead (1 KiB 8.4-8.8; 8 and 16 KiB 8.5-9.4); the Xeon VM's
+    /// figures above went the other way. The `vdpbf16ps` kernel keeps its prefetch there.
+    fn prefetches() -> bool {
+        static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        // leaf 0: the vendor string, on every x86-64 CPU
+        *ON.get_or_init(|| {
+            let id = __cpuid(0);
+            [id.ebx, id.edx, id.ecx] != [u32::from_le_bytes(*b"Auth"), u32::from_le_bytes(*b"enti"), u32::from_le_bytes(*b"cAMD")]
+        })
+    }
+
     /// Weight rows widened 16 at a time (f16 by `vcvtph2ps`, bf16 as the top half of an f32:
     /// both exact), two chains per input row, the stream prefetched `PREFETCH_AHEAD` bytes ahead
-    /// (without it 16-bit decode read ~24-25 of the ~28 GB/s the VM streams; with it ~27-30).
+    /// where `prefetches` says (on the Xeon VM 16-bit decode read ~24-25 of the ~28 GB/s the VM
+    /// streamed without it, ~27-30 with it).
     #[target_feature(enable = "avx512f")]
     pub unsafe fn dot_rows(x: &[f32], m: usize, w: WeightRows, o: usize, k: usize, cell: &mut [f32]) {
         // SAFETY (all arms): `rows_with`'s loads read 16 values at indices below o * k + k.
@@ -195,14 +209,17 @@ mod avx512 {
     unsafe fn rows_with(x: &[f32], m: usize, w: WeightRows, o: usize, k: usize, cell: &mut [f32], (bytes, size): (*const i8, usize), load: impl Fn(usize) -> __m512) {
         let base = o * k;
         let start = bytes.wrapping_add(base * size);
+        let prefetch = prefetches();
         let mut acc = [[_mm512_setzero_ps(); 2]; MAX_ROWS];
         let mut i = 0;
         // SAFETY (all): loads stay below base + k; prefetches may point anywhere.
         unsafe {
             while i + 32 <= k {
                 // one prefetch per 64-byte line of this step
-                for line in (0..32 * size).step_by(64) {
-                    _mm_prefetch::<_MM_HINT_T0>(start.wrapping_add(i * size + line + PREFETCH_AHEAD));
+                if prefetch {
+                    for line in (0..32 * size).step_by(64) {
+                        _mm_prefetch::<_MM_HINT_T0>(start.wrapping_add(i * size + line + PREFETCH_AHEAD));
+                    }
                 }
                 for u in 0..2 {
                     let wv = load(base + i + 16 * u);
