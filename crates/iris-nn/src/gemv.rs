@@ -169,7 +169,7 @@ mod avx512 {
     /// Xeon VM, alternating runs: none 7.6-8.3 tok/s, 1 KiB 8.2-8.9, 2 KiB 8.8-9.8, 4 KiB
     /// 7.9-8.4, 8 KiB 7.3. Into L2 instead (`prefetch_to_l2`, which the quantized kernels use),
     /// 4 KiB ahead, three alternating pairs each: bf16 +1%, f16 -3%, f32 -4%; so into L1.
-    pub(super) const PREFETCH_AHEAD: usize = 2048;
+    const PREFETCH_AHEAD: usize = 2048;
 
     /// Whether this (widening) kernel prefetches: not on AMD. On the Zen 4 VM, f16 Qwen2-VL-2B
     /// decode alternated over nine rounds read 9.5-12.1 tok/s without the prefetch against

@@ -9,10 +9,19 @@
 //! 7.3-9.5 tok/s against 10.0-13.7 with this kernel, alternated (BENCHMARKS.md, which also has
 //! the logit error against f32 of both). `gemv_reference` is the twin both are tested against.
 
-use super::{avx512::PREFETCH_AHEAD, MAX_ROWS};
+use super::MAX_ROWS;
 use crate::bf16_gemm::bf16_bits;
 use half::bf16;
 use std::arch::x86_64::*;
+
+/// How far ahead of the weight stream the loop prefetches, into L2 (`prefetcht1`): a task's rows
+/// are contiguous, so this reaches into the next rows (addresses formed with `wrapping_add`;
+/// past the matrix a prefetch touches nothing). Qwen2-VL-2B bf16 decode on the Zen 4 VM, a
+/// tuning build alternated over six rounds (three for the others): 4 KiB into L2 12.0-15.4
+/// tok/s (median ~14.6), 2 KiB into L1 (the widening kernel's) 10.7-14.9 (median ~13.8), 4 KiB
+/// into L1 10.7-15.0, 2 KiB into L2 11.1-16.7, 8 and 16 KiB into L2 10.3-13.4; none 10.6-11.3
+/// in another set.
+const PREFETCH_AHEAD: usize = 4096;
 
 /// Whether bf16 GEMVs take this kernel: on CPUs with AVX512-BF16 (and BW, for the masked tail
 /// loads), unless the environment sets `IRIS_NO_BF16_GEMV` (then the widening kernel runs, for
@@ -73,9 +82,9 @@ unsafe fn rows<const M: usize, const U: usize>(x: &Bf16Activations, w: &[bf16], 
     let as_bh = |v: __m512i| -> __m512bh { std::mem::transmute(v) };
     let mut i = 0;
     while i + 32 * U <= k {
-        // one prefetch per 64-byte line of this iteration; past the matrix it touches nothing
+        // one prefetch per 64-byte line of this iteration
         for u in 0..U {
-            _mm_prefetch::<_MM_HINT_T0>((weights.add(i + 32 * u) as *const i8).wrapping_add(PREFETCH_AHEAD));
+            _mm_prefetch::<_MM_HINT_T1>((weights.add(i + 32 * u) as *const i8).wrapping_add(PREFETCH_AHEAD));
         }
         for u in 0..U {
             let wv = as_bh(_mm512_loadu_si512(weights.add(i + 32 * u) as *const _));
