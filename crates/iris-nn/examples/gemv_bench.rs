@@ -77,8 +77,8 @@ fn main() {
 /// thread (a one-worker pool), weights small enough to stay in a Zen 4 core's 1 MiB L2, every
 /// call inside one compute step (`on_compute_pool`) as a model step makes them. On a VM whose
 /// memory bandwidth swings it varies less than the rounds above, though the slope still moved
-/// by up to ±15% between runs on the Zen 4 VM. The per-call work (quantizing the activations, splitting the rows) is included: two sizes per
-/// shape separate it from the per-block cost.
+/// by up to ±15% between runs on the Zen 4 VM. The per-call work (quantizing the activations,
+/// splitting the rows) is included: two sizes per shape separate it from the per-block cost.
 fn core_rounds() {
     let dev = Device::Cpu;
     let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("a one-thread pool");

@@ -84,15 +84,16 @@ pub fn bf16_faster_than_f32() -> bool {
     *ON.get_or_init(|| bf16_available() && cpu_is_amd() && std::env::var_os("IRIS_NO_BF16_ATTENTION").is_none())
 }
 
+/// Whether the CPU's vendor is AMD (also the decode GEMV's prefetch choice, `gemv.rs`).
 #[cfg(target_arch = "x86_64")]
-fn cpu_is_amd() -> bool {
+pub(crate) fn cpu_is_amd() -> bool {
     // CPUID leaf 0: the vendor string in EBX, EDX, ECX
     let id = std::arch::x86_64::__cpuid(0);
     [id.ebx, id.edx, id.ecx].map(u32::to_le_bytes).concat() == *b"AuthenticAMD"
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-fn cpu_is_amd() -> bool {
+pub(crate) fn cpu_is_amd() -> bool {
     false
 }
 

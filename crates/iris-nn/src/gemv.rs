@@ -177,11 +177,7 @@ mod avx512 {
     /// figures above went the other way. The `vdpbf16ps` kernel keeps its prefetch there.
     fn prefetches() -> bool {
         static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        // leaf 0: the vendor string, on every x86-64 CPU
-        *ON.get_or_init(|| {
-            let id = __cpuid(0);
-            [id.ebx, id.edx, id.ecx] != [u32::from_le_bytes(*b"Auth"), u32::from_le_bytes(*b"enti"), u32::from_le_bytes(*b"cAMD")]
-        })
+        *ON.get_or_init(|| !crate::flash_attention::cpu_is_amd())
     }
 
     /// Weight rows widened 16 at a time (f16 by `vcvtph2ps`, bf16 as the top half of an f32:
