@@ -1,17 +1,27 @@
 //! Decode-kernel benchmark: the bandwidth a plain 2-thread streaming sum reaches on this machine,
 //! next to `Linear::forward` on one token (the GEMV path) for f32/f16/bf16 weights at Qwen2-VL-2B
 //! sizes (an MLP projection and the 151936-row lm_head), and q8_0/q4k `QuantizedMatrix` products.
-//! `cargo run --release -p iris-nn --example gemv_bench [quant|dram|core]` (`quant`: only the
-//! quantized products; `dram`: only their from-DRAM rounds; `core`: the quantized kernels' own
-//! speed, see `core_rounds`)
+//! `cargo run --release -p iris-nn --example gemv_bench [quant|dram|core|paired [f32|f16|bf16]]` (`quant`: only
+//! the quantized products; `dram`: only their from-DRAM rounds; `core`: the quantized kernels' own
+//! speed, see `core_rounds`; `paired`: the 32/16-bit kernels' prefetch settings against each
+//! other, see `paired_rounds`)
 
 use candle_core::{DType, Device, Tensor};
+use half::{bf16, f16};
+use iris_nn::gemv::{Prefetch, WeightRows, WeightStorage};
 use iris_nn::{QuantizedMatrix, WeightFormat};
 use std::time::Instant;
 
+// the engine's allocator: it backs large weight buffers with huge pages, which changes how far
+// ahead a prefetch pays (`paired_rounds`)
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
-    if std::env::args().nth(1).as_deref() == Some("core") {
-        return core_rounds();
+    match std::env::args().nth(1).as_deref() {
+        Some("core") => return core_rounds(),
+        Some("paired") => return paired_rounds(),
+        _ => {}
     }
     let bandwidth = iris_nn::bandwidth::read_bandwidth_gb_per_s(1 << 30, 3).expect("mapping the 1 GiB probe buffer");
     println!("streaming sum (1 GiB, rayon): {bandwidth:.1} GB/s");
@@ -117,6 +127,110 @@ fn core_rounds() {
                 bytes_per_block / per_block / 1e9,
                 per_call * 1e6
             );
+        }
+    }
+}
+
+/// One weight matrix of `paired_rounds` in one storage.
+enum Weights {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+    BF16(Vec<bf16>),
+}
+
+impl Weights {
+    fn rows(&self) -> WeightRows<'_> {
+        match self {
+            Weights::F32(w) => WeightRows::F32(w),
+            Weights::F16(w) => WeightRows::F16(w),
+            Weights::BF16(w) => WeightRows::BF16(w),
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            Weights::F32(w) => 4 * w.len(),
+            Weights::F16(w) => 2 * w.len(),
+            Weights::BF16(w) => 2 * w.len(),
+        }
+    }
+}
+
+/// The decode GEMV's prefetch settings against each other, for each 32/16-bit storage. A pass
+/// multiplies one token by every matrix one Qwen2-VL-2B decode step reads (28 layers' q, k, v,
+/// o, gate, up and down projections and the 151936-row head: 3.1 GB at 16 bits, 6.2 at 32) under
+/// one setting, inside one compute step as the model runs them; the settings take turns pass by
+/// pass (starting one later each pass), so a drift in the machine's bandwidth reaches all of
+/// them alike. On the Zen 4 VM whose
+/// bandwidth swung by 2x between runs, this repeated where run-against-run comparisons of whole
+/// decodes did not. Prints each setting's median GB/s, its median ratio to the default (the
+/// first line) within a pass and the passes in which it beat the default, after one pass not
+/// counted.
+fn paired_rounds() {
+    let (hidden, mlp, kv, vocab, layers) = (1536usize, 8960usize, 256usize, 151936usize, 28);
+    let mut shapes = Vec::new();
+    for _ in 0..layers {
+        // q, k, v, o, gate, up: [n, hidden]; down: [hidden, mlp]
+        shapes.extend([(hidden, hidden), (kv, hidden), (kv, hidden), (hidden, hidden), (mlp, hidden), (mlp, hidden), (hidden, mlp)]);
+    }
+    shapes.push((vocab, hidden));
+    let settings = [None, Some(Prefetch::Off), Some(Prefetch::L1(2048)), Some(Prefetch::L2(2048)), Some(Prefetch::L2(4096)), Some(Prefetch::L2(8192)), Some(Prefetch::L2(16384)), Some(Prefetch::L2(32768))];
+    let passes = 16;
+    // `paired f16` (bf16, f32): that storage only
+    let only = std::env::args().nth(2).map(|s| s.to_lowercase());
+    for storage in [WeightStorage::F16, WeightStorage::BF16, WeightStorage::F32] {
+        if only.as_ref().is_some_and(|o| *o != format!("{storage:?}").to_lowercase()) {
+            continue;
+        }
+        let mut seed = 7u32;
+        let mut value = move || {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+        };
+        let weights: Vec<Weights> = shapes
+            .iter()
+            .map(|&(n, k)| match storage {
+                WeightStorage::F32 => Weights::F32((0..n * k).map(|_| value()).collect()),
+                WeightStorage::F16 => Weights::F16((0..n * k).map(|_| f16::from_f32(value())).collect()),
+                WeightStorage::BF16 => Weights::BF16((0..n * k).map(|_| bf16::from_f32(value())).collect()),
+            })
+            .collect();
+        let bytes: usize = weights.iter().map(Weights::bytes).sum();
+        let xs: Vec<Vec<f32>> = shapes.iter().map(|&(_, k)| (0..k).map(|_| value()).collect()).collect();
+        let mut outs: Vec<Vec<f32>> = shapes.iter().map(|&(n, _)| vec![0f32; n]).collect();
+        // [setting][pass] GB/s
+        let mut rates = vec![Vec::new(); settings.len()];
+        for pass in 0..=passes {
+            // each pass starts one setting later, so none always follows the same one
+            for s in (0..settings.len()).map(|j| (pass + j) % settings.len()) {
+                iris_nn::gemv::set_prefetch_override(storage, settings[s]);
+                let t = Instant::now();
+                iris_nn::threads::on_compute_pool(|| {
+                    for (i, &(n, k)) in shapes.iter().enumerate() {
+                        iris_nn::gemv::gemv(&xs[i], 1, weights[i].rows(), n, k, &mut outs[i]);
+                    }
+                });
+                if pass > 0 {
+                    rates[s].push(bytes as f64 / t.elapsed().as_secs_f64() / 1e9);
+                }
+            }
+        }
+        iris_nn::gemv::set_prefetch_override(storage, None);
+        println!("{storage:?} weights, {:.2} GB a pass, {passes} passes:", bytes as f64 / 1e9);
+        let median = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        for (s, setting) in settings.iter().enumerate() {
+            let wins = (0..passes).filter(|&p| rates[s][p] > rates[0][p]).count();
+            // against the default in the same pass: the machine's bandwidth can jump between
+            // two levels, and a median over passes then depends on how many each drew
+            let ratio = median((0..passes).map(|p| rates[s][p] / rates[0][p]).collect());
+            let name = match setting {
+                None => format!("default ({:?})", iris_nn::gemv::prefetch_for(storage)),
+                Some(p) => format!("{p:?}"),
+            };
+            println!("  {name:<22} median {:5.1} GB/s, {:5.3}x the default's in the same pass (median), beat it in {wins}/{passes}", median(rates[s].clone()), ratio);
         }
     }
 }

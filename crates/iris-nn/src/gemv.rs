@@ -3,18 +3,32 @@
 //! (2-core Zen 5) showed candle 0.11's CPU matmul at 10 GB/s for f32, 6 GB/s for f16 and 0.9 GB/s
 //! for bf16 GEMV (it widens the whole bf16 operand to f32 per call). Each weight row is read once
 //! for all m input rows; accumulation is in f32. AVX-512F CPUs take a 16-lane kernel with a
-//! software prefetch, others an AVX2 one, aarch64 a NEON one (the portable loop's one running sum
-//! per row cannot be vectorised: float addition is not reassociated). bf16 weights on
+//! software prefetch (`Prefetch`), others an AVX2 one, aarch64 a NEON one (the portable loop's
+//! one running sum per row cannot be vectorised: float addition is not reassociated). bf16 weights on
 //! AVX512-BF16 CPUs take `avx512_bf16` instead, which rounds the activations to bf16 as the
 //! prefill GEMM does. `gemv_reference` is the plain twin they are tested against.
 
 use half::{bf16, f16};
 use rayon::prelude::*;
 
+#[path = "gemv/prefetch.rs"]
+mod prefetch;
+pub use prefetch::{prefetch_for, set_prefetch_override, Prefetch, WeightStorage};
+
 /// Most input rows handled by the fused path.
 pub const MAX_ROWS: usize = 8;
 /// Output rows per parallel task.
 const BLOCK: usize = 32;
+/// Weight rows the widening kernel multiplies at once, each load of the activations serving all
+/// of them, when there is one activation row and it is larger than `GROUP_ABOVE_X_BYTES`. Then
+/// `x` does not stay in L1 (32 KiB on Zen 4) beside the weight stream and is read from L2 again
+/// for every weight row: Qwen2-VL-2B's down projection (K = 8960, 35 KB of f32 activations)
+/// read f16 weights at 22.8 GB/s one row at a time, 27.1 two, 32.3 four, where its K = 1536
+/// projections read 36.2 one row at a time and 25.4 four (a scratch kernel over twelve copies
+/// of each matrix, the variants alternating pass by pass, Zen 4 VM; BENCHMARKS.md). Splitting K
+/// into L1-sized chunks instead was slower (18.8 GB/s).
+const GROUP_ROWS: usize = 4;
+const GROUP_ABOVE_X_BYTES: usize = 16384;
 
 #[derive(Clone, Copy)]
 pub enum WeightRows<'a> {
@@ -23,28 +37,69 @@ pub enum WeightRows<'a> {
     BF16(&'a [bf16]),
 }
 
+impl WeightRows<'_> {
+    fn len(self) -> usize {
+        match self {
+            WeightRows::F32(s) => s.len(),
+            WeightRows::F16(s) => s.len(),
+            WeightRows::BF16(s) => s.len(),
+        }
+    }
+
+    fn storage(self) -> WeightStorage {
+        match self {
+            WeightRows::F32(_) => WeightStorage::F32,
+            WeightRows::F16(_) => WeightStorage::F16,
+            WeightRows::BF16(_) => WeightStorage::BF16,
+        }
+    }
+}
+
 /// `out[r * n + o] = sum_k x[r * k + i] * w[o * k + i]` for `m` rows of `x`.
 pub fn gemv(x: &[f32], m: usize, w: WeightRows, n: usize, k: usize, out: &mut [f32]) {
     assert!((1..=MAX_ROWS).contains(&m) && x.len() == m * k && out.len() == m * n);
+    let prefetch = prefetch_for(w.storage());
     #[cfg(target_arch = "x86_64")]
     if let WeightRows::BF16(weights) = w {
         if avx512_bf16::available() {
             let x = avx512_bf16::Bf16Activations::round(x);
-            // SAFETY: `available` checked the features.
-            return for_each_output(m, n, out, |o, cell| unsafe { avx512_bf16::dot_rows(&x, m, weights, o, k, cell) });
+            let group = if m == 1 && 2 * k > GROUP_ABOVE_X_BYTES { GROUP_ROWS } else { 1 };
+            return for_each_output(m, n, group, out, |o, cells| {
+                // SAFETY: `available` checked the features.
+                unsafe {
+                    if cells.len() == GROUP_ROWS && group == GROUP_ROWS {
+                        avx512_bf16::dot_four_rows(&x, weights, o, k, cells, prefetch);
+                    } else {
+                        for (j, cell) in cells.chunks_mut(m).enumerate() {
+                            avx512_bf16::dot_rows(&x, m, weights, o + j, k, cell, prefetch);
+                        }
+                    }
+                }
+            });
         }
     }
-    for_each_output(m, n, out, |o, cell| dot_rows(x, m, w, o, k, cell));
+    let group = if m == 1 && 4 * k > GROUP_ABOVE_X_BYTES { GROUP_ROWS } else { 1 };
+    for_each_output(m, n, group, out, |o, cells| {
+        if cells.len() == GROUP_ROWS && group == GROUP_ROWS {
+            dot_row_group(x, w, o, k, cells, prefetch);
+        } else {
+            for (j, cell) in cells.chunks_mut(m).enumerate() {
+                dot_rows(x, m, w, o + j, k, cell, prefetch);
+            }
+        }
+    });
 }
 
-/// Runs `dot(o, cell)` for every output row `o` (`cell`: its `m` sums), in parallel blocks of
-/// `BLOCK` rows, and writes the sums to `out` `[m, N]`.
-fn for_each_output(m: usize, n: usize, out: &mut [f32], dot: impl Fn(usize, &mut [f32]) + Sync) {
+/// Runs `dot(o, cells)` for every group of `group` output rows from `o` (`cells`: their `m` sums
+/// each, `[group, m]`, fewer rows at the end of `N`), in parallel blocks of `BLOCK` rows, and
+/// writes the sums to `out` `[m, N]`.
+fn for_each_output(m: usize, n: usize, group: usize, out: &mut [f32], dot: impl Fn(usize, &mut [f32]) + Sync) {
+    debug_assert!(BLOCK.is_multiple_of(group));
     // [N, m] scratch so each task writes one contiguous block
     let mut by_output = vec![0f32; n * m];
     by_output.par_chunks_mut(BLOCK * m).enumerate().for_each(|(blk, dst)| {
-        for (j, cell) in dst.chunks_mut(m).enumerate() {
-            dot(blk * BLOCK + j, cell);
+        for (j, cells) in dst.chunks_mut(group * m).enumerate() {
+            dot(blk * BLOCK + j * group, cells);
         }
     });
     // [N, m] -> [m, N]
@@ -55,17 +110,38 @@ fn for_each_output(m: usize, n: usize, out: &mut [f32], dot: impl Fn(usize, &mut
     }
 }
 
+/// `cells[j] = sum_i x[i] * w[(o + j) * k + i]` for the `GROUP_ROWS` rows from `o`: the AVX-512
+/// kernel's `dot_four_rows` where the CPU has it, else one row at a time. The sums are the same
+/// either way.
+fn dot_row_group(x: &[f32], w: WeightRows, o: usize, k: usize, cells: &mut [f32], prefetch: Prefetch) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512f") {
+        assert!(x.len() >= k && w.len() >= (o + GROUP_ROWS) * k && cells.len() == GROUP_ROWS);
+        // SAFETY: the feature was just detected; the assert bounds the loads.
+        return unsafe { avx512::dot_four_rows(x, w, o, k, cells, prefetch) };
+    }
+    for (j, cell) in cells.chunks_mut(1).enumerate() {
+        dot_rows(x, 1, w, o + j, k, cell, prefetch);
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 fn has_avx2() -> bool {
     std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") && std::is_x86_feature_detected!("f16c")
 }
 
-fn dot_rows(x: &[f32], m: usize, w: WeightRows, o: usize, k: usize, cell: &mut [f32]) {
+/// `cell[r] = sum_i x[r * k + i] * w[o * k + i]`; `prefetch`: the AVX-512 kernel's (the others
+/// leave prefetching to the hardware).
+fn dot_rows(x: &[f32], m: usize, w: WeightRows, o: usize, k: usize, cell: &mut [f32], prefetch: Prefetch) {
+    // what the SIMD kernels' unchecked loads rely on
+    assert!(m <= MAX_ROWS && x.len() >= m * k && w.len() >= (o + 1) * k && cell.len() >= m);
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = prefetch;
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("avx512f") {
             // SAFETY: the feature was just detected.
-            unsafe { avx512::dot_rows(x, m, w, o, k, cell) };
+            unsafe { avx512::dot_rows(x, m, w, o, k, cell, prefetch) };
             return;
         }
         if has_avx2() {
@@ -160,63 +236,51 @@ mod avx2 {
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{WeightRows, MAX_ROWS};
+    use super::{Prefetch, WeightRows, MAX_ROWS};
     use std::arch::x86_64::*;
 
-    /// How far ahead of the weight stream the loop prefetches: a task's rows are one contiguous
-    /// run, so this reaches into the next rows (addresses formed with `wrapping_add`; past the
-    /// end of the matrix a prefetch touches nothing). Qwen2-VL-2B bf16/f16 text decode on the
-    /// Xeon VM, alternating runs: none 7.6-8.3 tok/s, 1 KiB 8.2-8.9, 2 KiB 8.8-9.8, 4 KiB
-    /// 7.9-8.4, 8 KiB 7.3. Into L2 instead (`prefetch_to_l2`, which the quantized kernels use),
-    /// 4 KiB ahead, three alternating pairs each: bf16 +1%, f16 -3%, f32 -4%; so into L1.
-    const PREFETCH_AHEAD: usize = 2048;
-
-    /// Whether this (widening) kernel prefetches: not on AMD. On the Zen 4 VM, f16 Qwen2-VL-2B
-    /// decode alternated over nine rounds read 9.5-12.1 tok/s without the prefetch against
-    /// 8.8-9.9 with it 2 KiB ahead (1 KiB 8.4-8.8; 8 and 16 KiB 8.5-9.4); the Xeon VM's
-    /// figures above went the other way. The `vdpbf16ps` kernel keeps its prefetch there.
-    fn prefetches() -> bool {
-        static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *ON.get_or_init(|| !crate::flash_attention::cpu_is_amd())
+    /// One `prefetch` request per 64-byte line of `bytes` bytes from `at`.
+    #[inline(always)]
+    pub(super) fn prefetch_lines(prefetch: Prefetch, at: *const i8, bytes: usize) {
+        // SAFETY (both): SSE is part of x86-64; a prefetch of any address is harmless.
+        match prefetch {
+            Prefetch::Off => {}
+            Prefetch::L1(ahead) => (0..bytes).step_by(64).for_each(|line| unsafe { _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(ahead + line)) }),
+            Prefetch::L2(ahead) => (0..bytes).step_by(64).for_each(|line| unsafe { _mm_prefetch::<_MM_HINT_T1>(at.wrapping_add(ahead + line)) }),
+        }
     }
 
     /// Weight rows widened 16 at a time (f16 by `vcvtph2ps`, bf16 as the top half of an f32:
-    /// both exact), two chains per input row, the stream prefetched `PREFETCH_AHEAD` bytes ahead
-    /// where `prefetches` says (on the Xeon VM 16-bit decode read ~24-25 of the ~28 GB/s the VM
-    /// streamed without it, ~27-30 with it).
+    /// both exact), two chains per input row, the stream prefetched as `prefetch` says (on the
+    /// Xeon VM 16-bit decode read ~24-25 of the ~28 GB/s the VM streamed without it, ~27-30 with
+    /// it; `super::default_prefetch` has the settings and their measurements).
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn dot_rows(x: &[f32], m: usize, w: WeightRows, o: usize, k: usize, cell: &mut [f32]) {
+    pub unsafe fn dot_rows(x: &[f32], m: usize, w: WeightRows, o: usize, k: usize, cell: &mut [f32], prefetch: Prefetch) {
         // SAFETY (all arms): `rows_with`'s loads read 16 values at indices below o * k + k.
         unsafe {
             match w {
-                WeightRows::F32(s) => rows_with(x, m, w, o, k, cell, (s.as_ptr().cast(), 4), |i| _mm512_loadu_ps(s.as_ptr().add(i))),
-                WeightRows::F16(s) => rows_with(x, m, w, o, k, cell, (s.as_ptr().cast(), 2), |i| _mm512_cvtph_ps(_mm256_loadu_si256(s.as_ptr().add(i) as *const __m256i))),
-                WeightRows::BF16(s) => rows_with(x, m, w, o, k, cell, (s.as_ptr().cast(), 2), |i| {
+                WeightRows::F32(s) => rows_with(x, m, w, o, k, cell, (s.as_ptr().cast(), 4, prefetch), |i| _mm512_loadu_ps(s.as_ptr().add(i))),
+                WeightRows::F16(s) => rows_with(x, m, w, o, k, cell, (s.as_ptr().cast(), 2, prefetch), |i| _mm512_cvtph_ps(_mm256_loadu_si256(s.as_ptr().add(i) as *const __m256i))),
+                WeightRows::BF16(s) => rows_with(x, m, w, o, k, cell, (s.as_ptr().cast(), 2, prefetch), |i| {
                     _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(_mm256_loadu_si256(s.as_ptr().add(i) as *const __m256i))))
                 }),
             }
         }
     }
 
-    /// `dot_rows` for one storage, `(bytes, size)` its first byte and bytes per weight: `load(i)`
-    /// widens weights `i..i + 16`.
+    /// `dot_rows` for one storage, `(bytes, size, prefetch)` its first byte, bytes per weight and
+    /// prefetch: `load(i)` widens weights `i..i + 16`.
     #[allow(clippy::needless_range_loop, clippy::too_many_arguments)]
     #[inline(always)]
-    unsafe fn rows_with(x: &[f32], m: usize, w: WeightRows, o: usize, k: usize, cell: &mut [f32], (bytes, size): (*const i8, usize), load: impl Fn(usize) -> __m512) {
+    unsafe fn rows_with(x: &[f32], m: usize, w: WeightRows, o: usize, k: usize, cell: &mut [f32], (bytes, size, prefetch): (*const i8, usize, Prefetch), load: impl Fn(usize) -> __m512) {
         let base = o * k;
         let start = bytes.wrapping_add(base * size);
-        let prefetch = prefetches();
         let mut acc = [[_mm512_setzero_ps(); 2]; MAX_ROWS];
         let mut i = 0;
         // SAFETY (all): loads stay below base + k; prefetches may point anywhere.
         unsafe {
             while i + 32 <= k {
-                // one prefetch per 64-byte line of this step
-                if prefetch {
-                    for line in (0..32 * size).step_by(64) {
-                        _mm_prefetch::<_MM_HINT_T0>(start.wrapping_add(i * size + line + PREFETCH_AHEAD));
-                    }
-                }
+                prefetch_lines(prefetch, start.wrapping_add(i * size), 32 * size);
                 for u in 0..2 {
                     let wv = load(base + i + 16 * u);
                     for r in 0..m {
@@ -233,6 +297,56 @@ mod avx512 {
                 s += x[r * k + j] * super::weight_at(w, base + j);
             }
             cell[r] = s;
+        }
+    }
+
+    /// `dot_rows` for one activation row and the four weight rows `o..o + 4` (`super::GROUP_ROWS`):
+    /// each 16-value load of `x` serves the four rows. Each row's sum is accumulated and reduced
+    /// as `dot_rows` does it, so the results are the same bits.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn dot_four_rows(x: &[f32], w: WeightRows, o: usize, k: usize, cells: &mut [f32], prefetch: Prefetch) {
+        // SAFETY (all arms): `four_rows_with`'s loads read 16 values at indices below (o + 4) * k.
+        unsafe {
+            match w {
+                WeightRows::F32(s) => four_rows_with(x, w, o, k, cells, (s.as_ptr().cast(), 4, prefetch), |i| _mm512_loadu_ps(s.as_ptr().add(i))),
+                WeightRows::F16(s) => four_rows_with(x, w, o, k, cells, (s.as_ptr().cast(), 2, prefetch), |i| _mm512_cvtph_ps(_mm256_loadu_si256(s.as_ptr().add(i) as *const __m256i))),
+                WeightRows::BF16(s) => four_rows_with(x, w, o, k, cells, (s.as_ptr().cast(), 2, prefetch), |i| {
+                    _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(_mm256_loadu_si256(s.as_ptr().add(i) as *const __m256i))))
+                }),
+            }
+        }
+    }
+
+    /// `dot_four_rows` for one storage (`rows_with`'s arguments).
+    #[allow(clippy::needless_range_loop)]
+    #[inline(always)]
+    unsafe fn four_rows_with(x: &[f32], w: WeightRows, o: usize, k: usize, cells: &mut [f32], (bytes, size, prefetch): (*const i8, usize, Prefetch), load: impl Fn(usize) -> __m512) {
+        const ROWS: usize = super::GROUP_ROWS;
+        let base: [usize; ROWS] = std::array::from_fn(|r| (o + r) * k);
+        // [row][chain]
+        let mut acc = [[_mm512_setzero_ps(); 2]; ROWS];
+        let mut i = 0;
+        // SAFETY (all): loads stay below base[r] + k and k in `x`; prefetches may point anywhere.
+        unsafe {
+            while i + 32 <= k {
+                for b in base {
+                    prefetch_lines(prefetch, bytes.wrapping_add((b + i) * size), 32 * size);
+                }
+                for u in 0..2 {
+                    let xv = _mm512_loadu_ps(x.as_ptr().add(i + 16 * u));
+                    for r in 0..ROWS {
+                        acc[r][u] = _mm512_fmadd_ps(xv, load(base[r] + i + 16 * u), acc[r][u]);
+                    }
+                }
+                i += 32;
+            }
+        }
+        for r in 0..ROWS {
+            let mut s = _mm512_reduce_add_ps(_mm512_add_ps(acc[r][0], acc[r][1]));
+            for j in i..k {
+                s += x[j] * super::weight_at(w, base[r] + j);
+            }
+            cells[r] = s;
         }
     }
 }
@@ -322,7 +436,8 @@ mod tests {
             (seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5
         };
         // every row count of the bf16 kernel's dispatch, K with and without a partial last step
-        for (m, n, k) in [(1, 37, 29), (3, 70, 128), (8, 5, 1000), (2, 1, 7), (1, 40, 1536), (4, 33, 96), (5, 3, 65), (6, 2, 200), (7, 3, 33)] {
+        // and one activation row large enough for four-row groups (`GROUP_ROWS`), 35 KB
+        for (m, n, k) in [(1, 37, 29), (3, 70, 128), (8, 5, 1000), (2, 1, 7), (1, 40, 1536), (4, 33, 96), (5, 3, 65), (6, 2, 200), (7, 3, 33), (1, 35, 8960)] {
             let x: Vec<f32> = (0..m * k).map(|_| rnd()).collect();
             let w32: Vec<f32> = (0..n * k).map(|_| rnd()).collect();
             let w16: Vec<f16> = w32.iter().map(|&v| f16::from_f32(v)).collect();
@@ -351,15 +466,71 @@ mod tests {
                         assert!(close(&cell, &want), "avx2 row {o}");
                     }
                     if std::is_x86_feature_detected!("avx512f") {
-                        unsafe { avx512::dot_rows(&x, m, w, o, k, &mut cell) };
+                        unsafe { avx512::dot_rows(&x, m, w, o, k, &mut cell, prefetch_for(w.storage())) };
                         assert!(close(&cell, &want), "avx512 row {o}");
                     }
                     if let (WeightRows::BF16(wb), true) = (w, avx512_bf16::available()) {
-                        unsafe { avx512_bf16::dot_rows(&avx512_bf16::Bf16Activations::round(&x), m, wb, o, k, &mut cell) };
+                        unsafe { avx512_bf16::dot_rows(&avx512_bf16::Bf16Activations::round(&x), m, wb, o, k, &mut cell, prefetch_for(WeightStorage::BF16)) };
                         assert!(close(&cell, &want_bf16), "avx512_bf16 row {o}");
                     }
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod group_tests {
+    use super::*;
+
+    /// Four rows at once (one activation row past `GROUP_ABOVE_X_BYTES`), through `gemv` and
+    /// directly, give the bits one row at a time gives, including a last partial group; so do
+    /// the AVX512-BF16 kernel's groups against its own single rows.
+    #[test]
+    fn row_groups_match_single_rows_bit_for_bit() {
+        // past the threshold for f32 activations (4 bytes each) and bf16 ones (2)
+        let k = GROUP_ABOVE_X_BYTES / 2 + 45;
+        let n = 2 * BLOCK + 6;
+        let x: Vec<f32> = (0..k).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.013).collect();
+        let w32: Vec<f32> = (0..n * k).map(|i| ((i * 53 % 97) as f32 - 48.0) * 0.011).collect();
+        let w16: Vec<f16> = w32.iter().map(|&v| f16::from_f32(v)).collect();
+        let wb: Vec<bf16> = w32.iter().map(|&v| bf16::from_f32(v)).collect();
+        for w in [WeightRows::F32(&w32), WeightRows::F16(&w16), WeightRows::BF16(&wb)] {
+            let prefetch = prefetch_for(w.storage());
+            let mut single = vec![0f32; n];
+            for (o, cell) in single.chunks_mut(1).enumerate() {
+                dot_rows(&x, 1, w, o, k, cell, prefetch);
+            }
+            // bf16 on AVX512-BF16 takes its own kernel in `gemv`, one row at a time
+            #[cfg(target_arch = "x86_64")]
+            let own_kernel = matches!(w, WeightRows::BF16(_)) && avx512_bf16::available();
+            #[cfg(not(target_arch = "x86_64"))]
+            let own_kernel = false;
+            if !own_kernel {
+                let mut grouped = vec![0f32; n];
+                gemv(&x, 1, w, n, k, &mut grouped);
+                assert_eq!(grouped, single, "{:?}", w.storage());
+            }
+            for o in (0..=n - GROUP_ROWS).step_by(GROUP_ROWS) {
+                let mut four = vec![0f32; GROUP_ROWS];
+                dot_row_group(&x, w, o, k, &mut four, prefetch);
+                assert_eq!(four, single[o..o + GROUP_ROWS], "{:?} rows {o}..", w.storage());
+            }
+            #[cfg(target_arch = "x86_64")]
+            if let (WeightRows::BF16(wb), true) = (w, own_kernel) {
+                let rounded = avx512_bf16::Bf16Activations::round(&x);
+                let mut own = vec![0f32; n];
+                for (o, cell) in own.chunks_mut(1).enumerate() {
+                    unsafe { avx512_bf16::dot_rows(&rounded, 1, wb, o, k, cell, prefetch) };
+                }
+                let mut grouped = vec![0f32; n];
+                gemv(&x, 1, w, n, k, &mut grouped);
+                assert_eq!(grouped, own, "the bf16 kernel's groups");
+            }
+            let want = gemv_reference(&x, 1, w, n, k);
+            let d = single.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            println!("{:?} k = {k}: four-row groups equal single rows; max |diff| to the reference {d:e}", w.storage());
+            assert!(d < 1e-3, "{d}");
         }
     }
 }

@@ -9,19 +9,10 @@
 //! 7.3-9.5 tok/s against 10.0-13.7 with this kernel, alternated (BENCHMARKS.md, which also has
 //! the logit error against f32 of both). `gemv_reference` is the twin both are tested against.
 
-use super::MAX_ROWS;
+use super::{avx512::prefetch_lines, Prefetch, MAX_ROWS};
 use crate::bf16_gemm::bf16_bits;
 use half::bf16;
 use std::arch::x86_64::*;
-
-/// How far ahead of the weight stream the loop prefetches, into L2 (`prefetcht1`): a task's rows
-/// are contiguous, so this reaches into the next rows (addresses formed with `wrapping_add`;
-/// past the matrix a prefetch touches nothing). Qwen2-VL-2B bf16 decode on the Zen 4 VM, a
-/// tuning build alternated over six rounds (three for the others): 4 KiB into L2 12.0-15.4
-/// tok/s (median ~14.6), 2 KiB into L1 (the widening kernel's) 10.7-14.9 (median ~13.8), 4 KiB
-/// into L1 10.7-15.0, 2 KiB into L2 11.1-16.7, 8 and 16 KiB into L2 10.3-13.4; none 10.6-11.3
-/// in another set.
-const PREFETCH_AHEAD: usize = 4096;
 
 /// Whether bf16 GEMVs take this kernel: on CPUs with AVX512-BF16 (and BW, for the masked tail
 /// loads), unless the environment sets `IRIS_NO_BF16_GEMV` (then the widening kernel runs, for
@@ -45,26 +36,27 @@ impl Bf16Activations {
     }
 }
 
-/// `cell[r] = sum_i x[r][i] * w[o * k + i]` for the `m` rows of `x`.
+/// `cell[r] = sum_i x[r][i] * w[o * k + i]` for the `m` rows of `x`, the weights prefetched as
+/// `prefetch` says (`super::default_prefetch`: 2 KiB into L2).
 ///
 /// # Safety
 /// The CPU must have AVX-512F, BW and BF16 (`available`).
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-pub unsafe fn dot_rows(x: &Bf16Activations, m: usize, w: &[bf16], o: usize, k: usize, cell: &mut [f32]) {
+pub unsafe fn dot_rows(x: &Bf16Activations, m: usize, w: &[bf16], o: usize, k: usize, cell: &mut [f32], prefetch: Prefetch) {
     assert!((1..=MAX_ROWS).contains(&m) && x.0.len() == m * k && w.len() >= (o + 1) * k && cell.len() >= m);
     // SAFETY: the asserts above bound every load `rows` makes.
     unsafe {
         match m {
             // one row: two steps of 32 per iteration, two independent chains (one `vdpbf16ps`
             // chain is latency-bound)
-            1 => rows::<1, 2>(x, w, o, k, cell),
-            2 => rows::<2, 1>(x, w, o, k, cell),
-            3 => rows::<3, 1>(x, w, o, k, cell),
-            4 => rows::<4, 1>(x, w, o, k, cell),
-            5 => rows::<5, 1>(x, w, o, k, cell),
-            6 => rows::<6, 1>(x, w, o, k, cell),
-            7 => rows::<7, 1>(x, w, o, k, cell),
-            _ => rows::<8, 1>(x, w, o, k, cell),
+            1 => rows::<1, 2>(x, w, o, k, cell, prefetch),
+            2 => rows::<2, 1>(x, w, o, k, cell, prefetch),
+            3 => rows::<3, 1>(x, w, o, k, cell, prefetch),
+            4 => rows::<4, 1>(x, w, o, k, cell, prefetch),
+            5 => rows::<5, 1>(x, w, o, k, cell, prefetch),
+            6 => rows::<6, 1>(x, w, o, k, cell, prefetch),
+            7 => rows::<7, 1>(x, w, o, k, cell, prefetch),
+            _ => rows::<8, 1>(x, w, o, k, cell, prefetch),
         }
     }
 }
@@ -74,7 +66,7 @@ pub unsafe fn dot_rows(x: &Bf16Activations, m: usize, w: &[bf16], o: usize, k: u
 /// partial step loads under a mask (masked-off lanes read nothing and are zero).
 #[allow(clippy::needless_range_loop)]
 #[inline(always)]
-unsafe fn rows<const M: usize, const U: usize>(x: &Bf16Activations, w: &[bf16], o: usize, k: usize, cell: &mut [f32]) {
+unsafe fn rows<const M: usize, const U: usize>(x: &Bf16Activations, w: &[bf16], o: usize, k: usize, cell: &mut [f32], prefetch: Prefetch) {
     let weights = w.as_ptr().add(o * k) as *const u16;
     let values = x.0.as_ptr();
     // [M][U] accumulators
@@ -82,10 +74,7 @@ unsafe fn rows<const M: usize, const U: usize>(x: &Bf16Activations, w: &[bf16], 
     let as_bh = |v: __m512i| -> __m512bh { std::mem::transmute(v) };
     let mut i = 0;
     while i + 32 * U <= k {
-        // one prefetch per 64-byte line of this iteration
-        for u in 0..U {
-            _mm_prefetch::<_MM_HINT_T1>((weights.add(i + 32 * u) as *const i8).wrapping_add(PREFETCH_AHEAD));
-        }
+        prefetch_lines(prefetch, weights.add(i) as *const i8, 64 * U);
         for u in 0..U {
             let wv = as_bh(_mm512_loadu_si512(weights.add(i + 32 * u) as *const _));
             for r in 0..M {
@@ -108,5 +97,52 @@ unsafe fn rows<const M: usize, const U: usize>(x: &Bf16Activations, w: &[bf16], 
     for r in 0..M {
         let sum = acc[r].into_iter().fold(_mm512_setzero_ps(), |s, a| _mm512_add_ps(s, a));
         cell[r] = _mm512_reduce_add_ps(sum);
+    }
+}
+
+/// `dot_rows` for one activation row and the four weight rows `o..o + 4` (`super::GROUP_ROWS`):
+/// each load of `x` serves the four rows. Each row's sum is accumulated (two chains, as `rows`
+/// with one activation row) and reduced as `dot_rows` does it, so the results are the same bits.
+///
+/// # Safety
+/// The CPU must have AVX-512F, BW and BF16 (`available`).
+#[allow(clippy::needless_range_loop)]
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+pub unsafe fn dot_four_rows(x: &Bf16Activations, w: &[bf16], o: usize, k: usize, cells: &mut [f32], prefetch: Prefetch) {
+    const ROWS: usize = super::GROUP_ROWS;
+    assert!(x.0.len() == k && w.len() >= (o + ROWS) * k && cells.len() == ROWS);
+    let weights: [*const u16; ROWS] = std::array::from_fn(|r| w.as_ptr().wrapping_add((o + r) * k) as *const u16);
+    let values = x.0.as_ptr();
+    let as_bh = |v: __m512i| -> __m512bh { std::mem::transmute(v) };
+    // [row][chain]
+    let mut acc = [[_mm512_setzero_ps(); 2]; ROWS];
+    let mut i = 0;
+    // SAFETY (all): the assert bounds every load to its row's k values and k in `x`.
+    unsafe {
+        while i + 64 <= k {
+            for row in weights {
+                prefetch_lines(prefetch, row.add(i) as *const i8, 128);
+            }
+            for u in 0..2 {
+                let xv = as_bh(_mm512_loadu_si512(values.add(i + 32 * u) as *const _));
+                for r in 0..ROWS {
+                    acc[r][u] = _mm512_dpbf16_ps(acc[r][u], as_bh(_mm512_loadu_si512(weights[r].add(i + 32 * u) as *const _)), xv);
+                }
+            }
+            i += 64;
+        }
+        while i < k {
+            let len = (k - i).min(32);
+            let mask: __mmask32 = if len == 32 { !0 } else { (1u32 << len) - 1 };
+            let xv = as_bh(_mm512_maskz_loadu_epi16(mask, values.add(i) as *const i16));
+            for r in 0..ROWS {
+                acc[r][0] = _mm512_dpbf16_ps(acc[r][0], as_bh(_mm512_maskz_loadu_epi16(mask, weights[r].add(i) as *const i16)), xv);
+            }
+            i += len;
+        }
+    }
+    for r in 0..ROWS {
+        let sum = acc[r].into_iter().fold(_mm512_setzero_ps(), |s, a| _mm512_add_ps(s, a));
+        cells[r] = _mm512_reduce_add_ps(sum);
     }
 }
