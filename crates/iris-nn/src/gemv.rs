@@ -3,10 +3,11 @@
 //! (2-core Zen 5) showed candle 0.11's CPU matmul at 10 GB/s for f32, 6 GB/s for f16 and 0.9 GB/s
 //! for bf16 GEMV (it widens the whole bf16 operand to f32 per call). Each weight row is read once
 //! for all m input rows; accumulation is in f32. AVX-512F CPUs take a 16-lane kernel with a
-//! software prefetch (`Prefetch`), others an AVX2 one, aarch64 a NEON one (the portable loop's
-//! one running sum per row cannot be vectorised: float addition is not reassociated). bf16 weights on
-//! AVX512-BF16 CPUs take `avx512_bf16` instead, which rounds the activations to bf16 as the
-//! prefill GEMM does. `gemv_reference` is the plain twin they are tested against.
+//! software prefetch (`Prefetch`, `gemv/prefetch.rs`), others an AVX2 one, aarch64 a NEON one
+//! (the portable loop's one running sum per row cannot be vectorised: float addition is not
+//! reassociated). bf16 weights on AVX512-BF16 CPUs take `avx512_bf16` instead, which rounds the
+//! activations to bf16 as the prefill GEMM does. `gemv_reference` is the plain twin they are
+//! tested against.
 
 use half::{bf16, f16};
 use rayon::prelude::*;
@@ -19,8 +20,9 @@ pub use prefetch::{prefetch_for, set_prefetch_override, Prefetch, WeightStorage}
 pub const MAX_ROWS: usize = 8;
 /// Output rows per parallel task.
 const BLOCK: usize = 32;
-/// Weight rows the widening kernel multiplies at once, each load of the activations serving all
-/// of them, when there is one activation row and it is larger than `GROUP_ABOVE_X_BYTES`. Then
+/// Weight rows the AVX-512 kernels (widening and `vdpbf16ps`) multiply at once, each load of the
+/// activations serving all of them, when there is one activation row and it is larger than
+/// `GROUP_ABOVE_X_BYTES` (f32 activations past K = 4096, bf16 ones past 8192). Then
 /// `x` does not stay in L1 (32 KiB on Zen 4) beside the weight stream and is read from L2 again
 /// for every weight row: Qwen2-VL-2B's down projection (K = 8960, 35 KB of f32 activations)
 /// read f16 weights at 22.8 GB/s one row at a time, 27.1 two, 32.3 four, where its K = 1536
@@ -28,6 +30,7 @@ const BLOCK: usize = 32;
 /// of each matrix, the variants alternating pass by pass, Zen 4 VM; BENCHMARKS.md). Splitting K
 /// into L1-sized chunks instead was slower (18.8 GB/s).
 const GROUP_ROWS: usize = 4;
+/// Half of Zen 4's 32 KiB L1, leaving the rest to the weight stream.
 const GROUP_ABOVE_X_BYTES: usize = 16384;
 
 #[derive(Clone, Copy)]
@@ -253,7 +256,7 @@ mod avx512 {
     /// Weight rows widened 16 at a time (f16 by `vcvtph2ps`, bf16 as the top half of an f32:
     /// both exact), two chains per input row, the stream prefetched as `prefetch` says (on the
     /// Xeon VM 16-bit decode read ~24-25 of the ~28 GB/s the VM streamed without it, ~27-30 with
-    /// it; `super::default_prefetch` has the settings and their measurements).
+    /// it; `gemv/prefetch.rs` has the settings and their measurements).
     #[target_feature(enable = "avx512f")]
     pub unsafe fn dot_rows(x: &[f32], m: usize, w: WeightRows, o: usize, k: usize, cell: &mut [f32], prefetch: Prefetch) {
         // SAFETY (all arms): `rows_with`'s loads read 16 values at indices below o * k + k.

@@ -37,7 +37,7 @@ impl Bf16Activations {
 }
 
 /// `cell[r] = sum_i x[r][i] * w[o * k + i]` for the `m` rows of `x`, the weights prefetched as
-/// `prefetch` says (`super::default_prefetch`: 2 KiB into L2).
+/// `prefetch` says (`gemv/prefetch.rs`: 2 KiB into L2).
 ///
 /// # Safety
 /// The CPU must have AVX-512F, BW and BF16 (`available`).
