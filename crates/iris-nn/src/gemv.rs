@@ -60,7 +60,8 @@ impl WeightRows<'_> {
 
 /// `out[r * n + o] = sum_k x[r * k + i] * w[o * k + i]` for `m` rows of `x`.
 pub fn gemv(x: &[f32], m: usize, w: WeightRows, n: usize, k: usize, out: &mut [f32]) {
-    assert!((1..=MAX_ROWS).contains(&m) && x.len() == m * k && out.len() == m * n);
+    // what the SIMD kernels' unchecked loads rely on, checked once per call
+    assert!((1..=MAX_ROWS).contains(&m) && x.len() == m * k && out.len() == m * n && w.len() >= n * k);
     let prefetch = prefetch_for(w.storage());
     #[cfg(target_arch = "x86_64")]
     if let WeightRows::BF16(weights) = w {
@@ -136,8 +137,8 @@ fn has_avx2() -> bool {
 /// `cell[r] = sum_i x[r * k + i] * w[o * k + i]`; `prefetch`: the AVX-512 kernel's (the others
 /// leave prefetching to the hardware).
 fn dot_rows(x: &[f32], m: usize, w: WeightRows, o: usize, k: usize, cell: &mut [f32], prefetch: Prefetch) {
-    // what the SIMD kernels' unchecked loads rely on
-    assert!(m <= MAX_ROWS && x.len() >= m * k && w.len() >= (o + 1) * k && cell.len() >= m);
+    // `gemv` checked the sizes once; this runs per output row
+    debug_assert!(m <= MAX_ROWS && x.len() >= m * k && w.len() >= (o + 1) * k && cell.len() >= m);
     #[cfg(not(target_arch = "x86_64"))]
     let _ = prefetch;
     #[cfg(target_arch = "x86_64")]
