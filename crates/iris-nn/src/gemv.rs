@@ -67,7 +67,7 @@ pub fn gemv(x: &[f32], m: usize, w: WeightRows, n: usize, k: usize, out: &mut [f
     if let WeightRows::BF16(weights) = w {
         if avx512_bf16::available() {
             let x = avx512_bf16::Bf16Activations::round(x);
-            let group = if m == 1 && 2 * k > GROUP_ABOVE_X_BYTES { GROUP_ROWS } else { 1 };
+            let group = row_group(m, k, 2);
             return for_each_output(m, n, group, out, |o, cells| {
                 // SAFETY: `available` checked the features.
                 unsafe {
@@ -82,7 +82,7 @@ pub fn gemv(x: &[f32], m: usize, w: WeightRows, n: usize, k: usize, out: &mut [f
             });
         }
     }
-    let group = if m == 1 && 4 * k > GROUP_ABOVE_X_BYTES { GROUP_ROWS } else { 1 };
+    let group = row_group(m, k, 4);
     for_each_output(m, n, group, out, |o, cells| {
         if cells.len() == GROUP_ROWS && group == GROUP_ROWS {
             dot_row_group(x, w, o, k, cells, prefetch);
@@ -92,6 +92,16 @@ pub fn gemv(x: &[f32], m: usize, w: WeightRows, n: usize, k: usize, out: &mut [f
             }
         }
     });
+}
+
+/// Weight rows per kernel call: `GROUP_ROWS` for one activation row of `k` values of `x_bytes`
+/// each that is larger than `GROUP_ABOVE_X_BYTES`, else one.
+fn row_group(m: usize, k: usize, x_bytes: usize) -> usize {
+    if m == 1 && x_bytes * k > GROUP_ABOVE_X_BYTES {
+        GROUP_ROWS
+    } else {
+        1
+    }
 }
 
 /// Runs `dot(o, cells)` for every group of `group` output rows from `o` (`cells`: their `m` sums
