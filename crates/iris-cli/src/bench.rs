@@ -48,6 +48,10 @@ pub struct BenchArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Submit this many copies of the question at once to the continuous-batching scheduler
+    /// (as `iris serve` runs it) and report the aggregate decode rate of the batch (1 to 64).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64), conflicts_with = "accuracy")]
+    pub concurrent: u16,
     /// Measure accuracy instead of speed: decode --new-tokens greedily with dense f32 weights,
     /// replay those tokens with the chosen --quant / --dtype, and report each step's top-1
     /// agreement and logit error (the reference does not stop at end-of-sequence tokens).
@@ -56,7 +60,7 @@ pub struct BenchArgs {
 }
 
 /// Peak resident set size of this process (`VmHWM`), in bytes.
-fn peak_rss_bytes() -> Option<u64> {
+pub(crate) fn peak_rss_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
@@ -131,7 +135,13 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         }
         (None, None) => bail!("give --model DIR or --synthetic PRESET"),
     };
-    let result = if args.accuracy { crate::accuracy::run(&args, &dir, &opts, image, &model_name) } else { run(&args, &dir, &opts, image, &model_name) };
+    let result = if args.accuracy {
+        crate::accuracy::run(&args, &dir, &opts, image, &model_name)
+    } else if args.concurrent > 1 {
+        crate::bench_batch::run(&args, &dir, &opts, image, &model_name, args.concurrent.into())
+    } else {
+        run(&args, &dir, &opts, image, &model_name)
+    };
     if scratch {
         let _ = std::fs::remove_dir_all(&dir);
     }

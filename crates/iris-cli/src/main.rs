@@ -3,6 +3,7 @@
 mod accuracy;
 mod args;
 mod bench;
+mod bench_batch;
 mod chat;
 mod make_checkpoint;
 mod run;

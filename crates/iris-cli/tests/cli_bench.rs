@@ -62,3 +62,34 @@ fn bench_accuracy_compares_each_step_with_dense_f32() {
         assert!(d["max_abs_error"].as_f64().unwrap() * 2.0 >= d["reference_gap"].as_f64().unwrap(), "{q8}");
     }
 }
+
+#[test]
+fn bench_concurrent_decodes_every_sequence_in_one_batch() {
+    let model = common::fixture("qwen2-vl-tiny").join("model");
+    let m = model.to_str().unwrap();
+    // f16 weights: three rows per step through the dense decode GEMV's batched tiles
+    let (code, stdout, stderr) = common::iris(&["bench", "--model", m, "--image", "56x56", "--prompt-tokens", "5", "--new-tokens", "4", "--quant", "f16", "--concurrent", "3", "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    println!("{report}");
+    for key in ["load_s", "ttft_first_ms", "ttft_last_ms", "wall_s", "decode_tokens_per_s", "decode_steps_per_s", "decode_tokens_per_s_per_sequence_median", "decode_weight_gb_per_s", "peak_rss_bytes", "weight_bytes", "decode_bytes_per_token"] {
+        assert!(report[key].as_f64().is_some_and(|v| v > 0.0), "{key} missing or zero in {report}");
+    }
+    assert_eq!((report["concurrent"].as_u64(), report["new_tokens"].as_u64()), (Some(3), Some(12)), "{report}");
+    assert!(report["ttft_first_ms"].as_f64() <= report["ttft_last_ms"].as_f64(), "{report}");
+    // three sequences per step: the aggregate is three times the step rate
+    let (total, steps) = (report["decode_tokens_per_s"].as_f64().unwrap(), report["decode_steps_per_s"].as_f64().unwrap());
+    assert!((total - 3.0 * steps).abs() < 1e-6 * total, "{report}");
+
+    // clap's own errors (a usage hint follows on later lines)
+    for (args, needle) in [(["--concurrent", "0"], "0 is not in 1..=64"), (["--concurrent", "2"], "cannot be used with '--accuracy'")] {
+        let mut full = vec!["bench", "--model", m];
+        full.extend(args);
+        if needle.contains("accuracy") {
+            full.push("--accuracy");
+        }
+        let (code, _, stderr) = common::iris(&full);
+        assert_ne!(code, 0);
+        assert!(stderr.lines().next().unwrap().contains(needle), "{stderr}");
+    }
+}

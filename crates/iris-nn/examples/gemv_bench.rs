@@ -1,7 +1,7 @@
 //! Decode-kernel benchmark: the bandwidth a plain 2-thread streaming sum reaches on this machine,
 //! next to `Linear::forward` on one token (the GEMV path) for f32/f16/bf16 weights at Qwen2-VL-2B
 //! sizes (an MLP projection and the 151936-row lm_head), and q8_0/q4k `QuantizedMatrix` products.
-//! `cargo run --release -p iris-nn --example gemv_bench [quant|dram|core|paired [f32|f16|bf16]]`
+//! `cargo run --release -p iris-nn --example gemv_bench [quant|dram|core|paired [f32|f16|bf16 [ROWS]]]`
 //! (`quant`: only the quantized products; `dram`: only their from-DRAM rounds; `core`: the
 //! quantized kernels' own speed, see `core_rounds`; `paired`: the 32/16-bit kernels' prefetch
 //! settings against each other, see `paired_rounds`)
@@ -173,10 +173,12 @@ fn paired_rounds() {
         shapes.extend([(hidden, hidden), (kv, hidden), (kv, hidden), (hidden, hidden), (mlp, hidden), (mlp, hidden), (hidden, mlp)]);
     }
     shapes.push((vocab, hidden));
-    let settings = [None, Some(Prefetch::Off), Some(Prefetch::L1(2048)), Some(Prefetch::L2(2048)), Some(Prefetch::L2(4096)), Some(Prefetch::L2(8192)), Some(Prefetch::L2(16384)), Some(Prefetch::L2(32768))];
+    let settings = [None, Some(Prefetch::Off), Some(Prefetch::L1(2048)), Some(Prefetch::L2(2048)), Some(Prefetch::L2(4096)), Some(Prefetch::L2(8192)), Some(Prefetch::L2(16384)), Some(Prefetch::L2(32768)), Some(Prefetch::L2(65536))];
     let passes = 16;
-    // `paired f16` (bf16, f32): that storage only
+    // `paired f16` (bf16, f32): that storage only; `paired f16 4`: four activation rows (batched
+    // decode), one by default
     let only = std::env::args().nth(2).map(|s| s.to_lowercase());
+    let m: usize = std::env::args().nth(3).map_or(1, |v| v.parse().expect("paired STORAGE ROWS: rows 1 to 8"));
     for storage in [WeightStorage::F16, WeightStorage::BF16, WeightStorage::F32] {
         if only.as_ref().is_some_and(|o| *o != format!("{storage:?}").to_lowercase()) {
             continue;
@@ -195,8 +197,8 @@ fn paired_rounds() {
             })
             .collect();
         let bytes: usize = weights.iter().map(Weights::bytes).sum();
-        let xs: Vec<Vec<f32>> = shapes.iter().map(|&(_, k)| (0..k).map(|_| value()).collect()).collect();
-        let mut outs: Vec<Vec<f32>> = shapes.iter().map(|&(n, _)| vec![0f32; n]).collect();
+        let xs: Vec<Vec<f32>> = shapes.iter().map(|&(_, k)| (0..m * k).map(|_| value()).collect()).collect();
+        let mut outs: Vec<Vec<f32>> = shapes.iter().map(|&(n, _)| vec![0f32; m * n]).collect();
         // [setting][pass] GB/s
         let mut rates = vec![Vec::new(); settings.len()];
         for pass in 0..=passes {
@@ -206,7 +208,7 @@ fn paired_rounds() {
                 let t = Instant::now();
                 iris_nn::threads::on_compute_pool(|| {
                     for (i, &(n, k)) in shapes.iter().enumerate() {
-                        iris_nn::gemv::gemv(&xs[i], 1, weights[i].rows(), n, k, &mut outs[i]);
+                        iris_nn::gemv::gemv(&xs[i], m, weights[i].rows(), n, k, &mut outs[i]);
                     }
                 });
                 if pass > 0 {
@@ -215,7 +217,7 @@ fn paired_rounds() {
             }
         }
         iris_nn::gemv::set_prefetch_override(storage, None);
-        println!("{storage:?} weights, {:.2} GB a pass, {passes} passes:", bytes as f64 / 1e9);
+        println!("{storage:?} weights, {m} activation row(s), {:.2} GB a pass, {passes} passes:", bytes as f64 / 1e9);
         let median = |mut v: Vec<f64>| {
             v.sort_by(f64::total_cmp);
             v[v.len() / 2]
@@ -226,7 +228,7 @@ fn paired_rounds() {
             // two levels, and a median over passes then depends on how many each drew
             let ratio = median((0..passes).map(|p| rates[s][p] / rates[0][p]).collect());
             let name = match setting {
-                None => format!("default ({:?})", iris_nn::gemv::prefetch_for(storage)),
+                None => format!("default ({:?})", iris_nn::gemv::prefetch_for(storage, m)),
                 Some(p) => format!("{p:?}"),
             };
             println!("  {name:<22} median {:5.1} GB/s, {:5.3}x the default's in the same pass (median), beat it in {wins}/{passes}", median(rates[s].clone()), ratio);

@@ -2,8 +2,9 @@
 //! 32/16-bit weights at memory bandwidth. Written by hand because measurements on the target CPU
 //! (2-core Zen 5) showed candle 0.11's CPU matmul at 10 GB/s for f32, 6 GB/s for f16 and 0.9 GB/s
 //! for bf16 GEMV (it widens the whole bf16 operand to f32 per call). Each weight row is read once
-//! for all m input rows; accumulation is in f32. AVX-512F CPUs take a 16-lane kernel with a
-//! software prefetch (`Prefetch`, `gemv/prefetch.rs`), others an AVX2 one, aarch64 a NEON one
+//! for all m input rows; accumulation is in f32. AVX-512F CPUs take a 16-lane kernel working in
+//! tiles of activation rows by weight rows (`gemv/avx512.rs`) with a software prefetch
+//! (`Prefetch`, `gemv/prefetch.rs`), others an AVX2 one, aarch64 a NEON one
 //! (the portable loop's one running sum per row cannot be vectorised: float addition is not
 //! reassociated). bf16 weights on AVX512-BF16 CPUs take `avx512_bf16` instead, which rounds the
 //! activations to bf16 as the prefill GEMM does. `gemv_reference` is the plain twin they are
@@ -20,8 +21,8 @@ pub use prefetch::{prefetch_for, set_prefetch_override, Prefetch, WeightStorage}
 pub const MAX_ROWS: usize = 8;
 /// Output rows per parallel task.
 const BLOCK: usize = 32;
-/// Weight rows the AVX-512 kernels (widening and `vdpbf16ps`) multiply at once, each load of the
-/// activations serving all of them, when there is one activation row and it is larger than
+/// Weight rows per tile of the AVX-512 kernels (widening and `vdpbf16ps`), each load of the
+/// activations serving all of them, in batched decode and when one activation row is larger than
 /// `GROUP_ABOVE_X_BYTES` (f32 activations past K = 4096, bf16 ones past 8192). Then
 /// `x` does not stay in L1 (32 KiB on Zen 4) beside the weight stream and is read from L2 again
 /// for every weight row: Qwen2-VL-2B's down projection (K = 8960, 35 KB of f32 activations)
@@ -29,8 +30,10 @@ const BLOCK: usize = 32;
 /// projections read 36.2 one row at a time and 25.4 four (a scratch kernel over twelve copies
 /// of each matrix, the variants alternating pass by pass, Zen 4 VM; BENCHMARKS.md). Splitting K
 /// into L1-sized chunks instead was slower (18.8 GB/s).
+#[cfg(target_arch = "x86_64")]
 const GROUP_ROWS: usize = 4;
 /// Half of Zen 4's 32 KiB L1, leaving the rest to the weight stream.
+#[cfg(target_arch = "x86_64")]
 const GROUP_ABOVE_X_BYTES: usize = 16384;
 
 #[derive(Clone, Copy)]
@@ -49,6 +52,7 @@ impl WeightRows<'_> {
         }
     }
 
+    #[cfg(target_arch = "x86_64")]
     fn storage(self) -> WeightStorage {
         match self {
             WeightRows::F32(_) => WeightStorage::F32,
@@ -62,58 +66,71 @@ impl WeightRows<'_> {
 pub fn gemv(x: &[f32], m: usize, w: WeightRows, n: usize, k: usize, out: &mut [f32]) {
     // what the SIMD kernels' unchecked loads rely on, checked once per call
     assert!((1..=MAX_ROWS).contains(&m) && x.len() == m * k && out.len() == m * n && w.len() >= n * k);
-    let prefetch = prefetch_for(w.storage());
     #[cfg(target_arch = "x86_64")]
-    if let WeightRows::BF16(weights) = w {
-        if avx512_bf16::available() {
-            let x = avx512_bf16::Bf16Activations::round(x);
-            let group = row_group(m, k, 2);
-            return for_each_output(m, n, group, out, |o, cells| {
-                // SAFETY: `available` checked the features.
-                unsafe {
-                    if cells.len() == GROUP_ROWS && group == GROUP_ROWS {
-                        avx512_bf16::dot_four_rows(&x, weights, o, k, cells, prefetch);
-                    } else {
-                        for (j, cell) in cells.chunks_mut(m).enumerate() {
-                            avx512_bf16::dot_rows(&x, m, weights, o + j, k, cell, prefetch);
-                        }
-                    }
-                }
-            });
-        }
-    }
-    let group = row_group(m, k, 4);
-    for_each_output(m, n, group, out, |o, cells| {
-        if cells.len() == GROUP_ROWS && group == GROUP_ROWS {
-            dot_row_group(x, w, o, k, cells, prefetch);
-        } else {
-            for (j, cell) in cells.chunks_mut(m).enumerate() {
-                dot_rows(x, m, w, o + j, k, cell, prefetch);
+    {
+        let prefetch = prefetch_for(w.storage(), m);
+        if let WeightRows::BF16(weights) = w {
+            if avx512_bf16::available() {
+                let x = avx512_bf16::Bf16Activations::round(x);
+                let (chunk, group) = tile_plan(m, k, 2);
+                // SAFETY: `available` checked the features; the assert above bounds the loads.
+                return for_each_tile(m, n, group, out, |o, g, cells| unsafe { avx512_bf16::dot_tile(&x, m, weights, o, k, (chunk, g), cells, prefetch) });
             }
         }
-    });
+        if std::is_x86_feature_detected!("avx512f") {
+            let (chunk, group) = tile_plan(m, k, 4);
+            // SAFETY: the feature was just detected; the assert above bounds the loads.
+            return for_each_tile(m, n, group, out, |o, g, cells| unsafe { avx512::dot_tile(x, m, w, o, k, (chunk, g), cells, prefetch) });
+        }
+    }
+    for_each_tile(m, n, 1, out, |o, _, cells| dot_rows(x, m, w, o, k, cells));
 }
 
-/// Weight rows per kernel call: `GROUP_ROWS` for one activation row of `k` values of `x_bytes`
-/// each that is larger than `GROUP_ABOVE_X_BYTES`, else one.
-fn row_group(m: usize, k: usize, x_bytes: usize) -> usize {
-    if m == 1 && x_bytes * k > GROUP_ABOVE_X_BYTES {
-        GROUP_ROWS
-    } else {
-        1
+/// The AVX-512 kernels' tile for `m` activation rows of `k` values of `x_bytes` each: activation
+/// rows per pass over a tile's weight rows (`chunk`) and weight rows per tile (`group`).
+/// - One row (decode of one sequence): one weight row at a time, or `GROUP_ROWS` where the row
+///   is larger than `GROUP_ABOVE_X_BYTES`.
+/// - Batched decode: three activation rows by four weight rows, 24 accumulators (of 32 vector
+///   registers), the rows past three in further passes over the tile's weights (from cache).
+///   With one weight row per pass the widening kernel ran out of load slots before memory
+///   bandwidth: per 16 f16 weights, one weight load and m activation loads for m FMAs. Whole
+///   Qwen2-VL-2B decode steps of f16 weights, shapes alternating pass by pass in one process
+///   (Zen 4 VM, weights prefetched 32 KiB ahead into L2; BENCHMARKS.md): 3x4 against 4x2 1.06x
+///   at four rows, 1.16x at six, 1.13x at eight, and 1.6-1.8x against one weight row at a
+///   time; bf16 within 0.99-1.07x of the other shapes.
+#[cfg(target_arch = "x86_64")]
+fn tile_plan(m: usize, k: usize, x_bytes: usize) -> (usize, usize) {
+    match m {
+        1 if k * x_bytes > GROUP_ABOVE_X_BYTES => (1, GROUP_ROWS),
+        1 => (1, 1),
+        _ => (3, GROUP_ROWS),
     }
 }
 
-/// Runs `dot(o, cells)` for every group of `group` output rows from `o` (`cells`: their `m` sums
-/// each, `[group, m]`, fewer rows at the end of `N`), in parallel blocks of `BLOCK` rows, and
-/// writes the sums to `out` `[m, N]`.
-fn for_each_output(m: usize, n: usize, group: usize, out: &mut [f32], dot: impl Fn(usize, &mut [f32]) + Sync) {
+/// `m` activation rows in passes of at most `chunk` rows, as even as possible: `(first, rows)`.
+#[cfg(target_arch = "x86_64")]
+fn row_chunks(m: usize, chunk: usize) -> impl Iterator<Item = (usize, usize)> {
+    let passes = m.div_ceil(chunk);
+    (0..passes).map(move |p| (p * m / passes, (p + 1) * m / passes - p * m / passes))
+}
+
+/// Runs `dot(o, g, cells)` for every tile of `g` output rows from `o` (`group` rows, one at a
+/// time at the end of `N` where fewer are left; `cells`: their `m` sums each, `[g, m]`), in
+/// parallel blocks of `BLOCK` rows, and writes the sums to `out` `[m, N]`.
+fn for_each_tile(m: usize, n: usize, group: usize, out: &mut [f32], dot: impl Fn(usize, usize, &mut [f32]) + Sync) {
     debug_assert!(BLOCK.is_multiple_of(group));
     // [N, m] scratch so each task writes one contiguous block
     let mut by_output = vec![0f32; n * m];
     by_output.par_chunks_mut(BLOCK * m).enumerate().for_each(|(blk, dst)| {
         for (j, cells) in dst.chunks_mut(group * m).enumerate() {
-            dot(blk * BLOCK + j * group, cells);
+            let o = blk * BLOCK + j * group;
+            if cells.len() == group * m {
+                dot(o, group, cells);
+            } else {
+                for (jj, cell) in cells.chunks_mut(m).enumerate() {
+                    dot(o + jj, 1, cell);
+                }
+            }
         }
     });
     // [N, m] -> [m, N]
@@ -124,45 +141,21 @@ fn for_each_output(m: usize, n: usize, group: usize, out: &mut [f32], dot: impl 
     }
 }
 
-/// `cells[j] = sum_i x[i] * w[(o + j) * k + i]` for the `GROUP_ROWS` rows from `o`: the AVX-512
-/// kernel's `dot_four_rows` where the CPU has it, else one row at a time. The sums are the same
-/// either way.
-fn dot_row_group(x: &[f32], w: WeightRows, o: usize, k: usize, cells: &mut [f32], prefetch: Prefetch) {
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx512f") {
-        assert!(x.len() >= k && w.len() >= (o + GROUP_ROWS) * k && cells.len() == GROUP_ROWS);
-        // SAFETY: the feature was just detected; the assert bounds the loads.
-        return unsafe { avx512::dot_four_rows(x, w, o, k, cells, prefetch) };
-    }
-    for (j, cell) in cells.chunks_mut(1).enumerate() {
-        dot_rows(x, 1, w, o + j, k, cell, prefetch);
-    }
-}
-
 #[cfg(target_arch = "x86_64")]
 fn has_avx2() -> bool {
     std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") && std::is_x86_feature_detected!("f16c")
 }
 
-/// `cell[r] = sum_i x[r * k + i] * w[o * k + i]`; `prefetch`: the AVX-512 kernel's (the others
-/// leave prefetching to the hardware).
-fn dot_rows(x: &[f32], m: usize, w: WeightRows, o: usize, k: usize, cell: &mut [f32], prefetch: Prefetch) {
+/// `cell[r] = sum_i x[r * k + i] * w[o * k + i]` on CPUs without AVX-512F (those take
+/// `avx512::dot_tile`).
+fn dot_rows(x: &[f32], m: usize, w: WeightRows, o: usize, k: usize, cell: &mut [f32]) {
     // `gemv` checked the sizes once; this runs per output row
     debug_assert!(m <= MAX_ROWS && x.len() >= m * k && w.len() >= (o + 1) * k && cell.len() >= m);
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = prefetch;
     #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the feature was just detected.
-            unsafe { avx512::dot_rows(x, m, w, o, k, cell, prefetch) };
-            return;
-        }
-        if has_avx2() {
-            // SAFETY: the features were just detected.
-            unsafe { avx2::dot_rows(x, m, w, o, k, cell) };
-            return;
-        }
+    if has_avx2() {
+        // SAFETY: the features were just detected.
+        unsafe { avx2::dot_rows(x, m, w, o, k, cell) };
+        return;
     }
     #[cfg(target_arch = "aarch64")]
     {
@@ -249,121 +242,8 @@ mod avx2 {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx512 {
-    use super::{Prefetch, WeightRows, MAX_ROWS};
-    use std::arch::x86_64::*;
-
-    /// One `prefetch` request per 64-byte line of `bytes` bytes from `at`.
-    #[inline(always)]
-    pub(super) fn prefetch_lines(prefetch: Prefetch, at: *const i8, bytes: usize) {
-        // SAFETY (both): SSE is part of x86-64; a prefetch of any address is harmless.
-        match prefetch {
-            Prefetch::Off => {}
-            Prefetch::L1(ahead) => (0..bytes).step_by(64).for_each(|line| unsafe { _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(ahead + line)) }),
-            Prefetch::L2(ahead) => (0..bytes).step_by(64).for_each(|line| unsafe { _mm_prefetch::<_MM_HINT_T1>(at.wrapping_add(ahead + line)) }),
-        }
-    }
-
-    /// Weight rows widened 16 at a time (f16 by `vcvtph2ps`, bf16 as the top half of an f32:
-    /// both exact), two chains per input row, the stream prefetched as `prefetch` says (on the
-    /// Xeon VM 16-bit decode read ~24-25 of the ~28 GB/s the VM streamed without it, ~27-30 with
-    /// it; `gemv/prefetch.rs` has the settings and their measurements).
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn dot_rows(x: &[f32], m: usize, w: WeightRows, o: usize, k: usize, cell: &mut [f32], prefetch: Prefetch) {
-        // SAFETY (all arms): `rows_with`'s loads read 16 values at indices below o * k + k.
-        unsafe {
-            match w {
-                WeightRows::F32(s) => rows_with(x, m, w, o, k, cell, (s.as_ptr().cast(), 4, prefetch), |i| _mm512_loadu_ps(s.as_ptr().add(i))),
-                WeightRows::F16(s) => rows_with(x, m, w, o, k, cell, (s.as_ptr().cast(), 2, prefetch), |i| _mm512_cvtph_ps(_mm256_loadu_si256(s.as_ptr().add(i) as *const __m256i))),
-                WeightRows::BF16(s) => rows_with(x, m, w, o, k, cell, (s.as_ptr().cast(), 2, prefetch), |i| {
-                    _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(_mm256_loadu_si256(s.as_ptr().add(i) as *const __m256i))))
-                }),
-            }
-        }
-    }
-
-    /// `dot_rows` for one storage, `(bytes, size, prefetch)` its first byte, bytes per weight and
-    /// prefetch: `load(i)` widens weights `i..i + 16`.
-    #[allow(clippy::needless_range_loop, clippy::too_many_arguments)]
-    #[inline(always)]
-    unsafe fn rows_with(x: &[f32], m: usize, w: WeightRows, o: usize, k: usize, cell: &mut [f32], (bytes, size, prefetch): (*const i8, usize, Prefetch), load: impl Fn(usize) -> __m512) {
-        let base = o * k;
-        let start = bytes.wrapping_add(base * size);
-        let mut acc = [[_mm512_setzero_ps(); 2]; MAX_ROWS];
-        let mut i = 0;
-        // SAFETY (all): loads stay below base + k; prefetches may point anywhere.
-        unsafe {
-            while i + 32 <= k {
-                prefetch_lines(prefetch, start.wrapping_add(i * size), 32 * size);
-                for u in 0..2 {
-                    let wv = load(base + i + 16 * u);
-                    for r in 0..m {
-                        let xv = _mm512_loadu_ps(x.as_ptr().add(r * k + i + 16 * u));
-                        acc[r][u] = _mm512_fmadd_ps(xv, wv, acc[r][u]);
-                    }
-                }
-                i += 32;
-            }
-        }
-        for r in 0..m {
-            let mut s = _mm512_reduce_add_ps(_mm512_add_ps(acc[r][0], acc[r][1]));
-            for j in i..k {
-                s += x[r * k + j] * super::weight_at(w, base + j);
-            }
-            cell[r] = s;
-        }
-    }
-
-    /// `dot_rows` for one activation row and the four weight rows `o..o + 4` (`super::GROUP_ROWS`):
-    /// each 16-value load of `x` serves the four rows. Each row's sum is accumulated and reduced
-    /// as `dot_rows` does it, so the results are the same bits.
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn dot_four_rows(x: &[f32], w: WeightRows, o: usize, k: usize, cells: &mut [f32], prefetch: Prefetch) {
-        // SAFETY (all arms): `four_rows_with`'s loads read 16 values at indices below (o + 4) * k.
-        unsafe {
-            match w {
-                WeightRows::F32(s) => four_rows_with(x, w, o, k, cells, (s.as_ptr().cast(), 4, prefetch), |i| _mm512_loadu_ps(s.as_ptr().add(i))),
-                WeightRows::F16(s) => four_rows_with(x, w, o, k, cells, (s.as_ptr().cast(), 2, prefetch), |i| _mm512_cvtph_ps(_mm256_loadu_si256(s.as_ptr().add(i) as *const __m256i))),
-                WeightRows::BF16(s) => four_rows_with(x, w, o, k, cells, (s.as_ptr().cast(), 2, prefetch), |i| {
-                    _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(_mm256_loadu_si256(s.as_ptr().add(i) as *const __m256i))))
-                }),
-            }
-        }
-    }
-
-    /// `dot_four_rows` for one storage (`rows_with`'s arguments).
-    #[allow(clippy::needless_range_loop)]
-    #[inline(always)]
-    unsafe fn four_rows_with(x: &[f32], w: WeightRows, o: usize, k: usize, cells: &mut [f32], (bytes, size, prefetch): (*const i8, usize, Prefetch), load: impl Fn(usize) -> __m512) {
-        const ROWS: usize = super::GROUP_ROWS;
-        let base: [usize; ROWS] = std::array::from_fn(|r| (o + r) * k);
-        // [row][chain]
-        let mut acc = [[_mm512_setzero_ps(); 2]; ROWS];
-        let mut i = 0;
-        // SAFETY (all): loads stay below base[r] + k and k in `x`; prefetches may point anywhere.
-        unsafe {
-            while i + 32 <= k {
-                for b in base {
-                    prefetch_lines(prefetch, bytes.wrapping_add((b + i) * size), 32 * size);
-                }
-                for u in 0..2 {
-                    let xv = _mm512_loadu_ps(x.as_ptr().add(i + 16 * u));
-                    for r in 0..ROWS {
-                        acc[r][u] = _mm512_fmadd_ps(xv, load(base[r] + i + 16 * u), acc[r][u]);
-                    }
-                }
-                i += 32;
-            }
-        }
-        for r in 0..ROWS {
-            let mut s = _mm512_reduce_add_ps(_mm512_add_ps(acc[r][0], acc[r][1]));
-            for j in i..k {
-                s += x[j] * super::weight_at(w, base[r] + j);
-            }
-            cells[r] = s;
-        }
-    }
-}
+#[path = "gemv/avx512.rs"]
+mod avx512;
 
 #[cfg(target_arch = "aarch64")]
 mod neon {
@@ -480,11 +360,11 @@ mod tests {
                         assert!(close(&cell, &want), "avx2 row {o}");
                     }
                     if std::is_x86_feature_detected!("avx512f") {
-                        unsafe { avx512::dot_rows(&x, m, w, o, k, &mut cell, prefetch_for(w.storage())) };
+                        unsafe { avx512::dot_tile(&x, m, w, o, k, (3, 1), &mut cell, prefetch_for(w.storage(), m)) };
                         assert!(close(&cell, &want), "avx512 row {o}");
                     }
                     if let (WeightRows::BF16(wb), true) = (w, avx512_bf16::available()) {
-                        unsafe { avx512_bf16::dot_rows(&avx512_bf16::Bf16Activations::round(&x), m, wb, o, k, &mut cell, prefetch_for(WeightStorage::BF16)) };
+                        unsafe { avx512_bf16::dot_tile(&avx512_bf16::Bf16Activations::round(&x), m, wb, o, k, (3, 1), &mut cell, prefetch_for(WeightStorage::BF16, m)) };
                         assert!(close(&cell, &want_bf16), "avx512_bf16 row {o}");
                     }
                 }
@@ -493,57 +373,84 @@ mod tests {
     }
 }
 
-#[cfg(test)]
-mod group_tests {
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tile_tests {
     use super::*;
 
-    /// Four rows at once (one activation row past `GROUP_ABOVE_X_BYTES`), through `gemv` and
-    /// directly, give the bits one row at a time gives, including a last partial group; so do
-    /// the AVX512-BF16 kernel's groups against its own single rows.
+    /// Every tile shape of both AVX-512 kernels, through `gemv` (1 to 8 activation rows, K past
+    /// `GROUP_ABOVE_X_BYTES` for one row, a partial last tile) and called directly, gives the
+    /// bits that one activation row against one weight row gives: a row's result does not
+    /// depend on the batch it decodes in.
     #[test]
-    fn row_groups_match_single_rows_bit_for_bit() {
-        // past the threshold for f32 activations (4 bytes each) and bf16 ones (2)
+    fn tiles_match_single_rows_bit_for_bit() {
+        if !std::is_x86_feature_detected!("avx512f") {
+            println!("skipped: this CPU has no AVX-512F");
+            return;
+        }
+        // past the threshold for one row of f32 activations (4 bytes each) and of bf16 ones (2)
         let k = GROUP_ABOVE_X_BYTES / 2 + 45;
         let n = 2 * BLOCK + 6;
-        let x: Vec<f32> = (0..k).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.013).collect();
+        let x: Vec<f32> = (0..MAX_ROWS * k).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.013).collect();
         let w32: Vec<f32> = (0..n * k).map(|i| ((i * 53 % 97) as f32 - 48.0) * 0.011).collect();
         let w16: Vec<f16> = w32.iter().map(|&v| f16::from_f32(v)).collect();
         let wb: Vec<bf16> = w32.iter().map(|&v| bf16::from_f32(v)).collect();
+        // (activation rows per pass, weight rows): every shape `avx512::for_tile_shape` has
+        let shapes = [(1, 1), (1, 4), (2, 1), (2, 4), (3, 1), (3, 4)];
         for w in [WeightRows::F32(&w32), WeightRows::F16(&w16), WeightRows::BF16(&wb)] {
-            let prefetch = prefetch_for(w.storage());
-            let mut single = vec![0f32; n];
-            for (o, cell) in single.chunks_mut(1).enumerate() {
-                dot_rows(&x, 1, w, o, k, cell, prefetch);
-            }
-            // bf16 on AVX512-BF16 takes its own kernel in `gemv`, one row at a time
-            #[cfg(target_arch = "x86_64")]
-            let own_kernel = matches!(w, WeightRows::BF16(_)) && avx512_bf16::available();
-            #[cfg(not(target_arch = "x86_64"))]
-            let own_kernel = false;
-            if !own_kernel {
-                let mut grouped = vec![0f32; n];
-                gemv(&x, 1, w, n, k, &mut grouped);
-                assert_eq!(grouped, single, "{:?}", w.storage());
-            }
-            for o in (0..=n - GROUP_ROWS).step_by(GROUP_ROWS) {
-                let mut four = vec![0f32; GROUP_ROWS];
-                dot_row_group(&x, w, o, k, &mut four, prefetch);
-                assert_eq!(four, single[o..o + GROUP_ROWS], "{:?} rows {o}..", w.storage());
-            }
-            #[cfg(target_arch = "x86_64")]
-            if let (WeightRows::BF16(wb), true) = (w, own_kernel) {
-                let rounded = avx512_bf16::Bf16Activations::round(&x);
-                let mut own = vec![0f32; n];
-                for (o, cell) in own.chunks_mut(1).enumerate() {
-                    unsafe { avx512_bf16::dot_rows(&rounded, 1, wb, o, k, cell, prefetch) };
+            let prefetch = prefetch_for(w.storage(), 1);
+            let bf16_kernel = matches!(w, WeightRows::BF16(_)) && avx512_bf16::available();
+            // [r][o]: activation row r against weight row o alone, in the kernel `gemv` takes
+            let single = |wide: bool| -> Vec<Vec<f32>> {
+                (0..MAX_ROWS)
+                    .map(|r| {
+                        let xr = &x[r * k..(r + 1) * k];
+                        let rounded = avx512_bf16::Bf16Activations::round(xr);
+                        (0..n)
+                            .map(|o| {
+                                let mut cell = [0f32];
+                                match (w, wide) {
+                                    (WeightRows::BF16(wb), false) => unsafe { avx512_bf16::dot_tile(&rounded, 1, wb, o, k, (1, 1), &mut cell, prefetch) },
+                                    _ => unsafe { avx512::dot_tile(xr, 1, w, o, k, (1, 1), &mut cell, prefetch) },
+                                }
+                                cell[0]
+                            })
+                            .collect()
+                    })
+                    .collect()
+            };
+            let alone = single(!bf16_kernel);
+            for m in 1..=MAX_ROWS {
+                let mut out = vec![0f32; m * n];
+                gemv(&x[..m * k], m, w, n, k, &mut out);
+                for r in 0..m {
+                    assert_eq!(out[r * n..(r + 1) * n], alone[r], "{:?}: gemv with {m} rows, row {r}", w.storage());
                 }
-                let mut grouped = vec![0f32; n];
-                gemv(&x, 1, w, n, k, &mut grouped);
-                assert_eq!(grouped, own, "the bf16 kernel's groups");
             }
-            let want = gemv_reference(&x, 1, w, n, k);
-            let d = single.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-            println!("{:?} k = {k}: four-row groups equal single rows; max |diff| to the reference {d:e}", w.storage());
+            // every shape directly, in each kernel that can take this storage
+            for wide in [true, false] {
+                if !wide && !bf16_kernel {
+                    continue;
+                }
+                let alone = single(wide);
+                for ((chunk, g), m) in shapes.into_iter().flat_map(|shape| (1..=MAX_ROWS).map(move |m| (shape, m))) {
+                    let rounded = avx512_bf16::Bf16Activations::round(&x[..m * k]);
+                    for o in (0..=n - g).step_by(g) {
+                        let mut cells = vec![0f32; g * m];
+                        match (w, wide) {
+                            (WeightRows::BF16(wb), false) => unsafe { avx512_bf16::dot_tile(&rounded, m, wb, o, k, (chunk, g), &mut cells, prefetch) },
+                            _ => unsafe { avx512::dot_tile(&x[..m * k], m, w, o, k, (chunk, g), &mut cells, prefetch) },
+                        }
+                        for (j, r) in (0..g).flat_map(|j| (0..m).map(move |r| (j, r))) {
+                            assert_eq!(cells[j * m + r], alone[r][o + j], "{:?} wide {wide}: {m} rows, {chunk} a pass x {g} at {o}, row {r}", w.storage());
+                        }
+                    }
+                }
+            }
+            // the bf16 kernel multiplies the activations rounded to bf16
+            let x0: Vec<f32> = x[..k].iter().map(|&v| if bf16_kernel { bf16::from_f32(v).to_f32() } else { v }).collect();
+            let want = gemv_reference(&x0, 1, w, n, k);
+            let d = alone[0].iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            println!("{:?} k = {k}: every tile equals single rows; max |diff| of row 0 to the reference {d:e}", w.storage());
             assert!(d < 1e-3, "{d}");
         }
     }

@@ -36,113 +36,78 @@ impl Bf16Activations {
     }
 }
 
-/// `cell[r] = sum_i x[r][i] * w[o * k + i]` for the `m` rows of `x`, the weights prefetched as
-/// `prefetch` says (`gemv/prefetch.rs`: 2 KiB into L2).
+/// `cells[j * m + r] = sum_i x[r][i] * w[(o + j) * k + i]` for the `m` activation rows and the
+/// `g` weight rows from `o` (a shape `super::avx512::for_tile_shape` lists), the weights
+/// prefetched as `prefetch` says (`gemv/prefetch.rs`: 2 KiB into L2). As in the widening kernel,
+/// each weight load serves the `m` rows and each activation load the `g` weight rows, and every
+/// sum runs the same two chains (of 32-value steps, the masked last step in the first) whatever
+/// the tile, so a row's result does not depend on the tile it ran in.
 ///
 /// # Safety
 /// The CPU must have AVX-512F, BW and BF16 (`available`).
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-pub unsafe fn dot_rows(x: &Bf16Activations, m: usize, w: &[bf16], o: usize, k: usize, cell: &mut [f32], prefetch: Prefetch) {
-    assert!((1..=MAX_ROWS).contains(&m) && x.0.len() == m * k && w.len() >= (o + 1) * k && cell.len() >= m);
-    // SAFETY: the asserts above bound every load `rows` makes.
-    unsafe {
-        match m {
-            // one row: two steps of 32 per iteration, two independent chains (one `vdpbf16ps`
-            // chain is latency-bound)
-            1 => rows::<1, 2>(x, w, o, k, cell, prefetch),
-            2 => rows::<2, 1>(x, w, o, k, cell, prefetch),
-            3 => rows::<3, 1>(x, w, o, k, cell, prefetch),
-            4 => rows::<4, 1>(x, w, o, k, cell, prefetch),
-            5 => rows::<5, 1>(x, w, o, k, cell, prefetch),
-            6 => rows::<6, 1>(x, w, o, k, cell, prefetch),
-            7 => rows::<7, 1>(x, w, o, k, cell, prefetch),
-            _ => rows::<8, 1>(x, w, o, k, cell, prefetch),
-        }
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn dot_tile(x: &Bf16Activations, m: usize, w: &[bf16], o: usize, k: usize, (chunk, g): (usize, usize), cells: &mut [f32], prefetch: Prefetch) {
+    assert!((1..=MAX_ROWS).contains(&m) && x.0.len() == m * k && w.len() >= (o + g) * k && cells.len() >= g * m);
+    for (r0, rows) in super::row_chunks(m, chunk) {
+        let (x, cells) = (&x.0[r0 * k..], &mut cells[r0..]);
+        // SAFETY: the assert above bounds every load `tile` makes.
+        unsafe { super::avx512::for_tile_shape!(rows, g, tile, x, m, w, o, k, cells, prefetch) }
     }
 }
 
-/// `M` activation rows against weight row `o`, `U` 32-value steps per iteration. Each step
-/// loads 32 weights (64 bytes) once and runs one `vdpbf16ps` per activation row; the last
+/// `dot_tile` for `M` activation rows (sums `stride` apart in `cells`) and `G` weight rows. Each 32-value step loads 32 weights
+/// (64 bytes) of each weight row once and 32 activations of each activation row once; the last
 /// partial step loads under a mask (masked-off lanes read nothing and are zero).
 #[allow(clippy::needless_range_loop)]
 #[inline(always)]
-unsafe fn rows<const M: usize, const U: usize>(x: &Bf16Activations, w: &[bf16], o: usize, k: usize, cell: &mut [f32], prefetch: Prefetch) {
-    let weights = w.as_ptr().add(o * k) as *const u16;
-    let values = x.0.as_ptr();
-    // [M][U] accumulators
-    let mut acc = [[_mm512_setzero_ps(); U]; M];
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile<const M: usize, const G: usize>(x: &[u16], stride: usize, w: &[bf16], o: usize, k: usize, cells: &mut [f32], prefetch: Prefetch) {
+    let mut weights = [std::ptr::null::<u16>(); G];
+    for j in 0..G {
+        weights[j] = w.as_ptr().wrapping_add((o + j) * k) as *const u16;
+    }
+    let values = x.as_ptr();
     let as_bh = |v: __m512i| -> __m512bh { std::mem::transmute(v) };
+    // [weight row][activation row][chain]
+    let mut acc = [[[_mm512_setzero_ps(); 2]; M]; G];
     let mut i = 0;
-    while i + 32 * U <= k {
-        prefetch_lines(prefetch, weights.add(i) as *const i8, 64 * U);
-        for u in 0..U {
-            let wv = as_bh(_mm512_loadu_si512(weights.add(i + 32 * u) as *const _));
+    while i + 64 <= k {
+        for row in weights {
+            prefetch_lines(prefetch, row.add(i) as *const i8, 128);
+        }
+        for u in 0..2 {
+            let mut xv = [as_bh(_mm512_setzero_si512()); M];
             for r in 0..M {
-                let at = r * k + i + 32 * u;
-                acc[r][u] = _mm512_dpbf16_ps(acc[r][u], wv, as_bh(_mm512_loadu_si512(values.add(at) as *const _)));
+                xv[r] = as_bh(_mm512_loadu_si512(values.add(r * k + i + 32 * u) as *const _));
+            }
+            for j in 0..G {
+                let wv = as_bh(_mm512_loadu_si512(weights[j].add(i + 32 * u) as *const _));
+                for r in 0..M {
+                    acc[j][r][u] = _mm512_dpbf16_ps(acc[j][r][u], wv, xv[r]);
+                }
             }
         }
-        i += 32 * U;
+        i += 64;
     }
     while i < k {
         let len = (k - i).min(32);
         let mask: __mmask32 = if len == 32 { !0 } else { (1u32 << len) - 1 };
-        let wv = as_bh(_mm512_maskz_loadu_epi16(mask, weights.add(i) as *const i16));
+        let mut xv = [as_bh(_mm512_setzero_si512()); M];
         for r in 0..M {
-            let at = r * k + i;
-            acc[r][0] = _mm512_dpbf16_ps(acc[r][0], wv, as_bh(_mm512_maskz_loadu_epi16(mask, values.add(at) as *const i16)));
+            xv[r] = as_bh(_mm512_maskz_loadu_epi16(mask, values.add(r * k + i) as *const i16));
+        }
+        for j in 0..G {
+            let wv = as_bh(_mm512_maskz_loadu_epi16(mask, weights[j].add(i) as *const i16));
+            for r in 0..M {
+                acc[j][r][0] = _mm512_dpbf16_ps(acc[j][r][0], wv, xv[r]);
+            }
         }
         i += len;
     }
-    for r in 0..M {
-        let sum = acc[r].into_iter().fold(_mm512_setzero_ps(), |s, a| _mm512_add_ps(s, a));
-        cell[r] = _mm512_reduce_add_ps(sum);
-    }
-}
-
-/// `dot_rows` for one activation row and the four weight rows `o..o + 4` (`super::GROUP_ROWS`):
-/// each load of `x` serves the four rows. Each row's sum is accumulated (two chains, as `rows`
-/// with one activation row) and reduced as `dot_rows` does it, so the results are the same bits.
-///
-/// # Safety
-/// The CPU must have AVX-512F, BW and BF16 (`available`).
-#[allow(clippy::needless_range_loop)]
-#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-pub unsafe fn dot_four_rows(x: &Bf16Activations, w: &[bf16], o: usize, k: usize, cells: &mut [f32], prefetch: Prefetch) {
-    const ROWS: usize = super::GROUP_ROWS;
-    assert!(x.0.len() == k && w.len() >= (o + ROWS) * k && cells.len() == ROWS);
-    let weights: [*const u16; ROWS] = std::array::from_fn(|r| w.as_ptr().wrapping_add((o + r) * k) as *const u16);
-    let values = x.0.as_ptr();
-    let as_bh = |v: __m512i| -> __m512bh { std::mem::transmute(v) };
-    // [row][chain]
-    let mut acc = [[_mm512_setzero_ps(); 2]; ROWS];
-    let mut i = 0;
-    // SAFETY (all): the assert bounds every load to its row's k values and k in `x`.
-    unsafe {
-        while i + 64 <= k {
-            for row in weights {
-                prefetch_lines(prefetch, row.add(i) as *const i8, 128);
-            }
-            for u in 0..2 {
-                let xv = as_bh(_mm512_loadu_si512(values.add(i + 32 * u) as *const _));
-                for r in 0..ROWS {
-                    acc[r][u] = _mm512_dpbf16_ps(acc[r][u], as_bh(_mm512_loadu_si512(weights[r].add(i + 32 * u) as *const _)), xv);
-                }
-            }
-            i += 64;
+    for j in 0..G {
+        for r in 0..M {
+            cells[j * stride + r] = _mm512_reduce_add_ps(_mm512_add_ps(acc[j][r][0], acc[j][r][1]));
         }
-        while i < k {
-            let len = (k - i).min(32);
-            let mask: __mmask32 = if len == 32 { !0 } else { (1u32 << len) - 1 };
-            let xv = as_bh(_mm512_maskz_loadu_epi16(mask, values.add(i) as *const i16));
-            for r in 0..ROWS {
-                acc[r][0] = _mm512_dpbf16_ps(acc[r][0], as_bh(_mm512_maskz_loadu_epi16(mask, weights[r].add(i) as *const i16)), xv);
-            }
-            i += len;
-        }
-    }
-    for r in 0..ROWS {
-        let sum = acc[r].into_iter().fold(_mm512_setzero_ps(), |s, a| _mm512_add_ps(s, a));
-        cells[r] = _mm512_reduce_add_ps(sum);
     }
 }
