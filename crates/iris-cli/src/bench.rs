@@ -212,14 +212,7 @@ fn run(args: &BenchArgs, dir: &Path, opts: &iris_models::LoadOptions, image: Opt
     // the cache a decode step reads, averaged over the run (the context grows by one per token)
     let kv_read_per_token = info.kv_bytes_per_token as f64 * (prompt_tokens as f64 + out.token_ids.len() as f64 / 2.0);
     let roofline_fraction_with_kv = bandwidth.map(|b| (info.decode_bytes_per_token as f64 + kv_read_per_token) * t.decode_tokens_per_s / 1e9 / b);
-    let report = json!({
-        "model": model_name,
-        "family": info.family,
-        "dtype": format!("{:?}", info.dtype).to_lowercase(),
-        "language_format": format_name(opts.language_format),
-        "vision_format": format_name(opts.vision_format),
-        "quantized_kernel": format!("{:?}", iris_nn::quant::kernels::Kernel::best()),
-        "threads": rayon_threads(),
+    let report = with_setup(model_name, info, opts, json!({
         "image": args.image,
         "prompt_tokens": prompt_tokens,
         "new_tokens": out.token_ids.len(),
@@ -242,7 +235,7 @@ fn run(args: &BenchArgs, dir: &Path, opts: &iris_models::LoadOptions, image: Opt
         "kv_bytes_per_token": info.kv_bytes_per_token,
         "decode_kv_bytes_per_token": kv_read_per_token,
         "decode_roofline_fraction_with_kv": roofline_fraction_with_kv,
-    });
+    }));
     if args.json {
         println!("{report}");
         return Ok(());
@@ -268,6 +261,24 @@ fn run(args: &BenchArgs, dir: &Path, opts: &iris_models::LoadOptions, image: Opt
     Ok(())
 }
 
-fn rayon_threads() -> usize {
+/// `fields` after the fields naming what ran: model, family, compute dtype, weight formats,
+/// quantized kernel and threads.
+pub(crate) fn with_setup(model_name: &str, info: &iris_models::ModelInfo, opts: &iris_models::LoadOptions, fields: serde_json::Value) -> serde_json::Value {
+    let mut report = json!({
+        "model": model_name,
+        "family": info.family,
+        "dtype": format!("{:?}", info.dtype).to_lowercase(),
+        "language_format": format_name(opts.language_format),
+        "vision_format": format_name(opts.vision_format),
+        "quantized_kernel": format!("{:?}", iris_nn::quant::kernels::Kernel::best()),
+        "threads": rayon_threads(),
+    });
+    if let (Some(report), serde_json::Value::Object(fields)) = (report.as_object_mut(), fields) {
+        report.extend(fields);
+    }
+    report
+}
+
+pub(crate) fn rayon_threads() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(std::env::var("RAYON_NUM_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(usize::MAX))
 }

@@ -4,7 +4,7 @@
 //! aggregate decode rate while all N sequences decode, the decode steps per second and the weight
 //! bandwidth they amount to, each sequence's own rate, and the first and last time to first token.
 
-use crate::bench::{bench_request, format_name, BenchArgs};
+use crate::bench::{bench_request, with_setup, BenchArgs};
 use anyhow::{bail, Context, Result};
 use iris_engine::scheduler::{Job, SchedulerConfig, SchedulerHandle, SeqEvent};
 use iris_engine::Engine;
@@ -90,12 +90,7 @@ pub fn run(args: &BenchArgs, dir: &Path, opts: &iris_models::LoadOptions, image:
     let mut own: Vec<f64> = done.iter().flatten().map(|(_, rate)| *rate).collect();
     own.sort_by(f64::total_cmp);
     let ms = |at: Instant| at.duration_since(start).as_secs_f64() * 1e3;
-    let report = json!({
-        "model": model_name,
-        "family": info.family,
-        "dtype": format!("{:?}", info.dtype).to_lowercase(),
-        "language_format": format_name(opts.language_format),
-        "vision_format": format_name(opts.vision_format),
+    let report = with_setup(model_name, &info, opts, json!({
         "image": args.image,
         "concurrent": concurrent,
         "prompt_tokens": prompt_tokens,
@@ -111,13 +106,13 @@ pub fn run(args: &BenchArgs, dir: &Path, opts: &iris_models::LoadOptions, image:
         "decode_bytes_per_token": info.decode_bytes_per_token,
         "weight_bytes": info.weight_bytes,
         "peak_rss_bytes": crate::bench::peak_rss_bytes().unwrap_or(0),
-    });
+    }));
     if args.json {
         println!("{report}");
         return Ok(());
     }
     println!("model            {model_name} ({}, {} compute)", info.family, report["dtype"].as_str().unwrap_or(""));
-    println!("weights          language {}, vision {}", report["language_format"].as_str().unwrap_or(""), report["vision_format"].as_str().unwrap_or(""));
+    println!("weights          language {}, vision {}; kernel {}, {} threads", report["language_format"].as_str().unwrap_or(""), report["vision_format"].as_str().unwrap_or(""), report["quantized_kernel"].as_str().unwrap_or(""), report["threads"]);
     println!("sequences        {concurrent} at once, {prompt_tokens} prompt tokens each (image {}), {} new tokens each", args.image, args.new_tokens);
     println!("load             {load_s:.2} s");
     println!("time to first    {:.0} ms (first sequence), {:.0} ms (last)", report["ttft_first_ms"].as_f64().unwrap_or(0.0), report["ttft_last_ms"].as_f64().unwrap_or(0.0));
