@@ -113,7 +113,7 @@ pub fn run(args: &BenchArgs, dir: &Path, opts: &iris_models::LoadOptions, image:
     }
     println!("model            {model_name} ({}, {} compute)", info.family, report["dtype"].as_str().unwrap_or(""));
     println!("weights          language {}, vision {}; kernel {}, {} threads", report["language_format"].as_str().unwrap_or(""), report["vision_format"].as_str().unwrap_or(""), report["quantized_kernel"].as_str().unwrap_or(""), report["threads"]);
-    println!("sequences        {concurrent} at once, {prompt_tokens} prompt tokens each (image {}), {} new tokens each", args.image, args.new_tokens);
+    println!("sequences        {concurrent} at once, {prompt_tokens} prompt tokens each (image {}), {} new tokens in all", args.image, report["new_tokens"]);
     println!("load             {load_s:.2} s");
     println!("time to first    {:.0} ms (first sequence), {:.0} ms (last)", report["ttft_first_ms"].as_f64().unwrap_or(0.0), report["ttft_last_ms"].as_f64().unwrap_or(0.0));
     println!("decode           {aggregate:.2} tokens/s in all, {steps_per_s:.2} steps/s ({weight_gbps:.1} GB/s of weights); {:.2} tokens/s per sequence (median)", own[own.len() / 2]);

@@ -1,10 +1,10 @@
 //! Decode-kernel benchmark: the bandwidth a plain 2-thread streaming sum reaches on this machine,
 //! next to `Linear::forward` on one token (the GEMV path) for f32/f16/bf16 weights at Qwen2-VL-2B
 //! sizes (an MLP projection and the 151936-row lm_head), and q8_0/q4k `QuantizedMatrix` products.
-//! `cargo run --release -p iris-nn --example gemv_bench [quant|dram|core|paired [f32|f16|bf16 [ROWS]]]`
+//! `cargo run --release -p iris-nn --example gemv_bench [quant|dram|core|paired [STORAGE [ROWS]]]`
 //! (`quant`: only the quantized products; `dram`: only their from-DRAM rounds; `core`: the
 //! quantized kernels' own speed, see `core_rounds`; `paired`: the 32/16-bit kernels' prefetch
-//! settings against each other, see `paired_rounds`)
+//! settings against each other, STORAGE f32, f16 or bf16, see `paired_rounds`)
 
 use candle_core::{DType, Device, Tensor};
 use half::{bf16, f16};
@@ -157,14 +157,14 @@ impl Weights {
 }
 
 /// The decode GEMV's prefetch settings against each other, for each 32/16-bit storage. A pass
-/// multiplies one token by every matrix one Qwen2-VL-2B decode step reads (28 layers' q, k, v,
-/// o, gate, up and down projections and the 151936-row head: 3.1 GB at 16 bits, 6.2 at 32) under
-/// one setting, inside one compute step as the model runs them; the settings take turns pass by
-/// pass (starting one later each pass), so a drift in the machine's bandwidth reaches all of
-/// them alike. On the Zen 4 VM, whose bandwidth swung by 2x between runs, this repeated where
-/// run-against-run comparisons of whole decodes did not. Prints each setting's median GB/s, its median ratio to the default (the
-/// first line) within a pass and the passes in which it beat the default, after one pass not
-/// counted.
+/// multiplies one token (or ROWS tokens: batched decode) by every matrix one Qwen2-VL-2B decode
+/// step reads (28 layers' q, k, v, o, gate, up and down projections and the 151936-row head:
+/// 3.1 GB at 16 bits, 6.2 at 32) under one setting, inside one compute step as the model runs
+/// them; the settings take turns pass by pass (starting one later each pass), so a drift in the
+/// machine's bandwidth reaches all of them alike. On the Zen 4 VM, whose bandwidth swung by 2x between runs, this repeated where
+/// run-against-run comparisons of whole decodes did not. Prints each setting's median GB/s, its
+/// median ratio to the default (the first line) within a pass and the passes in which it beat
+/// the default, after one pass not counted.
 fn paired_rounds() {
     let (hidden, mlp, kv, vocab, layers) = (1536usize, 8960usize, 256usize, 151936usize, 28);
     let mut shapes = Vec::new();

@@ -39,7 +39,7 @@ macro_rules! for_tile_shape {
 pub(super) use for_tile_shape;
 
 /// `cells[j * m + r] = sum_i x[r * k + i] * w[(o + j) * k + i]` for the `m` activation rows and
-/// the `g` weight rows from `o`, the rows taken `chunk` at a time (`super::TilePlan`), the weight
+/// the `g` weight rows from `o`, the rows taken `chunk` at a time (`super::tile_plan`), the weight
 /// stream prefetched as `prefetch` says (`super::prefetch`).
 ///
 /// # Safety

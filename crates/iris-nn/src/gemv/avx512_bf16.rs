@@ -38,7 +38,7 @@ impl Bf16Activations {
 
 /// `cells[j * m + r] = sum_i x[r][i] * w[(o + j) * k + i]` for the `m` activation rows and the
 /// `g` weight rows from `o` (a shape `super::avx512::for_tile_shape` lists), the weights
-/// prefetched as `prefetch` says (`gemv/prefetch.rs`: 2 KiB into L2). As in the widening kernel,
+/// prefetched as `prefetch` says (`gemv/prefetch.rs`). As in the widening kernel,
 /// each weight load serves the `m` rows and each activation load the `g` weight rows, and every
 /// sum runs the same two chains (of 32-value steps, the masked last step in the first) whatever
 /// the tile, so a row's result does not depend on the tile it ran in.
@@ -56,9 +56,10 @@ pub unsafe fn dot_tile(x: &Bf16Activations, m: usize, w: &[bf16], o: usize, k: u
     }
 }
 
-/// `dot_tile` for `M` activation rows (sums `stride` apart in `cells`) and `G` weight rows. Each 32-value step loads 32 weights
-/// (64 bytes) of each weight row once and 32 activations of each activation row once; the last
-/// partial step loads under a mask (masked-off lanes read nothing and are zero).
+/// `dot_tile` for `M` activation rows (sums `stride` apart in `cells`) and `G` weight rows. Each
+/// 32-value step loads 32 weights (64 bytes) of each weight row once and 32 activations of each
+/// activation row once; the last partial step loads under a mask (masked-off lanes read nothing
+/// and are zero).
 #[allow(clippy::needless_range_loop)]
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
