@@ -3,8 +3,9 @@
 //! sizes (an MLP projection and the 151936-row lm_head), and q8_0/q4k `QuantizedMatrix` products.
 //! `cargo run --release -p iris-nn --example gemv_bench [quant|dram|core|paired [STORAGE [ROWS]]]`
 //! (`quant`: only the quantized products; `dram`: only their from-DRAM rounds; `core`: the
-//! quantized kernels' own speed, see `core_rounds`; `paired`: the 32/16-bit kernels' prefetch
-//! settings against each other, STORAGE f32, f16 or bf16, see `paired_rounds`)
+//! quantized kernels' own speed for `CORE_ROWS=1,4` activation rows, see `core_rounds`; `paired`:
+//! the 32/16-bit kernels' prefetch settings against each other, STORAGE f32, f16 or bf16, see
+//! `paired_rounds`)
 
 use candle_core::{DType, Device, Tensor};
 use half::{bf16, f16};
@@ -70,16 +71,20 @@ fn main() {
         let layers: Vec<QuantizedMatrix> = (0..8)
             .map(|_| QuantizedMatrix::quantize_tensor(&Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap(), format).unwrap())
             .collect();
-        let x = Tensor::randn(0f32, 1.0, (1, k), &dev).unwrap();
-        let rounds = 10;
-        let t = Instant::now();
-        for _ in 0..rounds {
-            for q in &layers {
-                q.matmul_t(&x).unwrap();
+        // one activation row (decode) and four (batched decode)
+        for m in [1usize, 4] {
+            let x = Tensor::randn(0f32, 1.0, (m, k), &dev).unwrap();
+            let rounds = 10;
+            let t = Instant::now();
+            for _ in 0..rounds {
+                for q in &layers {
+                    q.matmul_t(&x).unwrap();
+                }
             }
+            let s = t.elapsed().as_secs_f64() / (rounds * layers.len()) as f64;
+            let gb_per_s = layers[0].size_in_bytes() as f64 / s / 1e9;
+            println!("{format} [{m}, {k}] x 8 x [{n}, {k}]^T from DRAM: {:.2} ms each, {gb_per_s:.1} GB/s", s * 1e3);
         }
-        let s = t.elapsed().as_secs_f64() / (rounds * layers.len()) as f64;
-        println!("{format} [1, {k}] x 8 x [{n}, {k}]^T from DRAM: {:.2} ms each, {:.1} GB/s", s * 1e3, layers[0].size_in_bytes() as f64 / s / 1e9);
     }
 }
 
@@ -94,8 +99,14 @@ fn core_rounds() {
     let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("a one-thread pool");
     println!("quantized kernel: {:?}, one thread", iris_nn::quant::kernels::Kernel::best());
     let k = 1536;
+    // the activation row counts, `CORE_ROWS=1,4` by default (batched decode takes up to 8)
+    let row_counts: Vec<usize> = std::env::var("CORE_ROWS")
+        .unwrap_or_else(|_| "1,4".into())
+        .split(',')
+        .map(|m| m.trim().parse().expect("CORE_ROWS: comma-separated row counts"))
+        .collect();
     for format in [WeightFormat::Q8_0, WeightFormat::Q4K] {
-        for m in [1usize, 4] {
+        for &m in &row_counts {
             // (rows, per-call time): the per-block cost is the slope between the two sizes
             let mut times = Vec::new();
             let mut bytes_per_block = 0.0;

@@ -7,7 +7,9 @@
 //! Then `vpdpbusd` beside other operations: on the Zen 5 VM of 2026-12-06 a `vfmadd` or `vmulps`
 //! halves the pair rate (they share its one 512-bit multiply pipe, as do `vpmaddubsw`,
 //! `vpmaddwd`, `vpdpwssd` and `vdpbf16ps` in a scratch probe), while `vaddps`, `vcvtdq2ps` and
-//! `vpaddd` issue beside it.
+//! `vpaddd` issue beside it. On the Zen 4 VM (2026-12-06) the same, and the shuffles
+//! (`vpackssdw`, `vpermps`, `vpshufb`) in part, at 0.74 of the rate alone; `vpandq` and
+//! `vpsrlw` issue beside it.
 //! `cargo run --release -p iris-nn --example simd_peak`
 
 #[cfg(target_arch = "x86_64")]
@@ -79,6 +81,11 @@ mod peak {
             Other::Add => run!(|f| _mm512_add_ps(f, x)),
             Other::Convert => run!(|f: __m512| _mm512_cvtepi32_ps(_mm512_castps_si512(f))),
             Other::IntAdd => run!(|f: __m512| _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(f), b))),
+            Other::Pack => run!(|f: __m512| _mm512_castsi512_ps(_mm512_packs_epi32(_mm512_castps_si512(f), b))),
+            Other::Permute => run!(|f| _mm512_permutexvar_ps(b, f)),
+            Other::ByteShuffle => run!(|f: __m512| _mm512_castsi512_ps(_mm512_shuffle_epi8(_mm512_castps_si512(f), b))),
+            Other::And => run!(|f: __m512| _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(f), b))),
+            Other::Shift => run!(|f: __m512| _mm512_castsi512_ps(_mm512_srli_epi16::<4>(_mm512_castps_si512(f)))),
         }
         let fs = floats.iter().fold(_mm512_setzero_si512(), |s, v| _mm512_xor_si512(s, _mm512_castps_si512(*v)));
         _mm512_reduce_add_epi32(ints.iter().fold(fs, |s, v| _mm512_add_epi32(s, *v)))
@@ -92,6 +99,11 @@ mod peak {
         Add,
         Convert,
         IntAdd,
+        Pack,
+        Permute,
+        ByteShuffle,
+        And,
+        Shift,
     }
 
     #[target_feature(enable = "avx512f")]
@@ -134,7 +146,19 @@ fn main() {
     // which 512-bit operations share vpdpbusd's pipe (the int8 GEMM's per-block scale fold is
     // a convert, a multiply and a fused multiply-add)
     use peak::Other;
-    for other in [Other::Fmadd, Other::Mul, Other::Add, Other::Convert, Other::IntAdd] {
+    let others = [
+        Other::Fmadd,
+        Other::Mul,
+        Other::Add,
+        Other::Convert,
+        Other::IntAdd,
+        Other::Pack,
+        Other::Permute,
+        Other::ByteShuffle,
+        Other::And,
+        Other::Shift,
+    ];
+    for other in others {
         let t = Instant::now();
         // SAFETY: as above.
         let check = unsafe { peak::dpbusd_beside(iterations, other) };

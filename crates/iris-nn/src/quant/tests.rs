@@ -361,20 +361,29 @@ fn stacked_rows_equal_the_stacked_matrix_quantized() {
 
 #[test]
 fn one_row_decode_equals_each_row_of_a_batch_bit_for_bit() {
-    // the one-row kernels (4 interleaved weight rows at once) and the batched ones (any number
-    // of activation rows) must agree exactly: batching must not change a sequence's tokens
+    // the one-row kernels and the batched ones (AVX-512 q4_K: passes of up to four activation
+    // rows over groups of four weight rows) must agree exactly, whatever the batch: batching
+    // must not change a sequence's tokens. 42 rows: ten full groups and two rows past them.
     for format in [WeightFormat::Q8_0, WeightFormat::Q4K] {
-        let (n, k) = (40, 512);
+        let (n, k) = (42, 512);
         let q = QuantizedMatrix::quantize(&pseudo_random(n * k, 8), n, k, format).unwrap();
-        let x = pseudo_random(k, 9);
+        let x = pseudo_random(MAX_ROWS * k, 9);
         for kernel in Kernel::available() {
-            let mut one = vec![0f32; n];
-            gemv_with(&q.blocks, n, k, &x, 1, &mut one, kernel);
-            let twice: Vec<f32> = x.iter().chain(&x).copied().collect();
-            let mut batch = vec![0f32; 2 * n];
-            gemv_with(&q.blocks, n, k, &twice, 2, &mut batch, kernel);
-            assert_eq!(one, batch[..n], "{format} {kernel:?}: one row against row 0 of two");
-            assert_eq!(one, batch[n..], "{format} {kernel:?}: one row against row 1 of two");
+            let alone: Vec<Vec<f32>> = x
+                .chunks(k)
+                .map(|row| {
+                    let mut out = vec![0f32; n];
+                    gemv_with(&q.blocks, n, k, row, 1, &mut out, kernel);
+                    out
+                })
+                .collect();
+            for m in 2..=MAX_ROWS {
+                let mut batch = vec![0f32; m * n];
+                gemv_with(&q.blocks, n, k, &x[..m * k], m, &mut batch, kernel);
+                for (r, one) in alone[..m].iter().enumerate() {
+                    assert_eq!(one[..], batch[r * n..(r + 1) * n], "{format} {kernel:?}: row {r} alone and in a batch of {m}");
+                }
+            }
         }
     }
 }

@@ -193,8 +193,8 @@ unsafe fn q4k_finish(acc: __m512, min_acc: __m128) -> f32 {
     _mm512_reduce_add_ps(acc) - _mm_cvtss_f32(m)
 }
 
-/// q4_K against up to `MAX_ROWS` activation rows (batched decode): each super-block is unpacked
-/// once for all rows.
+/// q4_K against up to `MAX_ROWS` activation rows, one weight row: the rows past the last full
+/// group of four (`dot_group_q4k` takes the rest). Each super-block is unpacked once for all rows.
 pub unsafe fn dot_row_q4k(blocks: &[Q4KBlock], k: usize, o: usize, rows: &[QuantizedRow], cell: &mut [f32]) {
     super::for_row_count!(rows.len(), dot_row_q4k_rows, blocks, k, o, rows, cell)
 }
@@ -217,55 +217,97 @@ unsafe fn dot_row_q4k_rows<const M: usize>(blocks: &[Q4KBlock], k: usize, o: usi
     }
 }
 
-/// `dot_row_q4k` for weight rows `o..o+4` (a full interleaved group, `o % 4 == 0`) and one
-/// activation row, the decode case: the activations are loaded once for the four rows, whose
-/// blocks are adjacent in memory, and the stream is prefetched. The four blocks' scales are
-/// folded together: their `[d, dmin]` pairs in one vector, and their eight mins against the
-/// activation's sub-block sums in one 512-bit product (four lanes a row), where `q4k_fold` per
-/// block took ~60 of the group's ~150 vector instructions.
+/// Activation rows one pass of `dot_group_q4k` takes. One thread, weights in cache (`gemv_bench
+/// core`, Zen 4 VM), four rows took 12.9 ns a super-block in one pass, 13.3 in two of two and
+/// 13.6-14.9 in passes of three and one.
+const GROUP_PASS_ROWS: usize = 4;
+
+/// `dot_row_q4k` for weight rows `o..o+4` (a full interleaved group, `o % 4 == 0`, whose blocks
+/// are adjacent in memory) against every activation row: `out[i * m + r]` (`[4, m]`) is row r
+/// times weight row `o + i`. Each block is unpacked once a pass for all its rows, each row's
+/// activations are loaded once a pass for the four weight rows, and the stream is prefetched.
+/// Rows go in passes of up to `GROUP_PASS_ROWS`; later passes find the group's blocks in cache
+/// and do not prefetch. Batched decode had taken one weight row at a time with no prefetch:
+/// from DRAM 2.5x slower than its in-cache speed.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
-pub unsafe fn dot_4_rows_q4k(blocks: &[Q4KBlock], k: usize, o: usize, row: &QuantizedRow, out: &mut [f32]) {
+pub unsafe fn dot_group_q4k(blocks: &[Q4KBlock], k: usize, o: usize, rows: &[QuantizedRow], out: &mut [f32]) {
+    let m = rows.len();
+    if m == 1 {
+        return group_pass::<1, true>(blocks, k, o, rows, out, |i, _| i);
+    }
+    for first in (0..m).step_by(GROUP_PASS_ROWS) {
+        let pass = &rows[first..m.min(first + GROUP_PASS_ROWS)];
+        let cells = |i: usize, r: usize| i * m + first + r;
+        match (pass.len(), first == 0) {
+            (1, true) => group_pass::<1, true>(blocks, k, o, pass, out, cells),
+            (2, true) => group_pass::<2, true>(blocks, k, o, pass, out, cells),
+            (3, true) => group_pass::<3, true>(blocks, k, o, pass, out, cells),
+            (_, true) => group_pass::<4, true>(blocks, k, o, pass, out, cells),
+            (1, false) => group_pass::<1, false>(blocks, k, o, pass, out, cells),
+            (2, false) => group_pass::<2, false>(blocks, k, o, pass, out, cells),
+            (3, false) => group_pass::<3, false>(blocks, k, o, pass, out, cells),
+            (_, false) => group_pass::<4, false>(blocks, k, o, pass, out, cells),
+        }
+    }
+}
+
+/// One pass of `dot_group_q4k` over `M` activation rows. The four blocks' scales are folded
+/// together: their `[d, dmin]` pairs in one vector per row, and their eight mins against a row's
+/// sub-block sums in one 512-bit product (four lanes a weight row), where `q4k_fold` per block
+/// took ~60 of a one-row group's ~150 vector instructions.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+unsafe fn group_pass<const M: usize, const PREFETCH: bool>(
+    blocks: &[Q4KBlock],
+    k: usize,
+    o: usize,
+    rows: &[QuantizedRow],
+    out: &mut [f32],
+    cell: impl Fn(usize, usize) -> usize,
+) {
     let per_row = k / QK_K;
+    let rows: &[QuantizedRow; M] = rows.try_into().expect("M activation rows");
     let masks = q4k_scale_masks();
-    let mut acc = [_mm512_setzero_ps(); 4];
-    // lanes 4i..4i + 4: row i's dmin * dx * (m_j * sum_j) terms
-    let mut min_acc = _mm512_setzero_ps();
+    let mut acc = [[_mm512_setzero_ps(); M]; 4];
+    // lanes 4i..4i + 4: weight row i's dmin * dx * (m_j * sum_j) terms, per activation row
+    let mut min_acc = [_mm512_setzero_ps(); M];
     // lane 2i of `dm` (d of block i) to every lane, and lanes 2i + 1 (dmin) to lanes 4i..4i + 4
     let d_lane: [__m512i; 4] = std::array::from_fn(|i| _mm512_set1_epi32(2 * i as i32));
     let dmin_lanes = _mm512_setr_epi32(1, 1, 1, 1, 3, 3, 3, 3, 5, 5, 5, 5, 7, 7, 7, 7);
     for s in 0..per_row {
         let group: &[Q4KBlock; 4] = blocks[o * per_row + 4 * s..][..4].try_into().expect("a group of four blocks");
-        super::prefetch_ahead_of(group);
-        let a = q4k_activations(row, s);
-        // written out (not `from_fn`, whose closure stayed an outlined call per block, 11% of
-        // a q4k decode profile) and as four independent statements so the accumulators stay
-        // in registers (as a loop LLVM kept them on the stack, a store and reload per block)
-        let isum = [
-            q4k_block_dot(&q4k_weights(&group[0], &masks), &a),
-            q4k_block_dot(&q4k_weights(&group[1], &masks), &a),
-            q4k_block_dot(&q4k_weights(&group[2], &masks), &a),
-            q4k_block_dot(&q4k_weights(&group[3], &masks), &a),
-        ];
-        // [d0, dmin0, .., d3, dmin3] * dx
-        let pair = |i: usize| (group[i].dm.as_ptr() as *const i32).read_unaligned();
-        let dm = _mm256_mul_ps(_mm256_cvtph_ps(_mm_setr_epi32(pair(0), pair(1), pair(2), pair(3))), _mm256_set1_ps(*row.d.get_unchecked(s)));
-        let dm = _mm512_castps256_ps512(dm);
-        for i in 0..4 {
-            acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[i]), _mm512_permutexvar_ps(d_lane[i], dm), acc[i]);
+        if PREFETCH {
+            super::prefetch_ahead_of(group);
         }
-        // the four blocks' eight u8 mins as 32 i16, times the eight i16 sub-block sums of the
-        // activations (the same for every block): four i32 lanes a block, <= 2 * 255 * 4064
+        // [d0, dmin0, .., d3, dmin3] * dx, per activation row
+        let pair = |i: usize| (group[i].dm.as_ptr() as *const i32).read_unaligned();
+        let dm = _mm256_cvtph_ps(_mm_setr_epi32(pair(0), pair(1), pair(2), pair(3)));
+        let dm: [__m512; M] = std::array::from_fn(|r| _mm512_castps256_ps512(_mm256_mul_ps(dm, _mm256_set1_ps(*rows[r].d.get_unchecked(s)))));
+        for i in 0..4 {
+            let w = q4k_weights(&group[i], &masks);
+            for r in 0..M {
+                let isum = q4k_block_dot(&w, &q4k_activations(&rows[r], s));
+                acc[i][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_permutexvar_ps(d_lane[i], dm[r]), acc[i][r]);
+            }
+        }
+        // the four blocks' eight u8 mins as 32 i16, times a row's eight i16 sub-block sums (the
+        // same for every block): four i32 lanes a block, <= 2 * 255 * 4064
         let mins = |i: usize| (group[i].m.as_ptr() as *const i64).read_unaligned();
-        let m = _mm512_cvtepu8_epi16(_mm256_setr_epi64x(mins(0), mins(1), mins(2), mins(3)));
-        let sums = _mm512_broadcast_i32x4(_mm_loadu_si128(row.sub_sums.as_ptr().add(8 * s) as *const __m128i));
-        min_acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_madd_epi16(m, sums)), _mm512_permutexvar_ps(dmin_lanes, dm), min_acc);
+        let mins = _mm512_cvtepu8_epi16(_mm256_setr_epi64x(mins(0), mins(1), mins(2), mins(3)));
+        for r in 0..M {
+            let sums = _mm512_broadcast_i32x4(_mm_loadu_si128(rows[r].sub_sums.as_ptr().add(8 * s) as *const __m128i));
+            let terms = _mm512_cvtepi32_ps(_mm512_madd_epi16(mins, sums));
+            min_acc[r] = _mm512_fmadd_ps(terms, _mm512_permutexvar_ps(dmin_lanes, dm[r]), min_acc[r]);
+        }
     }
-    let mut mins = [0f32; 16];
-    _mm512_storeu_ps(mins.as_mut_ptr(), min_acc);
-    for i in 0..4 {
-        // summed as `q4k_finish` sums its four lanes, so this kernel and `dot_row_q4k` (batched
-        // rows) give bit-identical results
-        let m = &mins[4 * i..4 * i + 4];
-        out[i] = _mm512_reduce_add_ps(acc[i]) - ((m[0] + m[2]) + (m[1] + m[3]));
+    for r in 0..M {
+        let mut mins = [0f32; 16];
+        _mm512_storeu_ps(mins.as_mut_ptr(), min_acc[r]);
+        for i in 0..4 {
+            // summed as `q4k_finish` sums its four lanes, so this kernel and `dot_row_q4k` give
+            // bit-identical results
+            let m = &mins[4 * i..4 * i + 4];
+            out[cell(i, r)] = _mm512_reduce_add_ps(acc[i][r]) - ((m[0] + m[2]) + (m[1] + m[3]));
+        }
     }
 }

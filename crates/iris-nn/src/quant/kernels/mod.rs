@@ -419,15 +419,23 @@ pub(crate) fn gemv_with(blocks: &Blocks, n: usize, k: usize, x: &[f32], m: usize
         let first = task * ROWS_PER_TASK;
         #[allow(unused_mut)]
         let mut j = 0;
-        // one input row (decode): four interleaved q4_K weight rows per call, one contiguous stream
+        // four interleaved q4_K weight rows per call, one contiguous stream: any number of input
+        // rows with AVX-512, one (decode) with AVX2
         #[cfg(target_arch = "x86_64")]
-        if let (1, Kernel::Avx2 | Kernel::AvxVnni | Kernel::Avx512Vnni, Blocks::Q4K(b)) = (m, kernel, blocks) {
-            while j + 4 <= dst.len() {
+        if let (Kernel::Avx512Vnni, Blocks::Q4K(b)) = (kernel, blocks) {
+            while (j + 4) * m <= dst.len() {
                 // SAFETY: the kernel comes from `Kernel::available`; `first + j` is a multiple of
                 // four with four rows left, so it starts a full interleaved group.
+                unsafe { avx512::dot_group_q4k(b, k, first + j, &rows, &mut dst[j * m..(j + 4) * m]) };
+                j += 4;
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        if let (1, Kernel::Avx2 | Kernel::AvxVnni, Blocks::Q4K(b)) = (m, kernel, blocks) {
+            while j + 4 <= dst.len() {
+                // SAFETY: as above
                 unsafe {
                     match kernel {
-                        Kernel::Avx512Vnni => avx512::dot_4_rows_q4k(b, k, first + j, &rows[0], &mut dst[j..j + 4]),
                         Kernel::AvxVnni => avx2::dot_4_rows_q4k::<true>(b, k, first + j, &rows[0], &mut dst[j..j + 4]),
                         _ => avx2::dot_4_rows_q4k::<false>(b, k, first + j, &rows[0], &mut dst[j..j + 4]),
                     }
