@@ -229,7 +229,8 @@ struct QuantizedRow {
     d: Vec<f32>,
     /// Int8 values in `[-127, 127]`; for q4_K in the kernel's order (`q4k_lane_order`).
     qs: Vec<i8>,
-    /// q4_K only: sum of the quantized values of each 32-value sub-block, in value order.
+    /// The sum of the quantized values of each 32-value (sub-)block, in value order: q4_K's min
+    /// terms, and the AVX-512 q8_0 kernel's correction for its offset weights.
     sub_sums: Vec<i16>,
 }
 
@@ -319,12 +320,12 @@ fn quantize_row(blocks: &Blocks, x: &[f32]) -> QuantizedRow {
     match blocks {
         Blocks::Q8_0 { .. } => {
             let (d, qs) = quantize_blocks(x, QK8_0);
-            QuantizedRow { d, qs, sub_sums: Vec::new() }
+            let sub_sums = block_sums(&qs);
+            QuantizedRow { d, qs, sub_sums }
         }
         Blocks::Q4K(_) => {
             let (d, natural) = quantize_blocks(x, QK_K);
-            // |sum| <= 32 * 127, so i16 holds it
-            let sub_sums = natural.chunks(32).map(|c| c.iter().map(|&q| q as i16).sum()).collect();
+            let sub_sums = block_sums(&natural);
             // `q4k_lane_order` moves whole runs of 32 values, so copy runs rather than values
             let mut qs = vec![0i8; natural.len()];
             for (dst, src) in qs.chunks_exact_mut(QK_K).zip(natural.chunks_exact(QK_K)) {
@@ -336,6 +337,11 @@ fn quantize_row(blocks: &Blocks, x: &[f32]) -> QuantizedRow {
             QuantizedRow { d, qs, sub_sums }
         }
     }
+}
+
+/// The sum of each run of 32 quantized values (|sum| <= 32 * 127, so i16 holds it).
+fn block_sums(qs: &[i8]) -> Vec<i16> {
+    qs.chunks(32).map(|c| c.iter().map(|&q| q as i16).sum()).collect()
 }
 
 /// Which implementation of the integer dot products runs.
