@@ -425,25 +425,31 @@ pub(crate) fn gemv_with(blocks: &Blocks, n: usize, k: usize, x: &[f32], m: usize
         let first = task * ROWS_PER_TASK;
         #[allow(unused_mut)]
         let mut j = 0;
-        // four interleaved q4_K weight rows per call, one contiguous stream: any number of input
-        // rows with AVX-512, one (decode) with AVX2
+        // four interleaved q4_K weight rows per call, one contiguous stream, prefetched: on
+        // AVX-512 a pass takes up to four input rows, on AVX2 one (later passes over a group
+        // find its blocks in cache)
         #[cfg(target_arch = "x86_64")]
-        if let (Kernel::Avx512Vnni, Blocks::Q4K(b)) = (kernel, blocks) {
+        if let (Kernel::Avx2 | Kernel::AvxVnni | Kernel::Avx512Vnni, Blocks::Q4K(b)) = (kernel, blocks) {
             while (j + 4) * m <= dst.len() {
+                let cells = &mut dst[j * m..(j + 4) * m];
                 // SAFETY: the kernel comes from `Kernel::available`; `first + j` is a multiple of
                 // four with four rows left, so it starts a full interleaved group.
-                unsafe { avx512::dot_group_q4k(b, k, first + j, &rows, &mut dst[j * m..(j + 4) * m]) };
-                j += 4;
-            }
-        }
-        #[cfg(target_arch = "x86_64")]
-        if let (1, Kernel::Avx2 | Kernel::AvxVnni, Blocks::Q4K(b)) = (m, kernel, blocks) {
-            while j + 4 <= dst.len() {
-                // SAFETY: as above
                 unsafe {
                     match kernel {
-                        Kernel::AvxVnni => avx2::dot_4_rows_q4k::<true>(b, k, first + j, &rows[0], &mut dst[j..j + 4]),
-                        _ => avx2::dot_4_rows_q4k::<false>(b, k, first + j, &rows[0], &mut dst[j..j + 4]),
+                        Kernel::Avx512Vnni => avx512::dot_group_q4k(b, k, first + j, &rows, cells),
+                        _ => {
+                            for (r, row) in rows.iter().enumerate() {
+                                let mut four = [0f32; 4];
+                                if kernel == Kernel::AvxVnni {
+                                    avx2::dot_4_rows_q4k::<true>(b, k, first + j, row, &mut four);
+                                } else {
+                                    avx2::dot_4_rows_q4k::<false>(b, k, first + j, row, &mut four);
+                                }
+                                for (i, v) in four.into_iter().enumerate() {
+                                    cells[i * m + r] = v;
+                                }
+                            }
+                        }
                     }
                 }
                 j += 4;
