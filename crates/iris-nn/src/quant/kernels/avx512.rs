@@ -20,8 +20,8 @@ unsafe fn pair_index(a: i32, b: i32) -> __m512i {
 ///
 /// `vpdpbusd` takes one unsigned operand. The weights become it with their sign bit flipped
 /// (`w + 128`, one XOR a pair for all rows), and the excess `128 * sum(x)` of each block leaves
-/// through the activations' block sums: one multiply-add per 16 blocks and row into a second
-/// accumulator. Moving each weight's sign onto the activations instead took a masked byte
+/// through the activations' block sums: one multiply-add per 16 blocks and row into the row's
+/// accumulator, whose lanes are all summed at the end anyway. Moving each weight's sign onto the activations instead took a masked byte
 /// subtraction per pair and row: one thread, weights in cache (`gemv_bench core`, Zen 4 VM), ns
 /// per 256 weights 5.9-6.1 -> 5.5-5.9 with one row, 10.0-12.3 -> 8.3-8.9 with two, 17.0-17.8 ->
 /// 16.1-16.2 with four, 35.0-37.6 -> 33.0-33.4 with eight. From DRAM, four rows read the same
