@@ -21,11 +21,14 @@ unsafe fn pair_index(a: i32, b: i32) -> __m512i {
 /// `vpdpbusd` takes one unsigned operand. The weights become it with their sign bit flipped
 /// (`w + 128`, one XOR a pair for all rows), and the excess `128 * sum(x)` of each block leaves
 /// through the activations' block sums: one multiply-add per 16 blocks and row into the row's
-/// accumulator, whose lanes are all summed at the end anyway. Moving each weight's sign onto the activations instead took a masked byte
-/// subtraction per pair and row: one thread, weights in cache (`gemv_bench core`, Zen 4 VM), ns
-/// per 256 weights 5.9-6.1 -> 5.5-5.9 with one row, 10.0-12.3 -> 8.3-8.9 with two, 17.0-17.8 ->
-/// 16.1-16.2 with four, 35.0-37.6 -> 33.0-33.4 with eight. From DRAM, four rows read the same
-/// ~25 GB/s before and after.
+/// accumulator, whose lanes are all summed at the end anyway (the leftover pairs' excess is
+/// subtracted as a scalar at the end). The integer sums are exact; in f32 the excess and the
+/// offset products cancel, which costs a few more roundings (the scalar twin test checks
+/// activations of one sign, where that is largest). Moving each weight's sign onto the
+/// activations instead took a masked byte subtraction per pair and row: one thread, weights in
+/// cache (`gemv_bench core`, Zen 4 VM), ns per 256 weights 5.9-6.1 -> 5.5-5.9 with one row,
+/// 10.0-12.3 -> 8.3-8.9 with two, 17.0-17.8 -> 16.1-16.2 with four, 35.0-37.6 -> 33.0-33.4 with
+/// eight. From DRAM, four rows read the same ~25 GB/s before and after.
 pub unsafe fn dot_row_q8_0(qs: &[i8], d: &[f16], k: usize, o: usize, rows: &[QuantizedRow], cell: &mut [f32]) {
     super::for_row_count!(rows.len(), dot_row_q8_0_rows, qs, d, k, o, rows, cell)
 }
@@ -239,7 +242,7 @@ const GROUP_PASS_ROWS: usize = 4;
 /// `dot_row_q4k` for weight rows `o..o+4` (a full interleaved group, `o % 4 == 0`, whose blocks
 /// are adjacent in memory) against every activation row: `out[i * m + r]` (`[4, m]`) is row r
 /// times weight row `o + i`. Each block is unpacked once a pass for all its rows, each row's
-/// activations are loaded once a pass for the four weight rows, and the stream is prefetched.
+/// activations serve the pass's four weight rows from L1, and the stream is prefetched.
 /// Rows go in passes of up to `GROUP_PASS_ROWS`; later passes find the group's blocks in cache
 /// and do not prefetch. Batched decode had taken one weight row at a time with no prefetch:
 /// from DRAM 2.5x slower than its in-cache speed.
