@@ -241,8 +241,7 @@ fn run(args: &BenchArgs, dir: &Path, opts: &iris_models::LoadOptions, image: Opt
         return Ok(());
     }
     let gb = |b: f64| b / 1e9;
-    println!("model            {model_name} ({}, {} compute)", info.family, report["dtype"].as_str().unwrap_or(""));
-    println!("weights          language {}, vision {}; kernel {}, {} threads", report["language_format"].as_str().unwrap_or(""), report["vision_format"].as_str().unwrap_or(""), report["quantized_kernel"].as_str().unwrap_or(""), rayon_threads());
+    print_setup(&report);
     println!("prompt           {prompt_tokens} tokens (image {}), {} new tokens", args.image, out.token_ids.len());
     println!("load             {load_s:.2} s");
     println!("vision encode    {:.0} ms", t.vision_ms);
@@ -279,6 +278,13 @@ pub(crate) fn with_setup(model_name: &str, info: &iris_models::ModelInfo, opts: 
     report
 }
 
-pub(crate) fn rayon_threads() -> usize {
+/// The table's first lines: the fields `with_setup` put in `report`.
+pub(crate) fn print_setup(report: &serde_json::Value) {
+    let text = |key: &str| report[key].as_str().unwrap_or("").to_string();
+    println!("model            {} ({}, {} compute)", text("model"), text("family"), text("dtype"));
+    println!("weights          language {}, vision {}; kernel {}, {} threads", text("language_format"), text("vision_format"), text("quantized_kernel"), report["threads"]);
+}
+
+fn rayon_threads() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(std::env::var("RAYON_NUM_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(usize::MAX))
 }

@@ -111,8 +111,7 @@ pub fn run(args: &BenchArgs, dir: &Path, opts: &iris_models::LoadOptions, image:
         println!("{report}");
         return Ok(());
     }
-    println!("model            {model_name} ({}, {} compute)", info.family, report["dtype"].as_str().unwrap_or(""));
-    println!("weights          language {}, vision {}; kernel {}, {} threads", report["language_format"].as_str().unwrap_or(""), report["vision_format"].as_str().unwrap_or(""), report["quantized_kernel"].as_str().unwrap_or(""), report["threads"]);
+    crate::bench::print_setup(&report);
     println!("sequences        {concurrent} at once, {prompt_tokens} prompt tokens each (image {}), {} new tokens in all", args.image, report["new_tokens"]);
     println!("load             {load_s:.2} s");
     println!("time to first    {:.0} ms (first sequence), {:.0} ms (last)", report["ttft_first_ms"].as_f64().unwrap_or(0.0), report["ttft_last_ms"].as_f64().unwrap_or(0.0));
