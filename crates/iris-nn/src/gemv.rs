@@ -74,16 +74,20 @@ pub fn gemv(x: &[f32], m: usize, w: WeightRows, n: usize, k: usize, out: &mut [f
                 let x = avx512_bf16::Bf16Activations::round(x);
                 let (chunk, group) = tile_plan(m, k, 2);
                 // SAFETY: `available` checked the features; the assert above bounds the loads.
-                return for_each_tile(m, n, group, out, |o, g, cells| unsafe { avx512_bf16::dot_tile(&x, m, weights, o, k, (chunk, g), cells, prefetch) });
+                return for_each_block(m, n, out, |o, rows, cells| unsafe { avx512_bf16::dot_block(&x, m, weights, (o, rows), k, (chunk, group), cells, prefetch) });
             }
         }
         if std::is_x86_feature_detected!("avx512f") {
             let (chunk, group) = tile_plan(m, k, 4);
             // SAFETY: the feature was just detected; the assert above bounds the loads.
-            return for_each_tile(m, n, group, out, |o, g, cells| unsafe { avx512::dot_tile(x, m, w, o, k, (chunk, g), cells, prefetch) });
+            return for_each_block(m, n, out, |o, rows, cells| unsafe { avx512::dot_block(x, m, w, (o, rows), k, (chunk, group), cells, prefetch) });
         }
     }
-    for_each_tile(m, n, 1, out, |o, _, cells| dot_rows(x, m, w, o, k, cells));
+    for_each_block(m, n, out, |o, _, cells| {
+        for (j, cell) in cells.chunks_mut(m).enumerate() {
+            dot_rows(x, m, w, o + j, k, cell);
+        }
+    });
 }
 
 /// The AVX-512 kernels' tile for `m` activation rows of `k` values of `x_bytes` each: activation
@@ -114,29 +118,43 @@ fn row_chunks(m: usize, chunk: usize) -> impl Iterator<Item = (usize, usize)> {
     (0..passes).map(move |p| (p * m / passes, (p + 1) * m / passes - p * m / passes))
 }
 
-/// Runs `dot(o, g, cells)` for every tile of `g` output rows from `o` (`group` rows, one at a
-/// time at the end of `N` where fewer are left; `cells`: their `m` sums each, `[g, m]`), in
-/// parallel blocks of `BLOCK` rows, and writes the sums to `out` `[m, N]`.
-fn for_each_tile(m: usize, n: usize, group: usize, out: &mut [f32], dot: impl Fn(usize, usize, &mut [f32]) + Sync) {
-    debug_assert!(BLOCK.is_multiple_of(group));
-    // [N, m] scratch so each task writes one contiguous block
-    let mut by_output = vec![0f32; n * m];
-    by_output.par_chunks_mut(BLOCK * m).enumerate().for_each(|(blk, dst)| {
-        for (j, cells) in dst.chunks_mut(group * m).enumerate() {
-            let o = blk * BLOCK + j * group;
-            if cells.len() == group * m {
-                dot(o, group, cells);
-            } else {
-                for (jj, cell) in cells.chunks_mut(m).enumerate() {
-                    dot(o + jj, 1, cell);
-                }
+/// The kernel calls for `rows` weight rows from `o` against `m` activation rows taken `chunk`
+/// at a time, `g` weight rows a tile, each `(first weight row, weight rows, first activation
+/// row, activation rows)`. Where one pass covers the activation rows (one sequence, or up to
+/// three) the whole block is one call, so no dispatch runs per weight row (for K = 1536 one row
+/// is ~50 cycles of work; see `avx512::PREFETCH_OFF` for the measurement). Else
+/// each tile of `g` weight rows takes every pass in turn, the later ones finding its weights in
+/// cache.
+#[cfg(target_arch = "x86_64")]
+fn block_calls(m: usize, (chunk, g): (usize, usize), (o, rows): (usize, usize)) -> impl Iterator<Item = (usize, usize, usize, usize)> {
+    let tiles = if m <= chunk { 1 } else { rows.div_ceil(g) };
+    let per_call = if m <= chunk { rows } else { g };
+    (0..tiles).flat_map(move |t| {
+        let (first, count) = (o + t * per_call, per_call.min(rows - t * per_call));
+        row_chunks(m, chunk).map(move |(r0, mrows)| (first, count, r0, mrows))
+    })
+}
+
+/// Runs `dot(o, rows, cells)` for every block of `rows` output rows from `o` (`BLOCK`, fewer at
+/// the end of `N`; `cells`: their `m` sums each, `[rows, m]`), in parallel, and writes the sums
+/// to `out` `[m, N]`.
+fn for_each_block(m: usize, n: usize, out: &mut [f32], dot: impl Fn(usize, usize, &mut [f32]) + Sync) {
+    // [N, m] layout so each task writes one contiguous block; for one row that is `out` itself
+    // (the lm_head's 600 KB scratch came back zeroed from the kernel every decode step)
+    let mut scratch = Vec::new();
+    let by_output: &mut [f32] = if m == 1 {
+        out
+    } else {
+        scratch.resize(n * m, 0f32);
+        &mut scratch
+    };
+    by_output.par_chunks_mut(BLOCK * m).enumerate().for_each(|(blk, cells)| dot(blk * BLOCK, cells.len() / m, cells));
+    if m > 1 {
+        // [N, m] -> [m, N]
+        for o in 0..n {
+            for r in 0..m {
+                out[r * n + o] = scratch[o * m + r];
             }
-        }
-    });
-    // [N, m] -> [m, N]
-    for o in 0..n {
-        for r in 0..m {
-            out[r * n + o] = by_output[o * m + r];
         }
     }
 }
@@ -147,7 +165,7 @@ fn has_avx2() -> bool {
 }
 
 /// `cell[r] = sum_i x[r * k + i] * w[o * k + i]` on CPUs without AVX-512F (those take
-/// `avx512::dot_tile`).
+/// `avx512::dot_block`).
 fn dot_rows(x: &[f32], m: usize, w: WeightRows, o: usize, k: usize, cell: &mut [f32]) {
     // `gemv` checked the sizes once; this runs per output row
     debug_assert!(m <= MAX_ROWS && x.len() >= m * k && w.len() >= (o + 1) * k && cell.len() >= m);
@@ -360,11 +378,11 @@ mod tests {
                         assert!(close(&cell, &want), "avx2 row {o}");
                     }
                     if std::is_x86_feature_detected!("avx512f") {
-                        unsafe { avx512::dot_tile(&x, m, w, o, k, (3, 1), &mut cell, prefetch_for(w.storage(), m)) };
+                        unsafe { avx512::dot_block(&x, m, w, (o, 1), k, (3, 1), &mut cell, prefetch_for(w.storage(), m)) };
                         assert!(close(&cell, &want), "avx512 row {o}");
                     }
                     if let (WeightRows::BF16(wb), true) = (w, avx512_bf16::available()) {
-                        unsafe { avx512_bf16::dot_tile(&avx512_bf16::Bf16Activations::round(&x), m, wb, o, k, (3, 1), &mut cell, prefetch_for(WeightStorage::BF16, m)) };
+                        unsafe { avx512_bf16::dot_block(&avx512_bf16::Bf16Activations::round(&x), m, wb, (o, 1), k, (3, 1), &mut cell, prefetch_for(WeightStorage::BF16, m)) };
                         assert!(close(&cell, &want_bf16), "avx512_bf16 row {o}");
                     }
                 }
@@ -409,8 +427,8 @@ mod tile_tests {
                             .map(|o| {
                                 let mut cell = [0f32];
                                 match (w, wide) {
-                                    (WeightRows::BF16(wb), false) => unsafe { avx512_bf16::dot_tile(&rounded, 1, wb, o, k, (1, 1), &mut cell, prefetch) },
-                                    _ => unsafe { avx512::dot_tile(xr, 1, w, o, k, (1, 1), &mut cell, prefetch) },
+                                    (WeightRows::BF16(wb), false) => unsafe { avx512_bf16::dot_block(&rounded, 1, wb, (o, 1), k, (1, 1), &mut cell, prefetch) },
+                                    _ => unsafe { avx512::dot_block(xr, 1, w, (o, 1), k, (1, 1), &mut cell, prefetch) },
                                 }
                                 cell[0]
                             })
@@ -434,14 +452,16 @@ mod tile_tests {
                 let alone = single(wide);
                 for ((chunk, g), m) in shapes.into_iter().flat_map(|shape| (1..=MAX_ROWS).map(move |m| (shape, m))) {
                     let rounded = avx512_bf16::Bf16Activations::round(&x[..m * k]);
-                    for o in (0..=n - g).step_by(g) {
-                        let mut cells = vec![0f32; g * m];
+                    // one tile, a block of whole tiles and leftover rows from an unaligned row, and
+                    // all rows in one block
+                    for (o, rows) in [(0, g), (3, 2 * g + 1), (0, n)] {
+                        let mut cells = vec![0f32; rows * m];
                         match (w, wide) {
-                            (WeightRows::BF16(wb), false) => unsafe { avx512_bf16::dot_tile(&rounded, m, wb, o, k, (chunk, g), &mut cells, prefetch) },
-                            _ => unsafe { avx512::dot_tile(&x[..m * k], m, w, o, k, (chunk, g), &mut cells, prefetch) },
+                            (WeightRows::BF16(wb), false) => unsafe { avx512_bf16::dot_block(&rounded, m, wb, (o, rows), k, (chunk, g), &mut cells, prefetch) },
+                            _ => unsafe { avx512::dot_block(&x[..m * k], m, w, (o, rows), k, (chunk, g), &mut cells, prefetch) },
                         }
-                        for (j, r) in (0..g).flat_map(|j| (0..m).map(move |r| (j, r))) {
-                            assert_eq!(cells[j * m + r], alone[r][o + j], "{:?} wide {wide}: {m} rows, {chunk} a pass x {g} at {o}, row {r}", w.storage());
+                        for (j, r) in (0..rows).flat_map(|j| (0..m).map(move |r| (j, r))) {
+                            assert_eq!(cells[j * m + r], alone[r][o + j], "{:?} wide {wide}: {m} rows, {chunk} a pass x {g}, block {rows} at {o}, row {r}", w.storage());
                         }
                     }
                 }

@@ -9,7 +9,8 @@
 //! 7.3-9.5 tok/s against 10.0-13.7 with this kernel, alternated (BENCHMARKS.md, which also has
 //! the logit error against f32 of both). `gemv_reference` is the twin both are tested against.
 
-use super::{avx512::prefetch_lines, Prefetch, MAX_ROWS};
+use super::avx512::{prefetch_lines, PREFETCH_L1, PREFETCH_L2, PREFETCH_OFF};
+use super::{Prefetch, MAX_ROWS};
 use crate::bf16_gemm::bf16_bits;
 use half::bf16;
 use std::arch::x86_64::*;
@@ -37,33 +38,50 @@ impl Bf16Activations {
 }
 
 /// `cells[j * m + r] = sum_i x[r][i] * w[(o + j) * k + i]` for the `m` activation rows and the
-/// `g` weight rows from `o` (a shape `super::avx512::for_tile_shape` lists), the weights
+/// `rows` weight rows from `o` (tiles as `super::avx512::dot_block` takes them), the weights
 /// prefetched as `prefetch` says (`gemv/prefetch.rs`). As in the widening kernel,
-/// each weight load serves the `m` rows and each activation load the `g` weight rows, and every
-/// sum runs the same two chains (of 32-value steps, the masked last step in the first) whatever
-/// the tile, so a row's result does not depend on the tile it ran in.
+/// each weight load serves the tile's activation rows and each activation load its weight rows,
+/// and every sum runs the same two chains (of 32-value steps, the masked last step in the first)
+/// whatever the tile, so a row's result does not depend on the tile it ran in.
 ///
 /// # Safety
 /// The CPU must have AVX-512F, BW and BF16 (`available`).
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn dot_tile(x: &Bf16Activations, m: usize, w: &[bf16], o: usize, k: usize, (chunk, g): (usize, usize), cells: &mut [f32], prefetch: Prefetch) {
-    assert!((1..=MAX_ROWS).contains(&m) && x.0.len() == m * k && w.len() >= (o + g) * k && cells.len() >= g * m);
-    for (r0, rows) in super::row_chunks(m, chunk) {
-        let (x, cells) = (&x.0[r0 * k..], &mut cells[r0..]);
+pub unsafe fn dot_block(x: &Bf16Activations, m: usize, w: &[bf16], (o, rows): (usize, usize), k: usize, plan: (usize, usize), cells: &mut [f32], prefetch: Prefetch) {
+    assert!((1..=MAX_ROWS).contains(&m) && x.0.len() == m * k && w.len() >= (o + rows) * k && cells.len() >= rows * m);
+    for (first, count, r0, mrows) in super::block_calls(m, plan, (o, rows)) {
+        let (x, cells) = (&x.0[r0 * k..], &mut cells[(first - o) * m + r0..]);
         // SAFETY: the assert above bounds every load `tile` makes.
-        unsafe { super::avx512::for_tile_shape!(rows, g, tile, x, m, w, o, k, cells, prefetch) }
+        unsafe { super::avx512::for_tile_shape!(mrows, plan.1, prefetch, tiles, count, x, m, w, first, k, cells) }
     }
 }
 
-/// `dot_tile` for `M` activation rows (sums `stride` apart in `cells`) and `G` weight rows. Each
-/// 32-value step loads 32 weights (64 bytes) of each weight row once and 32 activations of each
+/// `tile` over `rows` weight rows from `o`, `G` at a time and the rest one at a time.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tiles<const M: usize, const G: usize, const KIND: u8>(ahead: usize, rows: usize, x: &[u16], stride: usize, w: &[bf16], o: usize, k: usize, cells: &mut [f32]) {
+    let mut j = 0;
+    // SAFETY (both): the caller's bounds cover rows o..o + rows.
+    while j + G <= rows {
+        unsafe { tile::<M, G, KIND>(ahead, x, stride, w, o + j, k, &mut cells[j * stride..]) };
+        j += G;
+    }
+    while j < rows {
+        unsafe { tile::<M, 1, KIND>(ahead, x, stride, w, o + j, k, &mut cells[j * stride..]) };
+        j += 1;
+    }
+}
+
+/// One tile of `dot_block`: `M` activation rows (sums `stride` apart in `cells`), `G` weight
+/// rows and a prefetch of `KIND` `ahead` bytes (`super::avx512::prefetch_lines`). Each 32-value
+/// step loads 32 weights (64 bytes) of each weight row once and 32 activations of each
 /// activation row once; the last partial step loads under a mask (masked-off lanes read nothing
 /// and are zero).
 #[allow(clippy::needless_range_loop)]
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile<const M: usize, const G: usize>(x: &[u16], stride: usize, w: &[bf16], o: usize, k: usize, cells: &mut [f32], prefetch: Prefetch) {
+unsafe fn tile<const M: usize, const G: usize, const KIND: u8>(ahead: usize, x: &[u16], stride: usize, w: &[bf16], o: usize, k: usize, cells: &mut [f32]) {
     let mut weights = [std::ptr::null::<u16>(); G];
     for j in 0..G {
         weights[j] = w.as_ptr().wrapping_add((o + j) * k) as *const u16;
@@ -75,7 +93,7 @@ unsafe fn tile<const M: usize, const G: usize>(x: &[u16], stride: usize, w: &[bf
     let mut i = 0;
     while i + 64 <= k {
         for row in weights {
-            prefetch_lines(prefetch, row.add(i) as *const i8, 128);
+            prefetch_lines::<KIND>(row.add(i) as *const i8, ahead, 128);
         }
         for u in 0..2 {
             let mut xv = [as_bh(_mm512_setzero_si512()); M];
