@@ -455,6 +455,11 @@ pub(crate) fn gemv_with(blocks: &Blocks, n: usize, k: usize, x: &[f32], m: usize
                 j += 4;
             }
         }
+        #[cfg(target_arch = "x86_64")]
+        if let (Kernel::Avx512Vnni, Blocks::Q8_0 { qs, d }) = (kernel, blocks) {
+            // SAFETY: the kernel comes from `Kernel::available`; `dst` holds the task's rows.
+            return unsafe { avx512::dot_rows_q8_0(qs, d, k, first + j, &rows, &mut dst[j * m..]) };
+        }
         for (jj, cell) in dst[j * m..].chunks_mut(m).enumerate() {
             dot_row(blocks, k, first + j + jj, &rows, cell, kernel);
         }
