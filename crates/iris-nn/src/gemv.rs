@@ -74,16 +74,16 @@ pub fn gemv(x: &[f32], m: usize, w: WeightRows, n: usize, k: usize, out: &mut [f
                 let x = avx512_bf16::Bf16Activations::round(x);
                 let (chunk, group) = tile_plan(m, k, 2);
                 // SAFETY: `available` checked the features; the assert above bounds the loads.
-                return for_each_block(m, n, out, |o, rows, cells| unsafe { avx512_bf16::dot_block(&x, m, weights, (o, rows), k, (chunk, group), cells, prefetch) });
+                return for_each_block(m, n, BLOCK, out, |o, rows, cells| unsafe { avx512_bf16::dot_block(&x, m, weights, (o, rows), k, (chunk, group), cells, prefetch) });
             }
         }
         if std::is_x86_feature_detected!("avx512f") {
             let (chunk, group) = tile_plan(m, k, 4);
             // SAFETY: the feature was just detected; the assert above bounds the loads.
-            return for_each_block(m, n, out, |o, rows, cells| unsafe { avx512::dot_block(x, m, w, (o, rows), k, (chunk, group), cells, prefetch) });
+            return for_each_block(m, n, BLOCK, out, |o, rows, cells| unsafe { avx512::dot_block(x, m, w, (o, rows), k, (chunk, group), cells, prefetch) });
         }
     }
-    for_each_block(m, n, out, |o, _, cells| {
+    for_each_block(m, n, BLOCK, out, |o, _, cells| {
         for (j, cell) in cells.chunks_mut(m).enumerate() {
             dot_rows(x, m, w, o + j, k, cell);
         }
@@ -135,10 +135,10 @@ fn block_calls(m: usize, (chunk, g): (usize, usize), (o, rows): (usize, usize)) 
     })
 }
 
-/// Runs `dot(o, rows, cells)` for every block of `rows` output rows from `o` (`BLOCK`, fewer at
+/// Runs `dot(o, rows, cells)` for every block of `rows` output rows from `o` (`block`, fewer at
 /// the end of `N`; `cells`: their `m` sums each, `[rows, m]`), in parallel, and writes the sums
-/// to `out` `[m, N]`.
-fn for_each_block(m: usize, n: usize, out: &mut [f32], dot: impl Fn(usize, usize, &mut [f32]) + Sync) {
+/// to `out` `[m, N]`. The quantized decode GEMV shares it.
+pub(crate) fn for_each_block(m: usize, n: usize, block: usize, out: &mut [f32], dot: impl Fn(usize, usize, &mut [f32]) + Sync) {
     // [N, m] layout so each task writes one contiguous block; for one row that is `out` itself
     // (the lm_head's 600 KB scratch came back zeroed from the kernel every decode step)
     let mut scratch = Vec::new();
@@ -148,7 +148,7 @@ fn for_each_block(m: usize, n: usize, out: &mut [f32], dot: impl Fn(usize, usize
         scratch.resize(n * m, 0f32);
         &mut scratch
     };
-    by_output.par_chunks_mut(BLOCK * m).enumerate().for_each(|(blk, cells)| dot(blk * BLOCK, cells.len() / m, cells));
+    by_output.par_chunks_mut(block * m).enumerate().for_each(|(blk, cells)| dot(blk * block, cells.len() / m, cells));
     if m > 1 {
         // [N, m] -> [m, N]
         for o in 0..n {

@@ -8,7 +8,6 @@
 use super::Blocks;
 use candle_core::quantized::k_quants::{BlockQ4K, BlockQ8_0, QK8_0, QK_K};
 use half::f16;
-use rayon::prelude::*;
 
 /// Most activation rows handled by the integer kernels.
 pub const MAX_ROWS: usize = 8;
@@ -413,16 +412,7 @@ pub(crate) fn gemv(blocks: &Blocks, n: usize, k: usize, x: &[f32], m: usize, out
 pub(crate) fn gemv_with(blocks: &Blocks, n: usize, k: usize, x: &[f32], m: usize, out: &mut [f32], kernel: Kernel) {
     assert!((1..=MAX_ROWS).contains(&m) && x.len() == m * k && out.len() == m * n);
     let rows: Vec<QuantizedRow> = x.chunks(k).map(|r| quantize_row(blocks, r)).collect();
-    // [N, m] layout so each task writes one contiguous range; for one row that is `out` itself
-    let mut scratch = Vec::new();
-    let by_output: &mut [f32] = if m == 1 {
-        out
-    } else {
-        scratch.resize(n * m, 0f32);
-        &mut scratch
-    };
-    by_output.par_chunks_mut(ROWS_PER_TASK * m).enumerate().for_each(|(task, dst)| {
-        let first = task * ROWS_PER_TASK;
+    crate::gemv::for_each_block(m, n, ROWS_PER_TASK, out, |first, _, dst| {
         #[allow(unused_mut)]
         let mut j = 0;
         // four interleaved q4_K weight rows per call, one contiguous stream, prefetched: on
@@ -464,14 +454,6 @@ pub(crate) fn gemv_with(blocks: &Blocks, n: usize, k: usize, x: &[f32], m: usize
             dot_row(blocks, k, first + j + jj, &rows, cell, kernel);
         }
     });
-    // [N, m] -> [m, N]
-    if m > 1 {
-        for o in 0..n {
-            for r in 0..m {
-                out[r * n + o] = scratch[o * m + r];
-            }
-        }
-    }
 }
 
 fn dot_row(blocks: &Blocks, k: usize, o: usize, rows: &[QuantizedRow], cell: &mut [f32], kernel: Kernel) {
