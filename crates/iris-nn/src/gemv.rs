@@ -70,14 +70,14 @@ pub fn gemv(x: &[f32], m: usize, w: WeightRows, n: usize, k: usize, out: &mut [f
     {
         let prefetch = prefetch_for(w.storage(), m);
         if let WeightRows::BF16(weights) = w {
-            if avx512_bf16::available() {
+            if avx512_bf16::available() && avx512_available() {
                 let x = avx512_bf16::Bf16Activations::round(x);
                 let (chunk, group) = tile_plan(m, k, 2);
                 // SAFETY: `available` checked the features; the assert above bounds the loads.
                 return for_each_block(m, n, BLOCK, out, |o, rows, cells| unsafe { avx512_bf16::dot_block(&x, m, weights, (o, rows), k, (chunk, group), cells, prefetch) });
             }
         }
-        if std::is_x86_feature_detected!("avx512f") {
+        if avx512_available() {
             let (chunk, group) = tile_plan(m, k, 4);
             // SAFETY: the feature was just detected; the assert above bounds the loads.
             return for_each_block(m, n, BLOCK, out, |o, rows, cells| unsafe { avx512::dot_block(x, m, w, (o, rows), k, (chunk, group), cells, prefetch) });
@@ -157,6 +157,14 @@ pub(crate) fn for_each_block(m: usize, n: usize, block: usize, out: &mut [f32], 
             }
         }
     }
+}
+
+/// Whether the AVX-512 kernels run: on AVX-512F CPUs unless `IRIS_GEMV_KERNEL=avx2` asks for
+/// the AVX2 one (A/B runs of the kernel AVX2-only CPUs take, on the machine at hand).
+#[cfg(target_arch = "x86_64")]
+fn avx512_available() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::is_x86_feature_detected!("avx512f") && std::env::var("IRIS_GEMV_KERNEL").as_deref() != Ok("avx2"))
 }
 
 #[cfg(target_arch = "x86_64")]
