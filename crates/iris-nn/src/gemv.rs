@@ -213,19 +213,6 @@ mod avx2 {
     use std::arch::x86_64::*;
 
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn load8(w: WeightRows, idx: usize) -> __m256 {
-        match w {
-            WeightRows::F32(s) => _mm256_loadu_ps(s.as_ptr().add(idx)),
-            WeightRows::F16(s) => _mm256_cvtph_ps(_mm_loadu_si128(s.as_ptr().add(idx) as *const __m128i)),
-            // bf16 is the top half of an f32
-            WeightRows::BF16(s) => {
-                let h = _mm256_cvtepu16_epi32(_mm_loadu_si128(s.as_ptr().add(idx) as *const __m128i));
-                _mm256_castsi256_ps(_mm256_slli_epi32::<16>(h))
-            }
-        }
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn hsum(v: __m256) -> f32 {
         let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -233,36 +220,76 @@ mod avx2 {
         _mm_cvtss_f32(s)
     }
 
+    /// Weight rows widened 8 at a time (f16 by `vcvtph2ps`, bf16 as the top half of an f32: both
+    /// exact). Every activation row runs the same four chains (one chain is bound by FMA
+    /// latency, not bandwidth) whatever `m`, so a row's result does not depend on its batch, as
+    /// in the AVX-512 kernels; rows go in pairs that share each weight load.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_rows(x: &[f32], m: usize, w: WeightRows, o: usize, k: usize, cell: &mut [f32]) {
-        let base = o * k;
-        let mut acc = [_mm256_setzero_ps(); MAX_ROWS];
-        let mut i = 0;
-        if m == 1 {
-            // four independent chains: one chain is bound by FMA latency, not bandwidth
-            let mut a = [_mm256_setzero_ps(); 4];
-            while i + 32 <= k {
-                for (u, au) in a.iter_mut().enumerate() {
-                    let wv = load8(w, base + i + 8 * u);
-                    *au = _mm256_fmadd_ps(_mm256_loadu_ps(x.as_ptr().add(i + 8 * u)), wv, *au);
-                }
-                i += 32;
+        debug_assert!(m <= MAX_ROWS);
+        // SAFETY (all arms): `rows_with`'s loads read 8 values at indices below o * k + k.
+        unsafe {
+            match w {
+                WeightRows::F32(s) => rows_with(x, m, w, o, k, cell, |i| _mm256_loadu_ps(s.as_ptr().add(i))),
+                WeightRows::F16(s) => rows_with(x, m, w, o, k, cell, |i| _mm256_cvtph_ps(_mm_loadu_si128(s.as_ptr().add(i) as *const __m128i))),
+                WeightRows::BF16(s) => rows_with(x, m, w, o, k, cell, |i| {
+                    _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(_mm_loadu_si128(s.as_ptr().add(i) as *const __m128i))))
+                }),
             }
-            acc[0] = _mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3]));
+        }
+    }
+
+    /// `dot_rows` for one storage (`load(i)` widens weights `i..i + 8`): pairs of rows, then the
+    /// odd one.
+    #[inline(always)]
+    unsafe fn rows_with(x: &[f32], m: usize, w: WeightRows, o: usize, k: usize, cell: &mut [f32], load: impl Fn(usize) -> __m256) {
+        let mut r = 0;
+        // SAFETY (both): the caller's bounds hold for every row below m.
+        while r + 2 <= m {
+            unsafe { pass::<2>(x, r, w, o, k, cell, &load) };
+            r += 2;
+        }
+        if r < m {
+            unsafe { pass::<1>(x, r, w, o, k, cell, &load) };
+        }
+    }
+
+    /// Activation rows `r0..r0 + P` against weight row `o`: four chains over 32-value steps,
+    /// summed pairwise, then 8-value steps and a scalar tail.
+    #[allow(clippy::needless_range_loop)]
+    #[inline(always)]
+    unsafe fn pass<const P: usize>(x: &[f32], r0: usize, w: WeightRows, o: usize, k: usize, cell: &mut [f32], load: impl Fn(usize) -> __m256) {
+        let base = o * k;
+        let xs = x.as_ptr().add(r0 * k);
+        // [row of the pass][chain]
+        let mut a = [[_mm256_setzero_ps(); 4]; P];
+        let mut i = 0;
+        while i + 32 <= k {
+            for u in 0..4 {
+                let wv = load(base + i + 8 * u);
+                for p in 0..P {
+                    a[p][u] = _mm256_fmadd_ps(_mm256_loadu_ps(xs.add(p * k + i + 8 * u)), wv, a[p][u]);
+                }
+            }
+            i += 32;
+        }
+        let mut acc = [_mm256_setzero_ps(); P];
+        for p in 0..P {
+            acc[p] = _mm256_add_ps(_mm256_add_ps(a[p][0], a[p][1]), _mm256_add_ps(a[p][2], a[p][3]));
         }
         while i + 8 <= k {
-            let wv = load8(w, base + i);
-            for (r, a) in acc.iter_mut().enumerate().take(m) {
-                *a = _mm256_fmadd_ps(_mm256_loadu_ps(x.as_ptr().add(r * k + i)), wv, *a);
+            let wv = load(base + i);
+            for p in 0..P {
+                acc[p] = _mm256_fmadd_ps(_mm256_loadu_ps(xs.add(p * k + i)), wv, acc[p]);
             }
             i += 8;
         }
-        for r in 0..m {
-            let mut s = hsum(acc[r]);
+        for p in 0..P {
+            let mut s = hsum(acc[p]);
             for j in i..k {
-                s += x[r * k + j] * super::weight_at(w, base + j);
+                s += x[(r0 + p) * k + j] * super::weight_at(w, base + j);
             }
-            cell[r] = s;
+            cell[r0 + p] = s;
         }
     }
 }
@@ -480,6 +507,45 @@ mod tile_tests {
             let d = alone[0].iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
             println!("{:?} k = {k}: every tile equals single rows; max |diff| of row 0 to the reference {d:e}", w.storage());
             assert!(d < 1e-3, "{d}");
+        }
+    }
+
+    /// The AVX2 kernel (CPUs without AVX-512F) gives each activation row the bits it gives that
+    /// row alone, for 1 to 8 rows, and stays within the reference's rounding.
+    #[test]
+    fn avx2_rows_match_single_rows_bit_for_bit() {
+        if !has_avx2() {
+            println!("skipped: this CPU has no AVX2/FMA/F16C");
+            return;
+        }
+        // 32-value steps, 8-value steps and a scalar tail
+        let (k, n) = (32 * 7 + 8 * 2 + 5, 9);
+        let x: Vec<f32> = (0..MAX_ROWS * k).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.013).collect();
+        let w32: Vec<f32> = (0..n * k).map(|i| ((i * 53 % 97) as f32 - 48.0) * 0.011).collect();
+        let w16: Vec<f16> = w32.iter().map(|&v| f16::from_f32(v)).collect();
+        let wb: Vec<bf16> = w32.iter().map(|&v| bf16::from_f32(v)).collect();
+        for w in [WeightRows::F32(&w32), WeightRows::F16(&w16), WeightRows::BF16(&wb)] {
+            let want = gemv_reference(&x, MAX_ROWS, w, n, k);
+            let mut worst = 0f32;
+            for o in 0..n {
+                let alone: Vec<f32> = (0..MAX_ROWS)
+                    .map(|r| {
+                        let mut cell = [0f32];
+                        // SAFETY: `has_avx2` checked the features; the sizes hold one row.
+                        unsafe { avx2::dot_rows(&x[r * k..(r + 1) * k], 1, w, o, k, &mut cell) };
+                        cell[0]
+                    })
+                    .collect();
+                for m in 1..=MAX_ROWS {
+                    let mut cell = vec![0f32; m];
+                    // SAFETY: as above, with m rows.
+                    unsafe { avx2::dot_rows(&x[..m * k], m, w, o, k, &mut cell) };
+                    assert_eq!(cell, alone[..m], "{:?}: {m} rows, weight row {o}", w.storage());
+                }
+                worst = (0..MAX_ROWS).map(|r| (alone[r] - want[r * n + o]).abs()).fold(worst, f32::max);
+            }
+            println!("{:?}: avx2 rows equal single rows; max |diff| to the reference {worst:e}", w.storage());
+            assert!(worst < 1e-4, "{worst}");
         }
     }
 }
