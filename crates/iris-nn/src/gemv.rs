@@ -83,11 +83,7 @@ pub fn gemv(x: &[f32], m: usize, w: WeightRows, n: usize, k: usize, out: &mut [f
             return for_each_block(m, n, BLOCK, out, |o, rows, cells| unsafe { avx512::dot_block(x, m, w, (o, rows), k, (chunk, group), cells, prefetch) });
         }
     }
-    for_each_block(m, n, BLOCK, out, |o, _, cells| {
-        for (j, cell) in cells.chunks_mut(m).enumerate() {
-            dot_rows(x, m, w, o + j, k, cell);
-        }
-    });
+    for_each_block(m, n, BLOCK, out, |o, _, cells| dot_rows(x, m, w, o, k, cells));
 }
 
 /// The AVX-512 kernels' tile for `m` activation rows of `k` values of `x_bytes` each: activation
@@ -174,23 +170,25 @@ fn has_avx2() -> bool {
 
 /// `cell[r] = sum_i x[r * k + i] * w[o * k + i]` on CPUs without AVX-512F (those take
 /// `avx512::dot_block`).
-fn dot_rows(x: &[f32], m: usize, w: WeightRows, o: usize, k: usize, cell: &mut [f32]) {
-    // `gemv` checked the sizes once; this runs per output row
-    debug_assert!(m <= MAX_ROWS && x.len() >= m * k && w.len() >= (o + 1) * k && cell.len() >= m);
+fn dot_rows(x: &[f32], m: usize, w: WeightRows, o: usize, k: usize, cells: &mut [f32]) {
+    // `gemv` checked the sizes once; this runs per block of output rows
+    debug_assert!(m <= MAX_ROWS && x.len() >= m * k && w.len() >= (o + cells.len() / m) * k);
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         // SAFETY: the features were just detected.
-        unsafe { avx2::dot_rows(x, m, w, o, k, cell) };
+        unsafe { avx2::dot_rows(x, m, w, o, k, cells) };
         return;
     }
-    #[cfg(target_arch = "aarch64")]
-    {
-        // SAFETY: NEON is part of the aarch64 baseline.
-        unsafe { neon::dot_rows(x, m, w, o, k, cell) };
-        return;
+    for (j, cell) in cells.chunks_mut(m).enumerate() {
+        #[cfg(target_arch = "aarch64")]
+        {
+            // SAFETY: NEON is part of the aarch64 baseline.
+            unsafe { neon::dot_rows(x, m, w, o + j, k, cell) };
+            continue;
+        }
+        #[allow(unreachable_code)]
+        dot_rows_scalar(x, m, w, o + j, k, cell);
     }
-    #[allow(unreachable_code)]
-    dot_rows_scalar(x, m, w, o, k, cell);
 }
 
 fn weight_at(w: WeightRows, idx: usize) -> f32 {
@@ -220,37 +218,41 @@ mod avx2 {
         _mm_cvtss_f32(s)
     }
 
-    /// Weight rows widened 8 at a time (f16 by `vcvtph2ps`, bf16 as the top half of an f32: both
-    /// exact). Every activation row runs the same four chains (one chain is bound by FMA
-    /// latency, not bandwidth) whatever `m`, so a row's result does not depend on its batch, as
-    /// in the AVX-512 kernels; rows go in pairs that share each weight load.
+    /// `cells[j * m + r] = sum_i x[r * k + i] * w[(o + j) * k + i]` for the weight rows from `o`
+    /// that `cells` (`[rows, m]`) has room for, widened 8 at a time (f16 by `vcvtph2ps`, bf16 as
+    /// the top half of an f32: both exact). Every activation row runs the same four chains (one
+    /// chain is bound by FMA latency, not bandwidth) whatever `m`, so a row's result does not
+    /// depend on its batch, as in the AVX-512 kernels; rows go in pairs that share each weight
+    /// load. One call per block of weight rows, as `super::block_calls` explains.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_rows(x: &[f32], m: usize, w: WeightRows, o: usize, k: usize, cell: &mut [f32]) {
+    pub unsafe fn dot_rows(x: &[f32], m: usize, w: WeightRows, o: usize, k: usize, cells: &mut [f32]) {
         debug_assert!(m <= MAX_ROWS);
         // SAFETY (all arms): `rows_with`'s loads read 8 values at indices below o * k + k.
         unsafe {
             match w {
-                WeightRows::F32(s) => rows_with(x, m, w, o, k, cell, |i| _mm256_loadu_ps(s.as_ptr().add(i))),
-                WeightRows::F16(s) => rows_with(x, m, w, o, k, cell, |i| _mm256_cvtph_ps(_mm_loadu_si128(s.as_ptr().add(i) as *const __m128i))),
-                WeightRows::BF16(s) => rows_with(x, m, w, o, k, cell, |i| {
+                WeightRows::F32(s) => rows_with(x, m, w, o, k, cells, |i| _mm256_loadu_ps(s.as_ptr().add(i))),
+                WeightRows::F16(s) => rows_with(x, m, w, o, k, cells, |i| _mm256_cvtph_ps(_mm_loadu_si128(s.as_ptr().add(i) as *const __m128i))),
+                WeightRows::BF16(s) => rows_with(x, m, w, o, k, cells, |i| {
                     _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(_mm_loadu_si128(s.as_ptr().add(i) as *const __m128i))))
                 }),
             }
         }
     }
 
-    /// `dot_rows` for one storage (`load(i)` widens weights `i..i + 8`): pairs of rows, then the
-    /// odd one.
+    /// `dot_rows` for one storage (`load(i)` widens weights `i..i + 8`): per weight row, pairs of
+    /// activation rows, then the odd one.
     #[inline(always)]
-    unsafe fn rows_with(x: &[f32], m: usize, w: WeightRows, o: usize, k: usize, cell: &mut [f32], load: impl Fn(usize) -> __m256) {
-        let mut r = 0;
-        // SAFETY (both): the caller's bounds hold for every row below m.
-        while r + 2 <= m {
-            unsafe { pass::<2>(x, r, w, o, k, cell, &load) };
-            r += 2;
-        }
-        if r < m {
-            unsafe { pass::<1>(x, r, w, o, k, cell, &load) };
+    unsafe fn rows_with(x: &[f32], m: usize, w: WeightRows, o: usize, k: usize, cells: &mut [f32], load: impl Fn(usize) -> __m256) {
+        for (j, cell) in cells.chunks_exact_mut(m).enumerate() {
+            let mut r = 0;
+            // SAFETY (both): the caller's bounds hold for every row below m and weight row o + j.
+            while r + 2 <= m {
+                unsafe { pass::<2>(x, r, w, o + j, k, cell, &load) };
+                r += 2;
+            }
+            if r < m {
+                unsafe { pass::<1>(x, r, w, o + j, k, cell, &load) };
+            }
         }
     }
 
@@ -527,6 +529,8 @@ mod tile_tests {
         for w in [WeightRows::F32(&w32), WeightRows::F16(&w16), WeightRows::BF16(&wb)] {
             let want = gemv_reference(&x, MAX_ROWS, w, n, k);
             let mut worst = 0f32;
+            // [o][r]: each weight row against each activation row alone
+            let mut single = vec![vec![0f32; MAX_ROWS]; n];
             for o in 0..n {
                 let alone: Vec<f32> = (0..MAX_ROWS)
                     .map(|r| {
@@ -543,6 +547,16 @@ mod tile_tests {
                     assert_eq!(cell, alone[..m], "{:?}: {m} rows, weight row {o}", w.storage());
                 }
                 worst = (0..MAX_ROWS).map(|r| (alone[r] - want[r * n + o]).abs()).fold(worst, f32::max);
+                single[o] = alone;
+            }
+            // all weight rows in one call, as `gemv` makes it for a block
+            for m in 1..=MAX_ROWS {
+                let mut cells = vec![0f32; n * m];
+                // SAFETY: as above, with m rows and all n weight rows.
+                unsafe { avx2::dot_rows(&x[..m * k], m, w, 0, k, &mut cells) };
+                for o in 0..n {
+                    assert_eq!(cells[o * m..(o + 1) * m], single[o][..m], "{:?}: block of {n}, {m} rows, weight row {o}", w.storage());
+                }
             }
             println!("{:?}: avx2 rows equal single rows; max |diff| to the reference {worst:e}", w.storage());
             assert!(worst < 1e-4, "{worst}");
