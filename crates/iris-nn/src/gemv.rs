@@ -168,8 +168,9 @@ fn has_avx2() -> bool {
     std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") && std::is_x86_feature_detected!("f16c")
 }
 
-/// `cell[r] = sum_i x[r * k + i] * w[o * k + i]` on CPUs without AVX-512F (those take
-/// `avx512::dot_block`).
+/// `cells[j * m + r] = sum_i x[r * k + i] * w[(o + j) * k + i]` for the weight rows from `o` that
+/// `cells` (`[rows, m]`) has room for, where the AVX-512 kernels do not run (no AVX-512F, or
+/// `IRIS_GEMV_KERNEL=avx2`).
 fn dot_rows(x: &[f32], m: usize, w: WeightRows, o: usize, k: usize, cells: &mut [f32]) {
     // `gemv` checked the sizes once; this runs per block of output rows
     debug_assert!(m <= MAX_ROWS && x.len() >= m * k && w.len() >= (o + cells.len() / m) * k);
@@ -224,10 +225,15 @@ mod avx2 {
     /// chain is bound by FMA latency, not bandwidth) whatever `m`, so a row's result does not
     /// depend on its batch, as in the AVX-512 kernels; rows go in pairs that share each weight
     /// load. One call per block of weight rows, as `super::block_calls` explains.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2, FMA and F16C; `x` must hold `m * k` values, `cells.len()` must be
+    /// a multiple of `m` and `w` must hold rows `o..o + cells.len() / m`.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_rows(x: &[f32], m: usize, w: WeightRows, o: usize, k: usize, cells: &mut [f32]) {
-        debug_assert!(m <= MAX_ROWS);
-        // SAFETY (all arms): `rows_with`'s loads read 8 values at indices below o * k + k.
+        debug_assert!(m <= MAX_ROWS && x.len() >= m * k && cells.len().is_multiple_of(m) && w.len() >= (o + cells.len() / m) * k);
+        // SAFETY (all arms): `rows_with`'s loads read 8 values at indices below
+        // (o + cells.len() / m) * k, and activations below m * k.
         unsafe {
             match w {
                 WeightRows::F32(s) => rows_with(x, m, w, o, k, cells, |i| _mm256_loadu_ps(s.as_ptr().add(i))),

@@ -23,7 +23,7 @@ fn fast_gemv_matches_reference_for_every_dtype_and_odd_sizes() {
             let want = gemv_reference(&x, m, w, n, k);
             let want_bf16 = gemv_reference(&x_bf16, m, w, n, k);
             #[cfg(target_arch = "x86_64")]
-            let rounds = matches!(w, WeightRows::BF16(_)) && avx512_bf16::available();
+            let rounds = matches!(w, WeightRows::BF16(_)) && avx512_bf16::available() && avx512_available();
             #[cfg(not(target_arch = "x86_64"))]
             let rounds = false;
             let mut out = vec![0f32; m * n];
@@ -63,8 +63,8 @@ mod tile_tests {
     /// depend on the batch it decodes in.
     #[test]
     fn tiles_match_single_rows_bit_for_bit() {
-        if !std::is_x86_feature_detected!("avx512f") {
-            println!("skipped: this CPU has no AVX-512F");
+        if !avx512_available() {
+            println!("skipped: this CPU has no AVX-512F (or IRIS_GEMV_KERNEL=avx2 is set)");
             return;
         }
         // past the threshold for one row of f32 activations (4 bytes each) and of bf16 ones (2)
@@ -146,7 +146,7 @@ mod tile_tests {
             return;
         }
         // 32-value steps, 8-value steps and a scalar tail
-        let (k, n) = (32 * 7 + 8 * 2 + 5, 9);
+        let (k, n) = (32 * 7 + 8 * 2 + 5, 2 * BLOCK + 6);
         let x: Vec<f32> = (0..MAX_ROWS * k).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.013).collect();
         let w32: Vec<f32> = (0..n * k).map(|i| ((i * 53 % 97) as f32 - 48.0) * 0.011).collect();
         let w16: Vec<f16> = w32.iter().map(|&v| f16::from_f32(v)).collect();
@@ -174,13 +174,21 @@ mod tile_tests {
                 worst = (0..MAX_ROWS).map(|r| (alone[r] - want[r * n + o]).abs()).fold(worst, f32::max);
                 single[o] = alone;
             }
-            // all weight rows in one call, as `gemv` makes it for a block
+            // blocks in one call: all weight rows, and a few from an unaligned row
             for m in 1..=MAX_ROWS {
-                let mut cells = vec![0f32; n * m];
-                // SAFETY: as above, with m rows and all n weight rows.
-                unsafe { avx2::dot_rows(&x[..m * k], m, w, 0, k, &mut cells) };
-                for o in 0..n {
-                    assert_eq!(cells[o * m..(o + 1) * m], single[o][..m], "{:?}: block of {n}, {m} rows, weight row {o}", w.storage());
+                for (o, rows) in [(0, n), (3, 5)] {
+                    let mut cells = vec![0f32; rows * m];
+                    // SAFETY: as above, with m rows and weight rows o..o + rows.
+                    unsafe { avx2::dot_rows(&x[..m * k], m, w, o, k, &mut cells) };
+                    for j in 0..rows {
+                        assert_eq!(cells[j * m..(j + 1) * m], single[o + j][..m], "{:?}: block of {rows} at {o}, {m} rows", w.storage());
+                    }
+                }
+                // as `gemv` runs it without AVX-512: parallel blocks, a short last one, [N, m] -> [m, N]
+                let mut out = vec![0f32; m * n];
+                for_each_block(m, n, BLOCK, &mut out, |o, _, cells| dot_rows(&x[..m * k], m, w, o, k, cells));
+                for (o, r) in (0..n).flat_map(|o| (0..m).map(move |r| (o, r))) {
+                    assert_eq!(out[r * n + o], single[o][r], "{:?}: for_each_block, {m} rows, weight row {o}", w.storage());
                 }
             }
             println!("{:?}: avx2 rows equal single rows; max |diff| to the reference {worst:e}", w.storage());
@@ -197,8 +205,8 @@ mod bf16_activation_tests {
     /// bf16's and becomes an infinity, as PyTorch's cast to bf16 makes it.
     #[test]
     fn bf16_kernel_keeps_infinities_and_nan() {
-        if !avx512_bf16::available() {
-            println!("skipped: this CPU has no AVX512-BF16");
+        if !avx512_bf16::available() || !avx512_available() {
+            println!("skipped: this CPU has no AVX512-BF16 (or IRIS_GEMV_KERNEL=avx2 is set)");
             return;
         }
         let k = 40;
