@@ -29,12 +29,9 @@ unsafe fn pair_index(a: i32, b: i32) -> __m512i {
 /// cache (`gemv_bench core`, Zen 4 VM), ns per 256 weights 5.9-6.1 -> 5.5-5.9 with one row,
 /// 10.0-12.3 -> 8.3-8.9 with two, 17.0-17.8 -> 16.1-16.2 with four, 35.0-37.6 -> 33.0-33.4 with
 /// eight. From DRAM, four rows read the same ~25 GB/s before and after.
-pub unsafe fn dot_row_q8_0(qs: &[i8], d: &[f16], k: usize, o: usize, rows: &[QuantizedRow], cell: &mut [f32]) {
-    super::for_row_count!(rows.len(), dot_row_q8_0_rows, qs, d, k, o, rows, cell)
-}
-
-/// `dot_row_q8_0` for the weight rows from `o` that `cells` (`[rows, m]`) has room for, with one
-/// dispatch for all of them rather than one per row (for K = 1536 a row is ~50 ns of work).
+///
+/// It takes the weight rows from `o` that `cells` (`[rows, m]`) has room for, with one dispatch
+/// for all of them rather than one per row (for K = 1536 a row is ~50 ns of work).
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
 pub unsafe fn dot_rows_q8_0(qs: &[i8], d: &[f16], k: usize, o: usize, rows: &[QuantizedRow], cells: &mut [f32]) {
     super::for_row_count!(rows.len(), dot_block_q8_0, qs, d, k, o, rows, cells)
