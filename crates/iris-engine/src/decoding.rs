@@ -6,7 +6,7 @@
 use crate::detokenizer::StreamDecoder;
 use crate::error::Result;
 use crate::generate::FinishReason;
-use crate::sampler::{log_sum_exp, top_k_logits, Sampled, Sampler, SamplingParams};
+use crate::sampler::{log_sum_exp, top_k_logits, Sampler, SamplingParams};
 use crate::tokenizer::TextTokenizer;
 
 /// The model's log-probability of a chosen token and, if asked, of its most likely alternatives
@@ -85,7 +85,7 @@ impl Decoding {
 
     /// Samples the next token from `logits` `[V]` and advances the text.
     pub fn step(&mut self, logits: &[f32], tok: &TextTokenizer) -> Result<DecodeStep> {
-        let Sampled { token, .. } = self.sampler.sample(logits, &self.seen);
+        let token = self.sampler.sample(logits, &self.seen);
         let logprob = self.top_logprobs.map(|n| model_logprobs(logits, token, n));
         if self.eos.contains(&token) {
             let text = self.finish_with(FinishReason::Stop, tok)?;
