@@ -4,7 +4,8 @@
 //! lack AVX-512; Zen 5) where plain AVX2 needs two or three instructions; the integer sums are
 //! the same, so both give bit-identical results.
 
-use super::{prefetch_to_l2, q4k_row, Q4KBlock, QuantizedRow, MAX_ROWS, PREFETCH_AHEAD_Q8_0};
+use super::prefetch::{PREFETCH_AHEAD_Q4K, PREFETCH_AHEAD_Q8_0};
+use super::{prefetch_ahead_of, prefetch_to_l2, q4k_row, Q4KBlock, QuantizedRow, MAX_ROWS};
 use candle_core::quantized::k_quants::{QK8_0, QK_K};
 use half::f16;
 use std::arch::x86_64::*;
@@ -215,7 +216,7 @@ pub unsafe fn dot_4_rows_q4k<const VNNI: bool>(blocks: &[Q4KBlock], k: usize, o:
     let mut acc = [_mm256_setzero_ps(); 4];
     for s in 0..per_row {
         let group = &blocks[o * per_row + 4 * s..][..4];
-        super::prefetch_ahead_of(group);
+        prefetch_ahead_of(group, PREFETCH_AHEAD_Q4K);
         let mut isum = [_mm256_setzero_si256(); 4];
         let scales = [0, 1, 2, 3].map(|i| q4k_scales(&group[i]));
         for g in 0..4 {

@@ -2,7 +2,7 @@
 //! bytes by 64 activation bytes per instruction. Compiled on every x86-64 build, selected only
 //! where the CPU has AVX512F/BW/VNNI; tested against the scalar twin there.
 
-use super::{prefetch_to_l2, q4k_row, Q4KBlock, QuantizedRow, MAX_ROWS, PREFETCH_AHEAD_Q8_0};
+use super::{prefetch_ahead_of, prefetch_to_l2, q4k_row, Q4KBlock, QuantizedRow, MAX_ROWS};
 use candle_core::quantized::k_quants::{QK8_0, QK_K};
 use half::f16;
 use std::arch::x86_64::*;
@@ -31,24 +31,27 @@ unsafe fn pair_index(a: i32, b: i32) -> __m512i {
 /// eight. From DRAM, four rows read the same ~25 GB/s before and after.
 ///
 /// It takes the weight rows from `o` that `cells` (`[rows, m]`) has room for, with one dispatch
-/// for all of them rather than one per row (for K = 1536 a row is ~50 ns of work).
+/// for all of them rather than one per row (for K = 1536 a row is ~50 ns of work), prefetching
+/// `ahead` bytes ahead of the weights into L2 (`DecodePrefetch`).
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
-pub unsafe fn dot_rows_q8_0(qs: &[i8], d: &[f16], k: usize, o: usize, rows: &[QuantizedRow], cells: &mut [f32]) {
-    super::for_row_count!(rows.len(), dot_block_q8_0, qs, d, k, o, rows, cells)
+pub unsafe fn dot_rows_q8_0(qs: &[i8], d: &[f16], k: usize, o: usize, rows: &[QuantizedRow], cells: &mut [f32], ahead: Option<usize>) {
+    super::for_row_count!(rows.len(), dot_block_q8_0, qs, d, k, o, rows, cells, ahead)
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
-unsafe fn dot_block_q8_0<const M: usize>(qs: &[i8], d: &[f16], k: usize, o: usize, rows: &[QuantizedRow], cells: &mut [f32]) {
+unsafe fn dot_block_q8_0<const M: usize>(qs: &[i8], d: &[f16], k: usize, o: usize, rows: &[QuantizedRow], cells: &mut [f32], ahead: Option<usize>) {
     for (j, cell) in cells.chunks_mut(M).enumerate() {
-        dot_row_q8_0_rows::<M>(qs, d, k, o + j, rows, cell);
+        dot_row_q8_0_rows::<M>(qs, d, k, o + j, rows, cell, ahead);
     }
 }
 
 /// `acc[r] += ((w + 128) . x) * scale[r]` for one 64-byte pair of blocks.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn q8_0_pair<const M: usize>(w: *const i8, p: usize, rows: &[QuantizedRow; M], scale: impl Fn(usize) -> __m512, acc: &mut [__m512; M]) {
-    prefetch_to_l2(w.wrapping_add(64 * p + PREFETCH_AHEAD_Q8_0));
+unsafe fn q8_0_pair<const M: usize>(w: *const i8, p: usize, rows: &[QuantizedRow; M], scale: impl Fn(usize) -> __m512, acc: &mut [__m512; M], ahead: Option<usize>) {
+    if let Some(ahead) = ahead {
+        prefetch_to_l2(w.wrapping_add(64 * p + ahead));
+    }
     let offset = _mm512_xor_si512(_mm512_loadu_si512(w.add(64 * p) as *const _), _mm512_set1_epi8(i8::MIN));
     for r in 0..M {
         let xv = _mm512_loadu_si512(rows[r].qs.as_ptr().add(64 * p) as *const _);
@@ -58,7 +61,7 @@ unsafe fn q8_0_pair<const M: usize>(w: *const i8, p: usize, rows: &[QuantizedRow
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
-unsafe fn dot_row_q8_0_rows<const M: usize>(qs: &[i8], d: &[f16], k: usize, o: usize, rows: &[QuantizedRow], cell: &mut [f32]) {
+unsafe fn dot_row_q8_0_rows<const M: usize>(qs: &[i8], d: &[f16], k: usize, o: usize, rows: &[QuantizedRow], cell: &mut [f32], ahead: Option<usize>) {
     let per_row = k / QK8_0;
     let rows: &[QuantizedRow; M] = rows.try_into().expect("M activation rows");
     let wq = qs.as_ptr().add(o * k);
@@ -77,7 +80,7 @@ unsafe fn dot_row_q8_0_rows<const M: usize>(qs: &[i8], d: &[f16], k: usize, o: u
         }
         for j in 0..8 {
             let lanes = pair_index(2 * j as i32, 2 * j as i32 + 1);
-            q8_0_pair(wq, b0 / 2 + j, rows, |r| _mm512_permutexvar_ps(lanes, scales[r]), &mut acc);
+            q8_0_pair(wq, b0 / 2 + j, rows, |r| _mm512_permutexvar_ps(lanes, scales[r]), &mut acc, ahead);
         }
     }
     let lanes = pair_index(0, 1);
@@ -93,6 +96,7 @@ unsafe fn dot_row_q8_0_rows<const M: usize>(qs: &[i8], d: &[f16], k: usize, o: u
                 _mm512_permutexvar_ps(lanes, _mm512_castps128_ps512(_mm_mul_ps(wd2, xd2)))
             },
             &mut acc,
+            ahead,
         );
     }
     for r in 0..M {
@@ -253,30 +257,35 @@ const GROUP_PASS_ROWS: usize = 4;
 /// `dot_row_q4k` for weight rows `o..o+4` (a full interleaved group, `o % 4 == 0`, whose blocks
 /// are adjacent in memory) against every activation row: `out[i * m + r]` (`[4, m]`) is row r
 /// times weight row `o + i`. Each block is unpacked once a pass for all its rows, each row's
-/// activations serve the pass's four weight rows from L1, and the stream is prefetched.
-/// Rows go in passes of up to `GROUP_PASS_ROWS`; later passes find the group's blocks in cache
-/// and do not prefetch. Batched decode had taken one weight row at a time with no prefetch:
-/// from DRAM 2.5x slower than its in-cache speed.
+/// activations serve the pass's four weight rows from L1, and the first pass prefetches the
+/// stream `ahead` bytes ahead where that pays (`DecodePrefetch`). Rows go in passes of up to
+/// `GROUP_PASS_ROWS`; later passes find the group's blocks in cache. Batched decode had taken
+/// one weight row at a time with no prefetch: from DRAM 2.5x slower than its in-cache speed
+/// (on the Xeon VM, whose hardware prefetchers needed the help).
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
-pub unsafe fn dot_group_q4k(blocks: &[Q4KBlock], k: usize, o: usize, rows: &[QuantizedRow], out: &mut [f32]) {
+pub unsafe fn dot_group_q4k(blocks: &[Q4KBlock], k: usize, o: usize, rows: &[QuantizedRow], out: &mut [f32], ahead: Option<usize>) {
     let m = rows.len();
+    let distance = ahead.unwrap_or(0);
     if m == 1 {
         // decode of one sequence straight to its pass: through the loop below it ran ~6% slower
         // in cache (`gemv_bench core`, alternated in one binary)
-        return group_pass::<1, true>(blocks, k, o, rows, out, |i, _| i);
+        return match ahead {
+            Some(_) => group_pass::<1, true>(blocks, k, o, rows, out, |i, _| i, distance),
+            None => group_pass::<1, false>(blocks, k, o, rows, out, |i, _| i, distance),
+        };
     }
     for first in (0..m).step_by(GROUP_PASS_ROWS) {
         let pass = &rows[first..m.min(first + GROUP_PASS_ROWS)];
         let cells = |i: usize, r: usize| i * m + first + r;
-        match (pass.len(), first == 0) {
-            (1, true) => group_pass::<1, true>(blocks, k, o, pass, out, cells),
-            (2, true) => group_pass::<2, true>(blocks, k, o, pass, out, cells),
-            (3, true) => group_pass::<3, true>(blocks, k, o, pass, out, cells),
-            (_, true) => group_pass::<4, true>(blocks, k, o, pass, out, cells),
-            (1, false) => group_pass::<1, false>(blocks, k, o, pass, out, cells),
-            (2, false) => group_pass::<2, false>(blocks, k, o, pass, out, cells),
-            (3, false) => group_pass::<3, false>(blocks, k, o, pass, out, cells),
-            (_, false) => group_pass::<4, false>(blocks, k, o, pass, out, cells),
+        match (pass.len(), first == 0 && ahead.is_some()) {
+            (1, true) => group_pass::<1, true>(blocks, k, o, pass, out, cells, distance),
+            (2, true) => group_pass::<2, true>(blocks, k, o, pass, out, cells, distance),
+            (3, true) => group_pass::<3, true>(blocks, k, o, pass, out, cells, distance),
+            (_, true) => group_pass::<4, true>(blocks, k, o, pass, out, cells, distance),
+            (1, false) => group_pass::<1, false>(blocks, k, o, pass, out, cells, distance),
+            (2, false) => group_pass::<2, false>(blocks, k, o, pass, out, cells, distance),
+            (3, false) => group_pass::<3, false>(blocks, k, o, pass, out, cells, distance),
+            (_, false) => group_pass::<4, false>(blocks, k, o, pass, out, cells, distance),
         }
     }
 }
@@ -294,6 +303,7 @@ unsafe fn group_pass<const M: usize, const PREFETCH: bool>(
     rows: &[QuantizedRow],
     out: &mut [f32],
     cell: impl Fn(usize, usize) -> usize,
+    ahead: usize,
 ) {
     let per_row = k / QK_K;
     let rows: &[QuantizedRow; M] = rows.try_into().expect("M activation rows");
@@ -307,7 +317,7 @@ unsafe fn group_pass<const M: usize, const PREFETCH: bool>(
     for s in 0..per_row {
         let group: &[Q4KBlock; 4] = blocks[o * per_row + 4 * s..][..4].try_into().expect("a group of four blocks");
         if PREFETCH {
-            super::prefetch_ahead_of(group);
+            prefetch_ahead_of(group, ahead);
         }
         // [d0, dmin0, .., d3, dmin3] * dx, per activation row
         let pair = |i: usize| (group[i].dm.as_ptr() as *const i32).read_unaligned();

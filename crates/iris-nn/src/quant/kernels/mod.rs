@@ -14,53 +14,6 @@ pub const MAX_ROWS: usize = 8;
 /// Output rows per parallel task.
 const ROWS_PER_TASK: usize = 16;
 
-/// How far ahead of the weight stream the q8_0 decode kernels prefetch. Addresses are formed
-/// with `wrapping_add`: near the end of a matrix they point past its allocation, which a
-/// prefetch may do but `add` may not. Qwen2-VL-2B q8_0 text decode on the 2026-12-05 VM (a
-/// 2-core Intel Xeon with AMX, 25-30 GB/s), prefetching into L1: 13.6-14.1 tok/s without,
-/// 14.5-14.8 at 512 B, 15.9-16.7 at 8 KiB, 16.4-16.9 at 16 KiB, 15.3-15.7 at 32 KiB. Into L2
-/// (`prefetch_to_l2`; a tuning build that read the distance from the environment, so only
-/// comparable with itself): 2, 4, 8 and 16 KiB all within 16.7-17.5.
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-const PREFETCH_AHEAD_Q8_0: usize = 8192;
-
-/// The same for the 4-row q4_K kernel. Into L1 (before `prefetch_to_l2`) it was the more
-/// sensitive: without prefetching it streamed 17 GB/s from DRAM (`gemv_bench`, Zen 5 VM)
-/// against a ~28 GB/s streaming sum, 1-8 KiB ahead 21.0-22.9 GB/s there; on the Xeon VM
-/// Qwen2-VL-2B q4k text decode ran at 15.8-16.1 tok/s without, 21.1-21.8 at 1-2 KiB and
-/// 18.4-19.9 at 3-8 KiB (the prefetches stalled: too many lines in flight). Into L2 (the same
-/// tuning build), 2, 4, 6 and 8 KiB measured 22.8-24.1 tok/s, within noise of each other. On
-/// a Zen 4 VM (2026-12-06, ~32 GB/s streaming sum, the same tuning build, runs alternated):
-/// 2 KiB 24.8-26.5, 4 KiB 27.1-30.9 (medians 28.5-29.7 in three sets), 16 KiB 26.8-40.9
-/// (medians 29.2-31.1), 32 and 64 KiB 27.5-35.6; so 16 KiB, which the Xeon did not try.
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-const PREFETCH_AHEAD_Q4K: usize = 16384;
-
-/// Starts loading the 64-byte line at `addr` into L2 (`prefetcht1`), not L1: the decode
-/// kernels read each weight byte once, so L1 gains nothing from holding it early, and an L1
-/// prefetch holds one of the core's few fill buffers until its line arrives, which capped how
-/// many lines were in flight. Qwen2-VL-2B text decode on the Xeon VM, alternating the builds
-/// before and after (BENCHMARKS.md): q8_0 15.85-17.26 → 16.71-18.11 tok/s over eight pairs,
-/// q4k 22.59-23.62 → 24.99-25.24; `prefetcht2` measured the same as `t1`. Unmeasured on AMD
-/// CPUs.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-fn prefetch_to_l2(addr: *const i8) {
-    // SAFETY: SSE is part of x86-64; a prefetch of any address is harmless.
-    unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(addr) }
-}
-
-/// Prefetches the bytes `PREFETCH_AHEAD_Q4K` past the start of `group` (an interleaved q4_K group the
-/// 4-row decode kernels are about to read), one request per 64-byte line of the group's size.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-fn prefetch_ahead_of(group: &[Q4KBlock]) {
-    let ahead = (group.as_ptr() as *const i8).wrapping_add(PREFETCH_AHEAD_Q4K);
-    for line in 0..std::mem::size_of_val(group).div_ceil(64) {
-        prefetch_to_l2(ahead.wrapping_add(64 * line));
-    }
-}
-
 /// ggml `block_q4_K` with its packed 6-bit scales unpacked (148 bytes instead of 144), so the
 /// kernel turns them into a vector with one load. Values: `d*sc[j]*q - dmin*m[j]` for sub-block j.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -412,12 +365,14 @@ pub(crate) fn gemv(blocks: &Blocks, n: usize, k: usize, x: &[f32], m: usize, out
 pub(crate) fn gemv_with(blocks: &Blocks, n: usize, k: usize, x: &[f32], m: usize, out: &mut [f32], kernel: Kernel) {
     assert!((1..=MAX_ROWS).contains(&m) && x.len() == m * k && out.len() == m * n);
     let rows: Vec<QuantizedRow> = x.chunks(k).map(|r| quantize_row(blocks, r)).collect();
+    #[cfg(target_arch = "x86_64")]
+    let prefetch = DecodePrefetch::get();
     crate::gemv::for_each_block(m, n, ROWS_PER_TASK, out, |first, _, dst| {
         #[allow(unused_mut)]
         let mut j = 0;
-        // four interleaved q4_K weight rows per call, one contiguous stream, prefetched: on
-        // AVX-512 a pass takes up to four input rows, on AVX2 one (later passes over a group
-        // find its blocks in cache)
+        // four interleaved q4_K weight rows per call, one contiguous stream (prefetched where
+        // that pays, `DecodePrefetch`): on AVX-512 a pass takes up to four input rows, on AVX2
+        // one (later passes over a group find its blocks in cache)
         #[cfg(target_arch = "x86_64")]
         if let (Kernel::Avx2 | Kernel::AvxVnni | Kernel::Avx512Vnni, Blocks::Q4K(b)) = (kernel, blocks) {
             while (j + 4) * m <= dst.len() {
@@ -426,7 +381,7 @@ pub(crate) fn gemv_with(blocks: &Blocks, n: usize, k: usize, x: &[f32], m: usize
                 // four with four rows left, so it starts a full interleaved group.
                 unsafe {
                     match kernel {
-                        Kernel::Avx512Vnni => avx512::dot_group_q4k(b, k, first + j, &rows, cells),
+                        Kernel::Avx512Vnni => avx512::dot_group_q4k(b, k, first + j, &rows, cells, prefetch.q4k),
                         _ => {
                             for (r, row) in rows.iter().enumerate() {
                                 let mut four = [0f32; 4];
@@ -448,7 +403,7 @@ pub(crate) fn gemv_with(blocks: &Blocks, n: usize, k: usize, x: &[f32], m: usize
         #[cfg(target_arch = "x86_64")]
         if let (Kernel::Avx512Vnni, Blocks::Q8_0 { qs, d }) = (kernel, blocks) {
             // SAFETY: the kernel comes from `Kernel::available`; `dst` holds the task's rows.
-            return unsafe { avx512::dot_rows_q8_0(qs, d, k, first + j, &rows, &mut dst[j * m..]) };
+            return unsafe { avx512::dot_rows_q8_0(qs, d, k, first + j, &rows, &mut dst[j * m..], prefetch.q8_0) };
         }
         for (jj, cell) in dst[j * m..].chunks_mut(m).enumerate() {
             dot_row(blocks, k, first + j + jj, &rows, cell, kernel);
@@ -460,7 +415,7 @@ fn dot_row(blocks: &Blocks, k: usize, o: usize, rows: &[QuantizedRow], cell: &mu
     // SAFETY (every arm): `kernel` comes from `Kernel::available`, which checked the features.
     #[cfg(target_arch = "x86_64")]
     match (kernel, blocks) {
-        (Kernel::Avx512Vnni, Blocks::Q8_0 { qs, d }) => return unsafe { avx512::dot_rows_q8_0(qs, d, k, o, rows, cell) },
+        (Kernel::Avx512Vnni, Blocks::Q8_0 { qs, d }) => return unsafe { avx512::dot_rows_q8_0(qs, d, k, o, rows, cell, DecodePrefetch::get().q8_0) },
         (Kernel::Avx512Vnni, Blocks::Q4K(b)) => return unsafe { avx512::dot_row_q4k(b, k, o, rows, cell) },
         (Kernel::AvxVnni, Blocks::Q8_0 { qs, d }) => return unsafe { avx2::dot_row_q8_0::<true>(qs, d, k, o, rows, cell) },
         (Kernel::AvxVnni, Blocks::Q4K(b)) => return unsafe { avx2::dot_row_q4k::<true>(b, k, o, rows, cell) },
@@ -552,6 +507,10 @@ pub(super) use for_row_count;
 
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+#[cfg(target_arch = "x86_64")]
+mod prefetch;
+#[cfg(target_arch = "x86_64")]
+use prefetch::{prefetch_ahead_of, prefetch_to_l2, DecodePrefetch};
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx512_gemm;

@@ -1,0 +1,130 @@
+//! Software prefetch of the quantized decode kernels' weight streams: how far ahead each kernel
+//! asks for lines, into which cache, and on which CPUs at all. A decode GEMV reads every weight
+//! byte once, so the only question is whether the hardware prefetchers keep enough lines in
+//! flight by themselves. On the Intel Xeon VM they did not (the distances below); on the Zen 4
+//! VM they did, and the software requests only got in their way (`DecodePrefetch`).
+
+use super::Q4KBlock;
+use std::sync::OnceLock;
+
+/// How far ahead of the weight stream the q8_0 decode kernels prefetch. Addresses are formed
+/// with `wrapping_add`: near the end of a matrix they point past its allocation, which a
+/// prefetch may do but `add` may not. Qwen2-VL-2B q8_0 text decode on the 2026-12-05 VM (a
+/// 2-core Intel Xeon with AMX, 25-30 GB/s), prefetching into L1: 13.6-14.1 tok/s without,
+/// 14.5-14.8 at 512 B, 15.9-16.7 at 8 KiB, 16.4-16.9 at 16 KiB, 15.3-15.7 at 32 KiB. Into L2
+/// (`prefetch_to_l2`; a tuning build that read the distance from the environment, so only
+/// comparable with itself): 2, 4, 8 and 16 KiB all within 16.7-17.5.
+pub(super) const PREFETCH_AHEAD_Q8_0: usize = 8192;
+
+/// The same for the 4-row q4_K kernel. Into L1 (before `prefetch_to_l2`) it was the more
+/// sensitive: without prefetching it streamed 17 GB/s from DRAM (`gemv_bench`, Zen 5 VM)
+/// against a ~28 GB/s streaming sum, 1-8 KiB ahead 21.0-22.9 GB/s there; on the Xeon VM
+/// Qwen2-VL-2B q4k text decode ran at 15.8-16.1 tok/s without, 21.1-21.8 at 1-2 KiB and
+/// 18.4-19.9 at 3-8 KiB (the prefetches stalled: too many lines in flight). Into L2 (the same
+/// tuning build), 2, 4, 6 and 8 KiB measured 22.8-24.1 tok/s, within noise of each other. On
+/// a Zen 4 VM (2026-12-06, ~32 GB/s streaming sum, the same tuning build, runs alternated):
+/// 2 KiB 24.8-26.5, 4 KiB 27.1-30.9 (medians 28.5-29.7 in three sets), 16 KiB 26.8-40.9
+/// (medians 29.2-31.1), 32 and 64 KiB 27.5-35.6; so 16 KiB, which the Xeon did not try. None at
+/// all, not tried then, beat every distance on that VM later (`DecodePrefetch`).
+pub(super) const PREFETCH_AHEAD_Q4K: usize = 16384;
+
+/// Starts loading the 64-byte line at `addr` into L2 (`prefetcht1`), not L1: the decode
+/// kernels read each weight byte once, so L1 gains nothing from holding it early, and an L1
+/// prefetch holds one of the core's few fill buffers until its line arrives, which capped how
+/// many lines were in flight. Qwen2-VL-2B text decode on the Xeon VM, alternating the builds
+/// before and after (BENCHMARKS.md): q8_0 15.85-17.26 → 16.71-18.11 tok/s over eight pairs,
+/// q4k 22.59-23.62 → 24.99-25.24; `prefetcht2` measured the same as `t1`. AMD CPUs: see
+/// `DecodePrefetch`.
+#[inline(always)]
+pub(super) fn prefetch_to_l2(addr: *const i8) {
+    // SAFETY: SSE is part of x86-64; a prefetch of any address is harmless.
+    unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(addr) }
+}
+
+/// Prefetches the bytes `ahead` past the start of `group` (an interleaved q4_K group the 4-row
+/// decode kernels are about to read), one request per 64-byte line of the group's size.
+#[inline(always)]
+pub(super) fn prefetch_ahead_of(group: &[Q4KBlock], ahead: usize) {
+    let ahead = (group.as_ptr() as *const i8).wrapping_add(ahead);
+    for line in 0..std::mem::size_of_val(group).div_ceil(64) {
+        prefetch_to_l2(ahead.wrapping_add(64 * line));
+    }
+}
+
+/// Where the AVX-512 q8_0 and q4_K decode kernels prefetch, in bytes ahead of the weight row
+/// they read (`None`: not at all, the hardware prefetchers alone). The AVX2 and AVX-VNNI
+/// kernels keep the constants above (no AVX2-only CPU was at hand to measure).
+///
+/// AMD CPUs take 2 KiB for q8_0 and nothing for q4_K. On the Zen 4 VM (2026-12-06), 28 layers
+/// of Qwen2-VL-2B's text weights plus the lm_head streamed from DRAM inside one compute step,
+/// distances alternated in one process (a scratch harness, six rounds each, GB/s medians):
+/// - q8_0 in a fast spell: 8 KiB 33.4, none 51.3, 2 KiB 53.2, 512 B 53.5. In slow spells
+///   (~35 GB/s probes) 8 KiB 30.4-33.9, none 32.9-35.5, 2 KiB 32.0-35.9.
+/// - q4_K in a fast spell: 16 KiB 39.5, none 49.1, 4 KiB 36.5, 8 KiB 47.5. In slow spells
+///   16 KiB 28.9-32.3, none 34.2-34.5, 2 KiB 27.7-28.1, 4 KiB 31.7-32.0.
+///
+/// Other CPUs keep the distances measured on the Xeon VM, where prefetching paid.
+/// `IRIS_QUANT_PREFETCH=off` or `=BYTES` sets both kernels' distance, for A/B runs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct DecodePrefetch {
+    pub q8_0: Option<usize>,
+    pub q4k: Option<usize>,
+}
+
+impl DecodePrefetch {
+    /// The plan for this CPU (and environment), decided once.
+    pub(crate) fn get() -> Self {
+        static PLAN: OnceLock<DecodePrefetch> = OnceLock::new();
+        *PLAN.get_or_init(|| {
+            let cpu = Self::for_vendor(&cpu_vendor());
+            match std::env::var("IRIS_QUANT_PREFETCH") {
+                Ok(value) => Self::from_setting(&value).unwrap_or_else(|| {
+                    tracing::warn!("IRIS_QUANT_PREFETCH={value}: expected `off` or a byte count; using {cpu:?}");
+                    cpu
+                }),
+                Err(_) => cpu,
+            }
+        })
+    }
+
+    fn for_vendor(vendor: &str) -> Self {
+        // Hygon's Dhyana is a Zen core
+        if matches!(vendor, "AuthenticAMD" | "HygonGenuine") {
+            Self { q8_0: Some(2048), q4k: None }
+        } else {
+            Self { q8_0: Some(PREFETCH_AHEAD_Q8_0), q4k: Some(PREFETCH_AHEAD_Q4K) }
+        }
+    }
+
+    fn from_setting(value: &str) -> Option<Self> {
+        let ahead = match value.trim() {
+            "off" => None,
+            bytes => Some(bytes.parse().ok()?),
+        };
+        Some(Self { q8_0: ahead, q4k: ahead })
+    }
+}
+
+/// The CPU's vendor string (`GenuineIntel`, `AuthenticAMD`, ..) from CPUID leaf 0.
+fn cpu_vendor() -> String {
+    // CPUID is part of x86-64; leaf 0 returns the vendor in EBX, EDX, ECX
+    #[allow(unused_unsafe)]
+    let leaf = unsafe { std::arch::x86_64::__cpuid(0) };
+    let bytes: Vec<u8> = [leaf.ebx, leaf.edx, leaf.ecx].iter().flat_map(|r| r.to_le_bytes()).collect();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn amd_cpus_prefetch_less_and_the_setting_overrides() {
+        assert_eq!(DecodePrefetch::for_vendor("AuthenticAMD"), DecodePrefetch { q8_0: Some(2048), q4k: None });
+        assert_eq!(DecodePrefetch::for_vendor("GenuineIntel"), DecodePrefetch { q8_0: Some(PREFETCH_AHEAD_Q8_0), q4k: Some(PREFETCH_AHEAD_Q4K) });
+        assert_eq!(DecodePrefetch::from_setting("off"), Some(DecodePrefetch { q8_0: None, q4k: None }));
+        assert_eq!(DecodePrefetch::from_setting("4096"), Some(DecodePrefetch { q8_0: Some(4096), q4k: Some(4096) }));
+        assert_eq!(DecodePrefetch::from_setting("far"), None);
+        assert_eq!(cpu_vendor().len(), 12);
+    }
+}
