@@ -84,7 +84,8 @@ pub fn bf16_faster_than_f32() -> bool {
     *ON.get_or_init(|| bf16_available() && cpu_is_amd() && std::env::var_os("IRIS_NO_BF16_ATTENTION").is_none())
 }
 
-/// Whether the CPU's vendor is AMD (also the decode GEMV's prefetch choice, `gemv.rs`).
+/// Whether the CPU's vendor is AMD (also the decode GEMVs' prefetch choice: `gemv/prefetch.rs`,
+/// `quant/kernels/prefetch.rs`).
 #[cfg(target_arch = "x86_64")]
 pub(crate) fn cpu_is_amd() -> bool {
     // CPUID leaf 0: the vendor string in EBX, EDX, ECX

@@ -76,7 +76,7 @@ impl DecodePrefetch {
     pub(crate) fn get() -> Self {
         static PLAN: OnceLock<DecodePrefetch> = OnceLock::new();
         *PLAN.get_or_init(|| {
-            let cpu = Self::for_vendor(&cpu_vendor());
+            let cpu = Self::for_cpu(crate::flash_attention::cpu_is_amd());
             match std::env::var("IRIS_QUANT_PREFETCH") {
                 Ok(value) => Self::from_setting(&value).unwrap_or_else(|| {
                     tracing::warn!("IRIS_QUANT_PREFETCH={value}: expected `off` or a byte count; using {cpu:?}");
@@ -87,9 +87,8 @@ impl DecodePrefetch {
         })
     }
 
-    fn for_vendor(vendor: &str) -> Self {
-        // Hygon's Dhyana is a Zen core
-        if matches!(vendor, "AuthenticAMD" | "HygonGenuine") {
+    fn for_cpu(amd: bool) -> Self {
+        if amd {
             Self { q8_0: Some(2048), q4k: None }
         } else {
             Self { q8_0: Some(PREFETCH_AHEAD_Q8_0), q4k: Some(PREFETCH_AHEAD_Q4K) }
@@ -105,26 +104,16 @@ impl DecodePrefetch {
     }
 }
 
-/// The CPU's vendor string (`GenuineIntel`, `AuthenticAMD`, ..) from CPUID leaf 0.
-fn cpu_vendor() -> String {
-    // CPUID is part of x86-64; leaf 0 returns the vendor in EBX, EDX, ECX
-    #[allow(unused_unsafe)]
-    let leaf = unsafe { std::arch::x86_64::__cpuid(0) };
-    let bytes: Vec<u8> = [leaf.ebx, leaf.edx, leaf.ecx].iter().flat_map(|r| r.to_le_bytes()).collect();
-    String::from_utf8_lossy(&bytes).into_owned()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn amd_cpus_prefetch_less_and_the_setting_overrides() {
-        assert_eq!(DecodePrefetch::for_vendor("AuthenticAMD"), DecodePrefetch { q8_0: Some(2048), q4k: None });
-        assert_eq!(DecodePrefetch::for_vendor("GenuineIntel"), DecodePrefetch { q8_0: Some(PREFETCH_AHEAD_Q8_0), q4k: Some(PREFETCH_AHEAD_Q4K) });
+        assert_eq!(DecodePrefetch::for_cpu(true), DecodePrefetch { q8_0: Some(2048), q4k: None });
+        assert_eq!(DecodePrefetch::for_cpu(false), DecodePrefetch { q8_0: Some(PREFETCH_AHEAD_Q8_0), q4k: Some(PREFETCH_AHEAD_Q4K) });
         assert_eq!(DecodePrefetch::from_setting("off"), Some(DecodePrefetch { q8_0: None, q4k: None }));
         assert_eq!(DecodePrefetch::from_setting("4096"), Some(DecodePrefetch { q8_0: Some(4096), q4k: Some(4096) }));
         assert_eq!(DecodePrefetch::from_setting("far"), None);
-        assert_eq!(cpu_vendor().len(), 12);
     }
 }
