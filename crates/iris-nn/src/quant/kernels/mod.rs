@@ -366,7 +366,7 @@ pub(crate) fn gemv_with(blocks: &Blocks, n: usize, k: usize, x: &[f32], m: usize
     assert!((1..=MAX_ROWS).contains(&m) && x.len() == m * k && out.len() == m * n);
     let rows: Vec<QuantizedRow> = x.chunks(k).map(|r| quantize_row(blocks, r)).collect();
     #[cfg(target_arch = "x86_64")]
-    let prefetch = DecodePrefetch::get();
+    let prefetch = DecodePrefetch::get(m);
     crate::gemv::for_each_block(m, n, ROWS_PER_TASK, out, |first, _, dst| {
         #[allow(unused_mut)]
         let mut j = 0;
@@ -415,7 +415,7 @@ fn dot_row(blocks: &Blocks, k: usize, o: usize, rows: &[QuantizedRow], cell: &mu
     // SAFETY (every arm): `kernel` comes from `Kernel::available`, which checked the features.
     #[cfg(target_arch = "x86_64")]
     match (kernel, blocks) {
-        (Kernel::Avx512Vnni, Blocks::Q8_0 { qs, d }) => return unsafe { avx512::dot_rows_q8_0(qs, d, k, o, rows, cell, DecodePrefetch::get().q8_0) },
+        (Kernel::Avx512Vnni, Blocks::Q8_0 { qs, d }) => return unsafe { avx512::dot_rows_q8_0(qs, d, k, o, rows, cell, DecodePrefetch::get(rows.len()).q8_0) },
         (Kernel::Avx512Vnni, Blocks::Q4K(b)) => return unsafe { avx512::dot_row_q4k(b, k, o, rows, cell) },
         (Kernel::AvxVnni, Blocks::Q8_0 { qs, d }) => return unsafe { avx2::dot_row_q8_0::<true>(qs, d, k, o, rows, cell) },
         (Kernel::AvxVnni, Blocks::Q4K(b)) => return unsafe { avx2::dot_row_q4k::<true>(b, k, o, rows, cell) },

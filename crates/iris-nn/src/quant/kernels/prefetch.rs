@@ -2,7 +2,8 @@
 //! asks for lines, into which cache, and on which CPUs at all. A decode GEMV reads every weight
 //! byte once, so the only question is whether the hardware prefetchers keep enough lines in
 //! flight by themselves. On the Intel Xeon VM they did not (the distances below); on the Zen 4
-//! VM they did, and the software requests only got in their way (`DecodePrefetch`).
+//! VM they did for one activation row, where the software requests only got in their way, but
+//! not for several (`DecodePrefetch`).
 
 use super::Q4KBlock;
 use std::sync::OnceLock;
@@ -55,16 +56,21 @@ pub(super) fn prefetch_ahead_of(group: &[Q4KBlock], ahead: usize) {
 /// they read (`None`: not at all, the hardware prefetchers alone). The AVX2 and AVX-VNNI
 /// kernels keep the constants above (no AVX2-only CPU was at hand to measure).
 ///
-/// AMD CPUs take 2 KiB for q8_0 and nothing for q4_K. On the Zen 4 VM (2026-12-06), 28 layers
-/// of Qwen2-VL-2B's text weights plus the lm_head streamed from DRAM inside one compute step,
-/// distances alternated in one process (a scratch harness, six rounds each, GB/s medians):
+/// On AMD CPUs one activation row (decode of one sequence) takes 2 KiB for q8_0 and nothing for
+/// q4_K. Zen 4 VM (2026-12-06): 28 layers of Qwen2-VL-2B's text weights plus the lm_head
+/// streamed from DRAM inside one compute step, settings alternated in one process (a scratch
+/// harness, six rounds each, GB/s medians):
 /// - q8_0 in a fast spell: 8 KiB 33.4, none 51.3, 2 KiB 53.2, 512 B 53.5. In slow spells
 ///   (~35 GB/s probes) 8 KiB 30.4-33.9, none 32.9-35.5, 2 KiB 32.0-35.9.
 /// - q4_K in a fast spell: 16 KiB 39.5, none 49.1, 4 KiB 36.5, 8 KiB 47.5. In slow spells
 ///   16 KiB 28.9-32.3, none 34.2-34.5, 2 KiB 27.7-28.1, 4 KiB 31.7-32.0.
 ///
-/// Other CPUs keep the distances measured on the Xeon VM, where prefetching paid.
-/// `IRIS_QUANT_PREFETCH=off` or `=BYTES` sets both kernels' distance, for A/B runs.
+/// Batched decode (2-8 rows) does several multiply-adds per weight line and stalls on memory
+/// without the far prefetch: at four rows q4_K 16.6 without against 20.1 GB/s with 16 KiB,
+/// q8_0 23.1 at 2 KiB against 26.5 at 8 KiB (8, 16 and 32 KiB level); at eight rows 8.4
+/// against 10.1 and 14.2 against 15.0. So more rows, and other CPUs, keep the distances
+/// measured on the Xeon VM, where prefetching paid. `IRIS_QUANT_PREFETCH=off` or `=BYTES` sets
+/// both kernels' distance for every row count, for A/B runs.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) struct DecodePrefetch {
     pub q8_0: Option<usize>,
@@ -72,23 +78,25 @@ pub(crate) struct DecodePrefetch {
 }
 
 impl DecodePrefetch {
-    /// The plan for this CPU (and environment), decided once.
-    pub(crate) fn get() -> Self {
-        static PLAN: OnceLock<DecodePrefetch> = OnceLock::new();
-        *PLAN.get_or_init(|| {
-            let cpu = Self::for_cpu(crate::flash_attention::cpu_is_amd());
+    /// The plan for this CPU (and environment) and `rows` activation rows, decided once.
+    pub(crate) fn get(rows: usize) -> Self {
+        static PLANS: OnceLock<[DecodePrefetch; 2]> = OnceLock::new();
+        let plans = PLANS.get_or_init(|| {
+            let amd = crate::flash_attention::cpu_is_amd();
+            let cpu = [Self::for_cpu(amd, 1), Self::for_cpu(amd, 2)];
             match std::env::var("IRIS_QUANT_PREFETCH") {
-                Ok(value) => Self::from_setting(&value).unwrap_or_else(|| {
+                Ok(value) => Self::from_setting(&value).map(|all| [all; 2]).unwrap_or_else(|| {
                     tracing::warn!("IRIS_QUANT_PREFETCH={value}: expected `off` or a byte count; using {cpu:?}");
                     cpu
                 }),
                 Err(_) => cpu,
             }
-        })
+        });
+        plans[usize::from(rows > 1)]
     }
 
-    fn for_cpu(amd: bool) -> Self {
-        if amd {
+    fn for_cpu(amd: bool, rows: usize) -> Self {
+        if amd && rows == 1 {
             Self { q8_0: Some(2048), q4k: None }
         } else {
             Self { q8_0: Some(PREFETCH_AHEAD_Q8_0), q4k: Some(PREFETCH_AHEAD_Q4K) }
@@ -109,9 +117,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn amd_cpus_prefetch_less_and_the_setting_overrides() {
-        assert_eq!(DecodePrefetch::for_cpu(true), DecodePrefetch { q8_0: Some(2048), q4k: None });
-        assert_eq!(DecodePrefetch::for_cpu(false), DecodePrefetch { q8_0: Some(PREFETCH_AHEAD_Q8_0), q4k: Some(PREFETCH_AHEAD_Q4K) });
+    fn amd_cpus_prefetch_less_for_one_row_and_the_setting_overrides() {
+        let far = DecodePrefetch { q8_0: Some(PREFETCH_AHEAD_Q8_0), q4k: Some(PREFETCH_AHEAD_Q4K) };
+        assert_eq!(DecodePrefetch::for_cpu(true, 1), DecodePrefetch { q8_0: Some(2048), q4k: None });
+        assert_eq!(DecodePrefetch::for_cpu(true, 4), far);
+        assert_eq!(DecodePrefetch::for_cpu(false, 1), far);
         assert_eq!(DecodePrefetch::from_setting("off"), Some(DecodePrefetch { q8_0: None, q4k: None }));
         assert_eq!(DecodePrefetch::from_setting("4096"), Some(DecodePrefetch { q8_0: Some(4096), q4k: Some(4096) }));
         assert_eq!(DecodePrefetch::from_setting("far"), None);
