@@ -293,7 +293,8 @@ pub unsafe fn dot_group_q4k(blocks: &[Q4KBlock], k: usize, o: usize, rows: &[Qua
 /// One pass of `dot_group_q4k` over `M` activation rows. The four blocks' scales are folded
 /// together: their `[d, dmin]` pairs in one vector per row, and their eight mins against a row's
 /// sub-block sums in one 512-bit product (four lanes a weight row), where `q4k_fold` per block
-/// took ~60 of a one-row group's ~150 vector instructions.
+/// took ~60 of a one-row group's ~150 vector instructions. With `PREFETCH` each group asks
+/// for the lines `ahead` bytes past it.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
 unsafe fn group_pass<const M: usize, const PREFETCH: bool>(
