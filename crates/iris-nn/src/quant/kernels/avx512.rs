@@ -32,7 +32,7 @@ unsafe fn pair_index(a: i32, b: i32) -> __m512i {
 ///
 /// It takes the weight rows from `o` that `cells` (`[rows, m]`) has room for, with one dispatch
 /// for all of them rather than one per row (for K = 1536 a row is ~50 ns of work), prefetching
-/// `ahead` bytes ahead of the weights into L2 (`DecodePrefetch`).
+/// `ahead` bytes ahead of the weights into L2 when it is `Some` (`DecodePrefetch`).
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
 pub unsafe fn dot_rows_q8_0(qs: &[i8], d: &[f16], k: usize, o: usize, rows: &[QuantizedRow], cells: &mut [f32], ahead: Option<usize>) {
     super::for_row_count!(rows.len(), dot_block_q8_0, qs, d, k, o, rows, cells, ahead)
@@ -50,7 +50,7 @@ unsafe fn dot_block_q8_0<const M: usize>(qs: &[i8], d: &[f16], k: usize, o: usiz
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn q8_0_pair<const M: usize>(w: *const i8, p: usize, rows: &[QuantizedRow; M], scale: impl Fn(usize) -> __m512, acc: &mut [__m512; M], ahead: Option<usize>) {
     if let Some(ahead) = ahead {
-        prefetch_to_l2(w.wrapping_add(64 * p + ahead));
+        prefetch_to_l2(w.wrapping_add(64 * p).wrapping_add(ahead));
     }
     let offset = _mm512_xor_si512(_mm512_loadu_si512(w.add(64 * p) as *const _), _mm512_set1_epi8(i8::MIN));
     for r in 0..M {
@@ -261,7 +261,7 @@ const GROUP_PASS_ROWS: usize = 4;
 /// stream `ahead` bytes ahead where that pays (`DecodePrefetch`). Rows go in passes of up to
 /// `GROUP_PASS_ROWS`; later passes find the group's blocks in cache. Batched decode had taken
 /// one weight row at a time with no prefetch: from DRAM 2.5x slower than its in-cache speed
-/// (on the Xeon VM, whose hardware prefetchers needed the help).
+/// (Zen 4 VM).
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
 pub unsafe fn dot_group_q4k(blocks: &[Q4KBlock], k: usize, o: usize, rows: &[QuantizedRow], out: &mut [f32], ahead: Option<usize>) {
     let m = rows.len();

@@ -370,9 +370,9 @@ pub(crate) fn gemv_with(blocks: &Blocks, n: usize, k: usize, x: &[f32], m: usize
     crate::gemv::for_each_block(m, n, ROWS_PER_TASK, out, |first, _, dst| {
         #[allow(unused_mut)]
         let mut j = 0;
-        // four interleaved q4_K weight rows per call, one contiguous stream (prefetched where
-        // that pays, `DecodePrefetch`): on AVX-512 a pass takes up to four input rows, on AVX2
-        // one (later passes over a group find its blocks in cache)
+        // four interleaved q4_K weight rows per call, one contiguous stream (prefetched on
+        // AVX-512 as `DecodePrefetch` says, on AVX2 always): on AVX-512 a pass takes up to four
+        // input rows, on AVX2 one (later passes over a group find its blocks in cache)
         #[cfg(target_arch = "x86_64")]
         if let (Kernel::Avx2 | Kernel::AvxVnni | Kernel::Avx512Vnni, Blocks::Q4K(b)) = (kernel, blocks) {
             while (j + 4) * m <= dst.len() {

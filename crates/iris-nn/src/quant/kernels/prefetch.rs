@@ -2,13 +2,14 @@
 //! asks for lines, into which cache, and on which CPUs at all. A decode GEMV reads every weight
 //! byte once, so the only question is whether the hardware prefetchers keep enough lines in
 //! flight by themselves. On the Intel Xeon VM they did not (the distances below); on the Zen 4
-//! VM they did for one activation row, where the software requests only got in their way, but
-//! not for several (`DecodePrefetch`).
+//! VM they mostly did for one activation row, where far software requests got in their way,
+//! but not for several (`DecodePrefetch`).
 
 use super::Q4KBlock;
 use std::sync::OnceLock;
 
-/// How far ahead of the weight stream the q8_0 decode kernels prefetch. Addresses are formed
+/// The default distance ahead of the weight stream for the q8_0 decode kernels' prefetch
+/// (`DecodePrefetch` picks per CPU and row count for AVX-512; AVX2 always). Addresses are formed
 /// with `wrapping_add`: near the end of a matrix they point past its allocation, which a
 /// prefetch may do but `add` may not. Qwen2-VL-2B q8_0 text decode on the 2026-12-05 VM (a
 /// 2-core Intel Xeon with AMX, 25-30 GB/s), prefetching into L1: 13.6-14.1 tok/s without,
@@ -26,7 +27,8 @@ pub(super) const PREFETCH_AHEAD_Q8_0: usize = 8192;
 /// a Zen 4 VM (2026-12-06, ~32 GB/s streaming sum, the same tuning build, runs alternated):
 /// 2 KiB 24.8-26.5, 4 KiB 27.1-30.9 (medians 28.5-29.7 in three sets), 16 KiB 26.8-40.9
 /// (medians 29.2-31.1), 32 and 64 KiB 27.5-35.6; so 16 KiB, which the Xeon did not try. None at
-/// all, not tried then, beat every distance on that VM later (`DecodePrefetch`).
+/// all, not tried then, beat every distance on that VM later for one activation row (not for
+/// four: `DecodePrefetch`).
 pub(super) const PREFETCH_AHEAD_Q4K: usize = 16384;
 
 /// Starts loading the 64-byte line at `addr` into L2 (`prefetcht1`), not L1: the decode
@@ -52,8 +54,9 @@ pub(super) fn prefetch_ahead_of(group: &[Q4KBlock], ahead: usize) {
     }
 }
 
-/// Where the AVX-512 q8_0 and q4_K decode kernels prefetch, in bytes ahead of the weight row
-/// they read (`None`: not at all, the hardware prefetchers alone). The AVX2 and AVX-VNNI
+/// Where the AVX-512 q8_0 and q4_K decode kernels prefetch, in bytes ahead of what they read
+/// (q8_0: the current 64-byte pair; q4_K: the group's start; `None`: not at all, the hardware
+/// prefetchers alone). The AVX2 and AVX-VNNI
 /// kernels keep the constants above (no AVX2-only CPU was at hand to measure).
 ///
 /// On AMD CPUs one activation row (decode of one sequence) takes 2 KiB for q8_0 and nothing for
@@ -68,9 +71,12 @@ pub(super) fn prefetch_ahead_of(group: &[Q4KBlock], ahead: usize) {
 /// Batched decode (2-8 rows) does several multiply-adds per weight line and stalls on memory
 /// without the far prefetch: at four rows q4_K 16.6 without against 20.1 GB/s with 16 KiB,
 /// q8_0 23.1 at 2 KiB against 26.5 at 8 KiB (8, 16 and 32 KiB level); at eight rows 8.4
-/// against 10.1 and 14.2 against 15.0. So more rows, and other CPUs, keep the distances
-/// measured on the Xeon VM, where prefetching paid. `IRIS_QUANT_PREFETCH=off` or `=BYTES` sets
-/// both kernels' distance for every row count, for A/B runs.
+/// against 10.1 and 14.2 against 15.0. So more rows, and other CPUs, keep the constants above
+/// (prefetching paid on the Xeon VM). `IRIS_QUANT_PREFETCH=off` or `=BYTES` (at most 1 MiB)
+/// sets both AVX-512 kernels' distance for every row count, for A/B runs.
+/// The farthest `IRIS_QUANT_PREFETCH` may ask for (a larger one is a typo, not a setting).
+const MAX_SETTING: usize = 1 << 20;
+
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) struct DecodePrefetch {
     pub q8_0: Option<usize>,
@@ -86,7 +92,7 @@ impl DecodePrefetch {
             let cpu = [Self::for_cpu(amd, 1), Self::for_cpu(amd, 2)];
             match std::env::var("IRIS_QUANT_PREFETCH") {
                 Ok(value) => Self::from_setting(&value).map(|all| [all; 2]).unwrap_or_else(|| {
-                    tracing::warn!("IRIS_QUANT_PREFETCH={value}: expected `off` or a byte count; using {cpu:?}");
+                    tracing::warn!("IRIS_QUANT_PREFETCH={value}: expected `off` or a byte count up to {MAX_SETTING}; using {cpu:?}");
                     cpu
                 }),
                 Err(_) => cpu,
@@ -103,10 +109,11 @@ impl DecodePrefetch {
         }
     }
 
+    /// `off`, or a distance of at most `MAX_SETTING` bytes.
     fn from_setting(value: &str) -> Option<Self> {
         let ahead = match value.trim() {
             "off" => None,
-            bytes => Some(bytes.parse().ok()?),
+            bytes => Some(bytes.parse().ok().filter(|&n: &usize| n <= MAX_SETTING)?),
         };
         Some(Self { q8_0: ahead, q4k: ahead })
     }
@@ -125,5 +132,6 @@ mod tests {
         assert_eq!(DecodePrefetch::from_setting("off"), Some(DecodePrefetch { q8_0: None, q4k: None }));
         assert_eq!(DecodePrefetch::from_setting("4096"), Some(DecodePrefetch { q8_0: Some(4096), q4k: Some(4096) }));
         assert_eq!(DecodePrefetch::from_setting("far"), None);
+        assert_eq!(DecodePrefetch::from_setting("18446744073709551615"), None);
     }
 }
