@@ -20,7 +20,7 @@ pub use prefetch::{prefetch_for, set_prefetch_override, Prefetch, WeightStorage}
 /// Most input rows handled by the fused path.
 pub const MAX_ROWS: usize = 8;
 /// Output rows per parallel task.
-const BLOCK: usize = 32;
+pub(crate) const BLOCK: usize = 32;
 /// Weight rows per tile of the AVX-512 kernels (widening and `vdpbf16ps`), each load of the
 /// activations serving all of them, in batched decode and when one activation row is larger than
 /// `GROUP_ABOVE_X_BYTES` (f32 activations past K = 4096, bf16 ones past 8192). Then
@@ -131,20 +131,20 @@ fn block_calls(m: usize, (chunk, g): (usize, usize), (o, rows): (usize, usize)) 
     })
 }
 
-/// Runs `dot(o, rows, cells)` for every block of `rows` output rows from `o` (`block` <= 32,
-/// fewer at the end of `N`; `cells`: their `m` sums each, `[rows, m]`), in parallel, and writes
+/// Runs `dot(o, rows, cells)` for every block of `rows` output rows from `o` (`block`, at most
+/// `BLOCK`, fewer at the end of `N`; `cells`: their `m` sums each, `[rows, m]`), in parallel, and writes
 /// the sums to `out` `[m, N]`. The quantized decode GEMV shares it.
 pub(crate) fn for_each_block(m: usize, n: usize, block: usize, out: &mut [f32], dot: impl Fn(usize, usize, &mut [f32]) + Sync) {
-    assert!((1..=MAX_ROWS).contains(&m) && block <= BLOCK && out.len() == m * n);
+    assert!((1..=MAX_ROWS).contains(&m) && (1..=BLOCK).contains(&block) && out.len() == m * n);
     if m == 1 {
         // [1, N] is [N, 1]: each task's cells are its run of `out`
         out.par_chunks_mut(block).enumerate().for_each(|(blk, cells)| dot(blk * block, cells.len(), cells));
         return;
     }
-    // Each task transposes its block's sums in small stack buffers and writes its columns
-    // of `out` itself. A shared [N, m] scratch, zeroed and then transposed by the calling thread
-    // alone, was ~3% of an eight-sequence q4k decode step (the lm_head's 4.9 MB of it), with the
-    // other worker idle (Zen 4 VM profile).
+    // Each task transposes its block's sums in small stack buffers and writes its own columns
+    // of `out`. A shared [N, m] scratch, zeroed and then transposed by the calling thread alone,
+    // was ~3% of an eight-sequence q4k decode step (the lm_head's 4.9 MB of it), with the other
+    // worker idle (Zen 4 VM profile). Outputs this small never take `write`'s streamed stores.
     let dst = crate::tiled_output::ColumnTiles::new(out, m, n);
     (0..n.div_ceil(block)).into_par_iter().for_each(|blk| {
         let (o, rows) = (blk * block, block.min(n - blk * block));

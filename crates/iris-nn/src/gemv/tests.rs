@@ -184,7 +184,8 @@ mod tile_tests {
                         assert_eq!(cells[j * m..(j + 1) * m], single[o + j][..m], "{:?}: block of {rows} at {o}, {m} rows", w.storage());
                     }
                 }
-                // as `gemv` runs it without AVX-512: parallel blocks, a short last one, [N, m] -> [m, N]
+                // as `gemv` runs it without AVX-512: parallel blocks, a short last one, each
+                // block's [rows, m] sums transposed into its columns of [m, N]
                 let mut out = vec![0f32; m * n];
                 for_each_block(m, n, BLOCK, &mut out, |o, _, cells| dot_rows(&x[..m * k], m, w, o, k, cells));
                 for (o, r) in (0..n).flat_map(|o| (0..m).map(move |r| (o, r))) {
