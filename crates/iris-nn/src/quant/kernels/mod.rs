@@ -15,7 +15,7 @@ pub const MAX_ROWS: usize = 8;
 const ROWS_PER_TASK: usize = 16;
 // the shared block loop (`gemv::for_each_block`) takes up to its own limits; q4_K's groups of
 // four weight rows must not straddle tasks
-const _: () = assert!(MAX_ROWS <= crate::gemv::MAX_ROWS && ROWS_PER_TASK <= crate::gemv::BLOCK && ROWS_PER_TASK % 4 == 0);
+const _: () = assert!(MAX_ROWS <= crate::gemv::MAX_ROWS && ROWS_PER_TASK <= crate::gemv::BLOCK && ROWS_PER_TASK.is_multiple_of(4));
 
 /// ggml `block_q4_K` with its packed 6-bit scales unpacked (148 bytes instead of 144), so the
 /// kernel turns them into a vector with one load. Values: `d*sc[j]*q - dmin*m[j]` for sub-block j.
