@@ -418,7 +418,8 @@ fn dot_row(blocks: &Blocks, k: usize, o: usize, rows: &[QuantizedRow], cell: &mu
     // SAFETY (every arm): `kernel` comes from `Kernel::available`, which checked the features.
     #[cfg(target_arch = "x86_64")]
     match (kernel, blocks) {
-        (Kernel::Avx512Vnni, Blocks::Q8_0 { qs, d }) => return unsafe { avx512::dot_rows_q8_0(qs, d, k, o, rows, cell, DecodePrefetch::get(rows.len()).q8_0) },
+        // `gemv_with` hands the AVX-512 q8_0 kernel a task's rows in one call, before this
+        (Kernel::Avx512Vnni, Blocks::Q8_0 { .. }) => unreachable!("AVX-512 q8_0 rows go to `dot_rows_q8_0` whole"),
         (Kernel::Avx512Vnni, Blocks::Q4K(b)) => return unsafe { avx512::dot_row_q4k(b, k, o, rows, cell) },
         (Kernel::AvxVnni, Blocks::Q8_0 { qs, d }) => return unsafe { avx2::dot_row_q8_0::<true>(qs, d, k, o, rows, cell) },
         (Kernel::AvxVnni, Blocks::Q4K(b)) => return unsafe { avx2::dot_row_q4k::<true>(b, k, o, rows, cell) },
