@@ -4,7 +4,6 @@
 //! lack AVX-512; Zen 5) where plain AVX2 needs two or three instructions; the integer sums are
 //! the same, so both give bit-identical results.
 
-use super::prefetch::{PREFETCH_AHEAD_Q4K, PREFETCH_AHEAD_Q8_0};
 use super::{prefetch_ahead_of, prefetch_to_l2, q4k_row, Q4KBlock, QuantizedRow, MAX_ROWS};
 use candle_core::quantized::k_quants::{QK8_0, QK_K};
 use half::f16;
@@ -52,13 +51,14 @@ unsafe fn vpdpwssd(acc: __m256i, a: __m256i, b: __m256i) -> __m256i {
 
 /// q8_0 x q8_0: eight blocks at a time share one F16C conversion of their weight scales and
 /// one multiply by each row's activation scales; each block then picks its lane with a
-/// permute. The remaining `per_row % 8` blocks take the per-block path.
-pub unsafe fn dot_row_q8_0<const VNNI: bool>(qs: &[i8], d: &[f16], k: usize, o: usize, rows: &[QuantizedRow], cell: &mut [f32]) {
-    super::for_row_count!(rows.len(), dot_row_q8_0_rows::<_, VNNI>, qs, d, k, o, rows, cell)
+/// permute. The remaining `per_row % 8` blocks take the per-block path. With `ahead` each
+/// 64-byte line asks for the line that many bytes further on (`DecodePrefetch`).
+pub unsafe fn dot_row_q8_0<const VNNI: bool>(qs: &[i8], d: &[f16], k: usize, o: usize, rows: &[QuantizedRow], cell: &mut [f32], ahead: Option<usize>) {
+    super::for_row_count!(rows.len(), dot_row_q8_0_rows::<_, VNNI>, qs, d, k, o, rows, cell, ahead)
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_row_q8_0_rows<const M: usize, const VNNI: bool>(qs: &[i8], d: &[f16], k: usize, o: usize, rows: &[QuantizedRow], cell: &mut [f32]) {
+unsafe fn dot_row_q8_0_rows<const M: usize, const VNNI: bool>(qs: &[i8], d: &[f16], k: usize, o: usize, rows: &[QuantizedRow], cell: &mut [f32], ahead: Option<usize>) {
     let per_row = k / QK8_0;
     let rows: &[QuantizedRow; M] = rows.try_into().expect("M activation rows");
     let wq = qs.as_ptr().add(o * k);
@@ -79,9 +79,9 @@ unsafe fn dot_row_q8_0_rows<const M: usize, const VNNI: bool>(qs: &[i8], d: &[f1
         for j in 0..8 {
             let b = b0 + j;
             let w = _mm256_loadu_si256(wq.add(b * QK8_0) as *const __m256i);
-            if j % 2 == 0 {
+            if let (0, Some(ahead)) = (j % 2, ahead) {
                 // one prefetch per 64-byte line (two blocks)
-                prefetch_to_l2(wq.wrapping_add(b * QK8_0 + PREFETCH_AHEAD_Q8_0));
+                prefetch_to_l2(wq.wrapping_add(b * QK8_0 + ahead));
             }
             let lane = _mm256_set1_epi32(j as i32);
             for r in 0..M {
@@ -209,14 +209,17 @@ unsafe fn dot_row_q4k_rows<const M: usize, const VNNI: bool>(blocks: &[Q4KBlock]
 
 /// `dot_row_q4k` for weight rows `o..o+4` (a full interleaved group, `o % 4 == 0`) and one
 /// activation row: the activations are loaded once per group for all four rows, the rows'
-/// blocks are adjacent in memory, and the four accumulation chains are independent.
+/// blocks are adjacent in memory, and the four accumulation chains are independent. With
+/// `ahead` each group asks for the lines that many bytes past it (`DecodePrefetch`).
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot_4_rows_q4k<const VNNI: bool>(blocks: &[Q4KBlock], k: usize, o: usize, row: &QuantizedRow, out: &mut [f32]) {
+pub unsafe fn dot_4_rows_q4k<const VNNI: bool>(blocks: &[Q4KBlock], k: usize, o: usize, row: &QuantizedRow, out: &mut [f32], ahead: Option<usize>) {
     let per_row = k / QK_K;
     let mut acc = [_mm256_setzero_ps(); 4];
     for s in 0..per_row {
         let group = &blocks[o * per_row + 4 * s..][..4];
-        prefetch_ahead_of(group, PREFETCH_AHEAD_Q4K);
+        if let Some(ahead) = ahead {
+            prefetch_ahead_of(group, ahead);
+        }
         let mut isum = [_mm256_setzero_si256(); 4];
         let scales = [0, 1, 2, 3].map(|i| q4k_scales(&group[i]));
         for g in 0..4 {

@@ -369,13 +369,13 @@ pub(crate) fn gemv_with(blocks: &Blocks, n: usize, k: usize, x: &[f32], m: usize
     assert!((1..=MAX_ROWS).contains(&m) && x.len() == m * k && out.len() == m * n);
     let rows: Vec<QuantizedRow> = x.chunks(k).map(|r| quantize_row(blocks, r)).collect();
     #[cfg(target_arch = "x86_64")]
-    let prefetch = DecodePrefetch::get(m);
+    let prefetch = DecodePrefetch::get(kernel, m);
     crate::gemv::for_each_block(m, n, ROWS_PER_TASK, out, |first, _, dst| {
         #[allow(unused_mut)]
         let mut j = 0;
-        // four interleaved q4_K weight rows per call, one contiguous stream (prefetched on
-        // AVX-512 as `DecodePrefetch` says, on AVX2 always): on AVX-512 a pass takes up to four
-        // input rows, on AVX2 one (later passes over a group find its blocks in cache)
+        // four interleaved q4_K weight rows per call, one contiguous stream (prefetched as
+        // `DecodePrefetch` says): on AVX-512 a pass takes up to four input rows, on AVX2 one
+        // (later passes over a group find its blocks in cache)
         #[cfg(target_arch = "x86_64")]
         if let (Kernel::Avx2 | Kernel::AvxVnni | Kernel::Avx512Vnni, Blocks::Q4K(b)) = (kernel, blocks) {
             while (j + 4) * m <= dst.len() {
@@ -389,9 +389,9 @@ pub(crate) fn gemv_with(blocks: &Blocks, n: usize, k: usize, x: &[f32], m: usize
                             for (r, row) in rows.iter().enumerate() {
                                 let mut four = [0f32; 4];
                                 if kernel == Kernel::AvxVnni {
-                                    avx2::dot_4_rows_q4k::<true>(b, k, first + j, row, &mut four);
+                                    avx2::dot_4_rows_q4k::<true>(b, k, first + j, row, &mut four, prefetch.q4k);
                                 } else {
-                                    avx2::dot_4_rows_q4k::<false>(b, k, first + j, row, &mut four);
+                                    avx2::dot_4_rows_q4k::<false>(b, k, first + j, row, &mut four, prefetch.q4k);
                                 }
                                 for (i, v) in four.into_iter().enumerate() {
                                     cells[i * m + r] = v;
@@ -409,21 +409,25 @@ pub(crate) fn gemv_with(blocks: &Blocks, n: usize, k: usize, x: &[f32], m: usize
             return unsafe { avx512::dot_rows_q8_0(qs, d, k, first + j, &rows, &mut dst[j * m..], prefetch.q8_0) };
         }
         for (jj, cell) in dst[j * m..].chunks_mut(m).enumerate() {
-            dot_row(blocks, k, first + j + jj, &rows, cell, kernel);
+            #[cfg(target_arch = "x86_64")]
+            dot_row(blocks, k, first + j + jj, &rows, cell, kernel, prefetch.q8_0);
+            #[cfg(not(target_arch = "x86_64"))]
+            dot_row(blocks, k, first + j + jj, &rows, cell, kernel, None);
         }
     });
 }
 
-fn dot_row(blocks: &Blocks, k: usize, o: usize, rows: &[QuantizedRow], cell: &mut [f32], kernel: Kernel) {
+/// `q8_0_ahead`: the AVX2 q8_0 kernels' prefetch distance (`DecodePrefetch`).
+fn dot_row(blocks: &Blocks, k: usize, o: usize, rows: &[QuantizedRow], cell: &mut [f32], kernel: Kernel, q8_0_ahead: Option<usize>) {
     // SAFETY (every arm): `kernel` comes from `Kernel::available`, which checked the features.
     #[cfg(target_arch = "x86_64")]
     match (kernel, blocks) {
         // `gemv_with` hands the AVX-512 q8_0 kernel a task's rows in one call, before this
         (Kernel::Avx512Vnni, Blocks::Q8_0 { .. }) => unreachable!("AVX-512 q8_0 rows go to `dot_rows_q8_0` whole"),
         (Kernel::Avx512Vnni, Blocks::Q4K(b)) => return unsafe { avx512::dot_row_q4k(b, k, o, rows, cell) },
-        (Kernel::AvxVnni, Blocks::Q8_0 { qs, d }) => return unsafe { avx2::dot_row_q8_0::<true>(qs, d, k, o, rows, cell) },
+        (Kernel::AvxVnni, Blocks::Q8_0 { qs, d }) => return unsafe { avx2::dot_row_q8_0::<true>(qs, d, k, o, rows, cell, q8_0_ahead) },
         (Kernel::AvxVnni, Blocks::Q4K(b)) => return unsafe { avx2::dot_row_q4k::<true>(b, k, o, rows, cell) },
-        (Kernel::Avx2, Blocks::Q8_0 { qs, d }) => return unsafe { avx2::dot_row_q8_0::<false>(qs, d, k, o, rows, cell) },
+        (Kernel::Avx2, Blocks::Q8_0 { qs, d }) => return unsafe { avx2::dot_row_q8_0::<false>(qs, d, k, o, rows, cell, q8_0_ahead) },
         (Kernel::Avx2, Blocks::Q4K(b)) => return unsafe { avx2::dot_row_q4k::<false>(b, k, o, rows, cell) },
         (Kernel::Scalar | Kernel::Neon, _) => {}
     }
@@ -434,7 +438,7 @@ fn dot_row(blocks: &Blocks, k: usize, o: usize, rows: &[QuantizedRow], cell: &mu
         (Kernel::Neon, Blocks::Q4K(b)) => return unsafe { neon::dot_row_q4k(b, k, o, rows, cell) },
         _ => {}
     }
-    let _ = kernel;
+    let _ = (kernel, q8_0_ahead);
     match blocks {
         Blocks::Q8_0 { qs, d } => dot_row_q8_0_scalar(qs, d, k, o, rows, cell),
         Blocks::Q4K(b) => dot_row_q4k_scalar(b, k, o, rows, cell),

@@ -9,7 +9,7 @@ use super::Q4KBlock;
 use std::sync::OnceLock;
 
 /// The default distance ahead of the weight stream for the q8_0 decode kernels' prefetch
-/// (`DecodePrefetch` picks per CPU and row count for AVX-512; AVX2 always). Addresses are formed
+/// (`DecodePrefetch` picks it or another per CPU, kernel and row count). Addresses are formed
 /// with `wrapping_add`: near the end of a matrix they point past its allocation, which a
 /// prefetch may do but `add` may not. Qwen2-VL-2B q8_0 text decode on the 2026-12-05 VM (a
 /// 2-core Intel Xeon with AMX, 25-30 GB/s), prefetching into L1: 13.6-14.1 tok/s without,
@@ -54,29 +54,35 @@ pub(super) fn prefetch_ahead_of(group: &[Q4KBlock], ahead: usize) {
     }
 }
 
-/// Where the AVX-512 q8_0 and q4_K decode kernels prefetch, in bytes ahead of what they read
-/// (q8_0: the current 64-byte pair; q4_K: the group's start; `None`: not at all, the hardware
-/// prefetchers alone). The AVX2 and AVX-VNNI
-/// kernels keep the constants above (no AVX2-only CPU was at hand to measure).
+/// The farthest `IRIS_QUANT_PREFETCH` may ask for (a larger one is a typo, not a setting).
+const MAX_SETTING: usize = 1 << 20;
+
+/// Where the q8_0 and q4_K decode kernels prefetch, in bytes ahead of what they read (q8_0: the
+/// current 64-byte line; q4_K: the group's start; `None`: not at all, the hardware prefetchers
+/// alone), per CPU vendor, kernel family (AVX-512, or AVX2 and AVX-VNNI) and row count.
 ///
-/// On AMD CPUs one activation row (decode of one sequence) takes 2 KiB for q8_0 and nothing for
-/// q4_K. Zen 4 VM (2026-12-06): 28 layers of Qwen2-VL-2B's text weights plus the lm_head
-/// streamed from DRAM inside one compute step, settings alternated in one process (a scratch
-/// harness, six rounds each, GB/s medians):
+/// With the AVX-512 kernels on AMD CPUs one activation row (decode of one sequence) takes 2 KiB
+/// for q8_0 and nothing for q4_K. Zen 4 VM (2026-12-06): 28 layers of Qwen2-VL-2B's text
+/// weights plus the lm_head streamed from DRAM inside one compute step, settings alternated in
+/// one process (a scratch harness, six rounds each, GB/s medians):
 /// - q8_0 in a fast spell: 8 KiB 33.4, none 51.3, 2 KiB 53.2, 512 B 53.5. In slow spells
 ///   (~35 GB/s probes) 8 KiB 30.4-33.9, none 32.9-35.5, 2 KiB 32.0-35.9.
 /// - q4_K in a fast spell: 16 KiB 39.5, none 49.1, 4 KiB 36.5, 8 KiB 47.5. In slow spells
 ///   16 KiB 28.9-32.3, none 34.2-34.5, 2 KiB 27.7-28.1, 4 KiB 31.7-32.0.
 ///
+/// The AVX2 kernels on AMD want the far prefetch even for one row. AVX2 VM (Zen 2, 2026-12-06,
+/// probes 28-33 GB/s): Qwen2-VL-2B text decode, `iris bench --image none --new-tokens 128`,
+/// settings alternated, two rounds, tok/s: q8_0 at 8 KiB 17.28 / 17.07, none 14.34 / 14.01,
+/// 2 KiB 17.41 / 17.03, 4 KiB 17.89 / 16.98, 16 KiB 17.01 / 16.40; q4_K at 16 KiB 24.30 /
+/// 23.40 (unset) and 24.71 / 24.37 (set), none 20.17 / 19.91, 2 KiB 22.88 / 21.87, 4 KiB
+/// 22.94 / 21.33. Zen 2's hardware prefetchers alone leave ~17% on the table.
+///
 /// Batched decode (2-8 rows) does several multiply-adds per weight line and stalls on memory
 /// without the far prefetch: at four rows q4_K 16.6 without against 20.1 GB/s with 16 KiB,
 /// q8_0 23.1 at 2 KiB against 26.5 at 8 KiB (8, 16 and 32 KiB level); at eight rows 8.4
-/// against 10.1 and 14.2 against 15.0. So more rows, and other CPUs, keep the constants above
-/// (prefetching paid on the Xeon VM). `IRIS_QUANT_PREFETCH=off` or `=BYTES` (at most 1 MiB)
-/// sets both AVX-512 kernels' distance for every row count, for A/B runs.
-/// The farthest `IRIS_QUANT_PREFETCH` may ask for (a larger one is a typo, not a setting).
-const MAX_SETTING: usize = 1 << 20;
-
+/// against 10.1 and 14.2 against 15.0. So more rows, the AVX2 kernels and other CPUs keep the
+/// constants above (prefetching paid on the Xeon VM). `IRIS_QUANT_PREFETCH=off` or `=BYTES`
+/// (at most 1 MiB) sets every kernel's distance for every row count, for A/B runs.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) struct DecodePrefetch {
     pub q8_0: Option<usize>,
@@ -84,25 +90,28 @@ pub(crate) struct DecodePrefetch {
 }
 
 impl DecodePrefetch {
-    /// The plan for this CPU (and environment) and `rows` activation rows, decided once.
-    pub(crate) fn get(rows: usize) -> Self {
-        static PLANS: OnceLock<[DecodePrefetch; 2]> = OnceLock::new();
+    /// The plan for this CPU (and environment), `kernel` and `rows` activation rows, decided
+    /// once.
+    pub(crate) fn get(kernel: super::Kernel, rows: usize) -> Self {
+        static PLANS: OnceLock<[DecodePrefetch; 4]> = OnceLock::new();
         let plans = PLANS.get_or_init(|| {
             let amd = crate::flash_attention::cpu_is_amd();
-            let cpu = [Self::for_cpu(amd, 1), Self::for_cpu(amd, 2)];
+            let cpu = [(true, 1), (true, 2), (false, 1), (false, 2)].map(|(avx512, rows)| Self::for_cpu(amd, avx512, rows));
             match std::env::var("IRIS_QUANT_PREFETCH") {
-                Ok(value) => Self::from_setting(&value).map(|all| [all; 2]).unwrap_or_else(|| {
+                Ok(value) => Self::from_setting(&value).map(|all| [all; 4]).unwrap_or_else(|| {
                     tracing::warn!("IRIS_QUANT_PREFETCH={value}: expected `off` or a byte count up to {MAX_SETTING}; using {cpu:?}");
                     cpu
                 }),
                 Err(_) => cpu,
             }
         });
-        plans[usize::from(rows > 1)]
+        let avx2 = usize::from(kernel != super::Kernel::Avx512Vnni);
+        plans[2 * avx2 + usize::from(rows > 1)]
     }
 
-    fn for_cpu(amd: bool, rows: usize) -> Self {
-        if amd && rows == 1 {
+    /// `avx512`: the AVX-512 kernels; else the AVX2 and AVX-VNNI ones.
+    fn for_cpu(amd: bool, avx512: bool, rows: usize) -> Self {
+        if amd && avx512 && rows == 1 {
             Self { q8_0: Some(2048), q4k: None }
         } else {
             Self { q8_0: Some(PREFETCH_AHEAD_Q8_0), q4k: Some(PREFETCH_AHEAD_Q4K) }
@@ -126,9 +135,10 @@ mod tests {
     #[test]
     fn amd_cpus_prefetch_less_for_one_row_and_the_setting_overrides() {
         let far = DecodePrefetch { q8_0: Some(PREFETCH_AHEAD_Q8_0), q4k: Some(PREFETCH_AHEAD_Q4K) };
-        assert_eq!(DecodePrefetch::for_cpu(true, 1), DecodePrefetch { q8_0: Some(2048), q4k: None });
-        assert_eq!(DecodePrefetch::for_cpu(true, 4), far);
-        assert_eq!(DecodePrefetch::for_cpu(false, 1), far);
+        assert_eq!(DecodePrefetch::for_cpu(true, true, 1), DecodePrefetch { q8_0: Some(2048), q4k: None });
+        assert_eq!(DecodePrefetch::for_cpu(true, true, 4), far);
+        assert_eq!(DecodePrefetch::for_cpu(false, true, 1), far);
+        assert_eq!(DecodePrefetch::for_cpu(true, false, 1), far);
         assert_eq!(DecodePrefetch::from_setting("off"), Some(DecodePrefetch { q8_0: None, q4k: None }));
         assert_eq!(DecodePrefetch::from_setting("4096"), Some(DecodePrefetch { q8_0: Some(4096), q4k: Some(4096) }));
         assert_eq!(DecodePrefetch::from_setting("far"), None);
