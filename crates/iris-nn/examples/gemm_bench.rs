@@ -4,8 +4,9 @@
 //! patches, the language MLP on a 307-token prompt and on 9-64 rows (batched decode); and for bf16
 //! weights the bf16 GEMM (AVX512-BF16) next to the general path it replaces (widen the weight to
 //! f32, then candle's f32 matmul). On AMX CPUs the q8_0/q4k rows and the "bf16 AMX GEMM" row take
-//! the AMX GEMM (`IRIS_NO_AMX=1` for the AVX-512 paths); f32 weights also take the AVX-512F f32
-//! GEMM (`f32_gemm`). Prints GFLOP/s (2 * m * N * K per product).
+//! the AMX GEMM (`IRIS_NO_AMX=1` for the AVX-512 paths); f32 and bf16 weights also take Iris's
+//! f32 GEMM (`f32_gemm`) with each ISA this CPU runs. Prints GFLOP/s (2 * m * N * K per product).
+//! `IRIS_NO_F32_GEMM=1` sends the quantized f32-tile path (no VNNI) back to candle's GEMM.
 //! `cargo run --release -p iris-nn --example gemm_bench`
 
 use candle_core::{DType, Device, Tensor};
@@ -58,15 +59,18 @@ fn main() {
         });
         println!("{label} [{m}, {k}] x [{n}, {k}]^T bf16 widened + f32 matmul: {:.1} ms, {:.0} GFLOP/s", widened * 1e3, flops / widened / 1e9);
         let xs: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
-        if iris_nn::f32_gemm::available() {
-            let ws: Vec<f32> = w.flatten_all().unwrap().to_vec1().unwrap();
-            let t = best_of(3, || drop(iris_nn::f32_gemm::gemm_vec(&xs, m, iris_nn::f32_gemm::F32Weight::F32(&ws), n, k)));
-            println!("{label} [{m}, {k}] x [{n}, {k}]^T f32 GEMM (AVX-512F): {:.1} ms, {:.0} GFLOP/s", t * 1e3, flops / t / 1e9);
+        let ws: Vec<f32> = w.flatten_all().unwrap().to_vec1().unwrap();
+        let wbs: Vec<half::bf16> = wb.flatten_all().unwrap().to_vec1().unwrap();
+        for isa in iris_nn::f32_gemm::Isa::supported() {
+            use iris_nn::f32_gemm::{gemm_vec_with, F32Weight};
+            let t = best_of(3, || drop(gemm_vec_with(isa, &xs, m, F32Weight::F32(&ws), n, k)));
+            println!("{label} [{m}, {k}] x [{n}, {k}]^T f32 GEMM ({isa:?}): {:.1} ms, {:.0} GFLOP/s", t * 1e3, flops / t / 1e9);
+            let t = best_of(3, || drop(gemm_vec_with(isa, &xs, m, F32Weight::BF16(&wbs), n, k)));
+            println!("{label} [{m}, {k}] x [{n}, {k}]^T f32 GEMM ({isa:?}), bf16 weights: {:.1} ms, {:.0} GFLOP/s", t * 1e3, flops / t / 1e9);
         }
         if iris_nn::bf16_gemm::available() {
-            let ws: Vec<half::bf16> = wb.flatten_all().unwrap().to_vec1().unwrap();
             let mut out = vec![0f32; m * n];
-            let t = best_of(3, || iris_nn::bf16_gemm::gemm(&xs, m, &ws, n, k, &mut out));
+            let t = best_of(3, || iris_nn::bf16_gemm::gemm(&xs, m, &wbs, n, k, &mut out));
             println!("{label} [{m}, {k}] x [{n}, {k}]^T bf16 GEMM: {:.1} ms, {:.0} GFLOP/s", t * 1e3, flops / t / 1e9);
         }
         if iris_nn::amx::available() {

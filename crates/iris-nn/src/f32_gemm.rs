@@ -1,8 +1,13 @@
-//! Many-row products with f32 or f16 weights on AVX-512F CPUs without AMX: `[m, K] x W^T`, f32
-//! activations and sums, f32 out: the exact path (`--quant f32`, the CPU default, and f16
-//! weights, widened exactly) of the vision towers and prefill. candle 0.11's GEMM (the `gemm`
-//! crate) issues 256-bit FMAs on stable Rust: ~180 GFLOP/s on the Xeon VM of BENCHMARKS.md, whose
-//! cores retire two 512-bit FMAs per cycle (`simd_peak`, ~490 GFLOP/s on 2 cores).
+//! Many-row products with f32, f16 or bf16 weights on x86-64 CPUs without AMX: `[m, K] x W^T`,
+//! f32 activations and sums, f32 out: the exact path (`--quant f32`, the CPU default, and 16-bit
+//! weights, widened exactly) of the vision towers and prefill, and the f32 weight tiles of the
+//! quantized products on CPUs without VNNI. candle 0.11's GEMM (the `gemm` crate) issues 256-bit
+//! FMAs on stable Rust: ~180 GFLOP/s on the Xeon VM of BENCHMARKS.md, whose cores retire two
+//! 512-bit FMAs per cycle (`simd_peak`, ~490 GFLOP/s on 2 cores). On AVX2-only CPUs it reaches
+//! the same share of their 256-bit peak, but needs its operands as whole f32 matrices: bf16
+//! weights were widened whole on every call, quantized ones tile by tile with the activations
+//! repacked for each tile. This GEMM packs only the weight, from any of those storages, so the
+//! AVX2 twin (`f32_gemm/avx2.rs`) serves those paths.
 //!
 //! Blocking (GotoBLAS's): a task owns up to `COL_BLOCK` output columns. For each `KC` slice of K
 //! it packs them into panels of 32 columns, `[KC][32]` f32 (16 x 16 register transposes; the
@@ -16,7 +21,7 @@
 //! which `gemm_reference`, a plain `mul_add` loop, reproduces bit for bit.
 
 use crate::tiled_output::ColumnTiles;
-use half::f16;
+use half::{bf16, f16};
 use rayon::prelude::*;
 
 /// A weight `[n, k]` (PyTorch `[out, in]`) this GEMM takes.
@@ -25,6 +30,8 @@ pub enum F32Weight<'a> {
     F32(&'a [f32]),
     /// Widened to f32 while packing (exact).
     F16(&'a [f16]),
+    /// Widened to f32 while packing (exact).
+    BF16(&'a [bf16]),
 }
 
 impl F32Weight<'_> {
@@ -32,6 +39,7 @@ impl F32Weight<'_> {
         match self {
             F32Weight::F32(v) => v.len(),
             F32Weight::F16(v) => v.len(),
+            F32Weight::BF16(v) => v.len(),
         }
     }
 
@@ -39,6 +47,7 @@ impl F32Weight<'_> {
         match self {
             F32Weight::F32(v) => v[i],
             F32Weight::F16(v) => v[i].to_f32(),
+            F32Weight::BF16(v) => v[i].to_f32(),
         }
     }
 }
@@ -53,36 +62,64 @@ const KC: usize = 256;
 /// Most output columns per task.
 const COL_BLOCK: usize = 256;
 
-/// Whether many-row f32/f16 products take this GEMM: on AVX-512F CPUs, unless the environment
-/// sets `IRIS_NO_F32_GEMM` (then candle's GEMM, for A/B runs).
-pub fn available() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| {
+/// The kernels a CPU runs this GEMM with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    Avx512,
+    /// AVX2, FMA and F16C (`f32_gemm/avx2.rs`).
+    Avx2,
+}
+
+impl Isa {
+    /// Every ISA this CPU runs the GEMM with, the fastest last.
+    pub fn supported() -> Vec<Isa> {
+        let mut out = Vec::new();
         #[cfg(target_arch = "x86_64")]
         {
-            std::env::var_os("IRIS_NO_F32_GEMM").is_none() && std::is_x86_feature_detected!("avx512f")
+            use std::is_x86_feature_detected as has;
+            if has!("avx2") && has!("fma") && has!("f16c") {
+                out.push(Isa::Avx2);
+            }
+            if has!("avx512f") {
+                out.push(Isa::Avx512);
+            }
         }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            false
-        }
-    })
+        out
+    }
+}
+
+/// The ISA many-row products take this GEMM with: the fastest this CPU runs, or none where it
+/// runs neither or the environment sets `IRIS_NO_F32_GEMM` (then candle's GEMM, for A/B runs).
+pub fn isa() -> Option<Isa> {
+    static ISA: std::sync::OnceLock<Option<Isa>> = std::sync::OnceLock::new();
+    *ISA.get_or_init(|| if std::env::var_os("IRIS_NO_F32_GEMM").is_some() { None } else { Isa::supported().last().copied() })
+}
+
+/// Whether many-row products take this GEMM (`isa()`).
+pub fn available() -> bool {
+    isa().is_some()
 }
 
 /// `x [m, k] x W^T` into a new `[m, n]` buffer, written once (never zeroed first). Only call
 /// where `available()`.
 pub fn gemm_vec(x: &[f32], m: usize, w: F32Weight, n: usize, k: usize) -> Vec<f32> {
+    gemm_vec_with(isa().expect("f32 GEMM called on a CPU it does not run on"), x, m, w, n, k)
+}
+
+/// `gemm_vec` with the kernels of `isa`, one of `Isa::supported()`.
+pub fn gemm_vec_with(isa: Isa, x: &[f32], m: usize, w: F32Weight, n: usize, k: usize) -> Vec<f32> {
+    assert!(Isa::supported().contains(&isa), "f32 GEMM with {isa:?} kernels on a CPU without them");
     if k == 0 {
         return vec![0.0; m * n];
     }
     // SAFETY: `gemm_into` writes every value (its tasks cover all columns, each for all rows, the
     // first K slice without reading).
-    unsafe { crate::tiled_output::written_once(m, n, |dst| gemm_into(x, m, w, n, k, dst)) }
+    unsafe { crate::tiled_output::written_once(m, n, |dst| gemm_into(isa, x, m, w, n, k, dst)) }
 }
 
-fn gemm_into(x: &[f32], m: usize, w: F32Weight, n: usize, k: usize, dst: ColumnTiles) {
+/// Only called with one of `Isa::supported()` (`gemm_vec_with` asserts it).
+fn gemm_into(isa: Isa, x: &[f32], m: usize, w: F32Weight, n: usize, k: usize, dst: ColumnTiles) {
     assert!(x.len() == m * k && w.len() == n * k && k > 0, "f32 GEMM operands for [{m}, {k}] x [{n}, {k}]^T");
-    assert!(available(), "f32 GEMM called without AVX-512F");
     if m == 0 || n == 0 {
         return;
     }
@@ -96,17 +133,21 @@ fn gemm_into(x: &[f32], m: usize, w: F32Weight, n: usize, k: usize, dst: ColumnT
         for kb in (0..k).step_by(KC) {
             let kc = KC.min(k - kb);
             for (p, panel) in packed.chunks_exact_mut(KC * PANEL).enumerate() {
-                pack_panel(w, n, k, (p0 + p) * PANEL, kb, kc, panel);
+                pack_panel(isa, w, n, k, (p0 + p) * PANEL, kb, kc, panel);
             }
             for r0 in (0..m).step_by(TILE_ROWS) {
                 let rows = TILE_ROWS.min(m - r0);
                 for (p, panel) in packed.chunks_exact(KC * PANEL).enumerate() {
                     let first = (p0 + p) * PANEL;
                     let cols = PANEL.min(n - first);
-                    // SAFETY: `available()` checked AVX-512F; the activations hold rows r0.. of
+                    // SAFETY: the CPU runs `isa` (`gemm_vec_with`); the activations hold rows r0.. of
                     // k values from kb + kc <= k, the panel kc rows; this task alone owns columns
                     // first..first + cols of the output, whose rows are n apart.
-                    unsafe { avx512::tile(rows, x.as_ptr().add(r0 * k + kb), k, panel, kc, dst.at(r0, first), n, cols, kb > 0) };
+                    let (a, c) = unsafe { (x.as_ptr().add(r0 * k + kb), dst.at(r0, first)) };
+                    match isa {
+                        Isa::Avx512 => unsafe { avx512::tile(rows, a, k, panel, kc, c, n, cols, kb > 0) },
+                        Isa::Avx2 => unsafe { avx2::tile(rows, a, k, panel, kc, c, n, cols, kb > 0) },
+                    }
                 }
             }
         }
@@ -115,16 +156,22 @@ fn gemm_into(x: &[f32], m: usize, w: F32Weight, n: usize, k: usize, dst: ColumnT
 
 /// Weight columns `first..first + PANEL` over k values `kb..kb + kc` as `[kc][PANEL]` f32 rows
 /// of `panel`, zero past `n`.
-fn pack_panel(w: F32Weight, n: usize, k: usize, first: usize, kb: usize, kc: usize, panel: &mut [f32]) {
+#[allow(clippy::too_many_arguments)]
+fn pack_panel(isa: Isa, w: F32Weight, n: usize, k: usize, first: usize, kb: usize, kc: usize, panel: &mut [f32]) {
     if first + PANEL <= n {
-        // SAFETY: `available()` (asserted by the only caller) checked AVX-512F; the columns are
+        // SAFETY: the CPU runs `isa` (asserted by `gemm_vec_with` or the tests); the columns are
         // inside the weight.
-        return unsafe { avx512::pack_whole_panel(w, k, first, kb, kc, panel) };
+        return unsafe {
+            match isa {
+                Isa::Avx512 => avx512::pack_whole_panel(w, k, first, kb, kc, panel),
+                Isa::Avx2 => avx2::pack_whole_panel(w, k, first, kb, kc, panel),
+            }
+        };
     }
     pack_panel_scalar(w, n, k, first, kb, kc, panel);
 }
 
-/// Plain twin of the AVX-512 packer (and its path for a last, partial panel).
+/// Plain twin of the AVX-512 and AVX2 packers (and their path for a last, partial panel).
 fn pack_panel_scalar(w: F32Weight, n: usize, k: usize, first: usize, kb: usize, kc: usize, panel: &mut [f32]) {
     for i in 0..kc {
         for c in 0..PANEL {
@@ -171,6 +218,8 @@ mod avx512 {
                         match w {
                             F32Weight::F32(s) => _mm512_castps_si512(_mm512_loadu_ps(s.as_ptr().add(at))),
                             F32Weight::F16(s) => _mm512_castps_si512(_mm512_cvtph_ps(_mm256_loadu_si256(s.as_ptr().add(at) as *const __m256i))),
+                            // a bf16 is the high half of the f32 with the same bits
+                            F32Weight::BF16(s) => _mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(_mm256_loadu_si256(s.as_ptr().add(at) as *const __m256i))),
                         }
                     });
                     crate::amx::transpose_16x16(&mut v);
@@ -248,61 +297,75 @@ mod avx512 {
     }
 }
 
-/// Elsewhere this GEMM never runs (`available()` is false); these keep it compiling.
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+
+/// Elsewhere this GEMM never runs (`Isa::supported()` is empty); these keep it compiling.
 #[cfg(not(target_arch = "x86_64"))]
 mod avx512 {
     use super::F32Weight;
 
     pub unsafe fn pack_whole_panel(_w: F32Weight, _k: usize, _first: usize, _kb: usize, _kc: usize, _panel: &mut [f32]) {
-        unreachable!("the f32 GEMM needs AVX-512F")
+        unreachable!("the f32 GEMM needs x86-64 with AVX-512F or AVX2")
     }
 
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn tile(_rows: usize, _a: *const f32, _lda: usize, _panel: &[f32], _kc: usize, _c: *mut f32, _ldc: usize, _cols: usize, _accumulate: bool) {
-        unreachable!("the f32 GEMM needs AVX-512F")
+        unreachable!("the f32 GEMM needs x86-64 with AVX-512F or AVX2")
     }
 }
+
+#[cfg(not(target_arch = "x86_64"))]
+use avx512 as avx2;
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::amx::tests::values;
 
+    /// The ISAs to test here, printing the ones this CPU lacks.
+    fn isas_here() -> Vec<Isa> {
+        let here = Isa::supported();
+        let skipped: Vec<_> = [Isa::Avx2, Isa::Avx512].into_iter().filter(|i| !here.contains(i)).collect();
+        println!("f32 GEMM kernels tested: {here:?}; SKIPPED (CPU lacks them): {skipped:?}");
+        here
+    }
+
+    fn weights(n: usize, k: usize, seed: u32) -> (Vec<f32>, Vec<f16>, Vec<bf16>) {
+        let w32 = values(n * k, seed);
+        (w32.clone(), w32.iter().map(|&v| f16::from_f32(v)).collect(), w32.iter().map(|&v| bf16::from_f32(v)).collect())
+    }
+
     #[test]
     fn gemm_equals_the_mul_add_chain_bit_for_bit() {
-        if !available() {
-            println!("SKIPPED: no AVX-512F on this CPU (candle's GEMM runs)");
-            return;
-        }
-        // shapes crossing every edge: rows past and below a tile, columns past COL_BLOCK and not
-        // a multiple of PANEL, K past KC and not a multiple of 16
-        for (m, n, k) in [(1, 1, 1), (5, 33, 17), (37, 45, 300), (30, 290, 530), (13, 64, 256)] {
-            let x = values(m * k, 11);
-            let w32 = values(n * k, 13);
-            let w16: Vec<f16> = w32.iter().map(|&v| f16::from_f32(v)).collect();
-            for w in [F32Weight::F32(&w32), F32Weight::F16(&w16)] {
-                let fast = gemm_vec(&x, m, w, n, k);
-                let plain = gemm_reference(&x, m, w, n, k);
-                assert!(fast.iter().zip(&plain).all(|(a, b)| a.to_bits() == b.to_bits()), "[{m}, {k}] x [{n}, {k}]^T");
+        // shapes crossing every edge: rows past and below a tile and a 6-row AVX2 group, columns
+        // past COL_BLOCK and not a multiple of PANEL (or of 8 and 16), K past KC and not a
+        // multiple of 16 or 8
+        for isa in isas_here() {
+            for (m, n, k) in [(1, 1, 1), (5, 33, 17), (37, 45, 300), (30, 290, 530), (13, 64, 256), (7, 21, 9)] {
+                let x = values(m * k, 11);
+                let (w32, w16, wb16) = weights(n, k, 13);
+                for w in [F32Weight::F32(&w32), F32Weight::F16(&w16), F32Weight::BF16(&wb16)] {
+                    let fast = gemm_vec_with(isa, &x, m, w, n, k);
+                    let plain = gemm_reference(&x, m, w, n, k);
+                    assert!(fast.iter().zip(&plain).all(|(a, b)| a.to_bits() == b.to_bits()), "{isa:?} [{m}, {k}] x [{n}, {k}]^T");
+                }
             }
         }
     }
 
     #[test]
     fn packer_equals_its_twin() {
-        if !available() {
-            println!("SKIPPED: no AVX-512F on this CPU");
-            return;
-        }
         let (n, k) = (64, 300);
-        let w32 = values(n * k, 5);
-        let w16: Vec<f16> = w32.iter().map(|&v| f16::from_f32(v)).collect();
-        for w in [F32Weight::F32(&w32), F32Weight::F16(&w16)] {
-            for (kb, kc) in [(0, 256), (256, 44), (3, 16)] {
-                let (mut fast, mut plain) = (vec![1f32; KC * PANEL], vec![2f32; KC * PANEL]);
-                pack_panel(w, n, k, 32, kb, kc, &mut fast);
-                pack_panel_scalar(w, n, k, 32, kb, kc, &mut plain);
-                assert_eq!(fast[..kc * PANEL], plain[..kc * PANEL], "k values {kb}..{}", kb + kc);
+        let (w32, w16, wb16) = weights(n, k, 5);
+        for isa in isas_here() {
+            for w in [F32Weight::F32(&w32), F32Weight::F16(&w16), F32Weight::BF16(&wb16)] {
+                for (kb, kc) in [(0, 256), (256, 44), (3, 16), (5, 13)] {
+                    let (mut fast, mut plain) = (vec![1f32; KC * PANEL], vec![2f32; KC * PANEL]);
+                    pack_panel(isa, w, n, k, 32, kb, kc, &mut fast);
+                    pack_panel_scalar(w, n, k, 32, kb, kc, &mut plain);
+                    assert_eq!(fast[..kc * PANEL], plain[..kc * PANEL], "{isa:?}: k values {kb}..{}", kb + kc);
+                }
             }
         }
     }

@@ -221,9 +221,9 @@ impl Embedding {
 
 /// `x [m, K] x W^T` through Iris's own dense CPU kernels: the bandwidth-bound GEMV for
 /// decode-sized inputs (any float weight) and, for more rows, the AMX GEMM for bf16 and f16
-/// weights (`amx`) or else the AVX512-BF16 GEMM for bf16 ones (`bf16_gemm`), and the AVX-512F
-/// f32 GEMM for f32 weights and f16 ones AMX does not take (`f32_gemm`); `None` when the
-/// shapes, storage or CPU call for the general matmul.
+/// weights (`amx`) or else the AVX512-BF16 GEMM for bf16 ones (`bf16_gemm`), and the f32 GEMM
+/// (AVX-512F or AVX2) for f32 weights and 16-bit ones those do not take (`f32_gemm`); `None`
+/// when the shapes, storage or CPU call for the general matmul.
 pub fn dense_forward(x: &Tensor, weight: &Tensor) -> Result<Option<Tensor>> {
     use crate::gemv::WeightRows;
     use candle_core::{CpuStorage, Storage};
@@ -233,8 +233,8 @@ pub fn dense_forward(x: &Tensor, weight: &Tensor) -> Result<Option<Tensor>> {
     // f16 weights too: the packers round them to bf16, exact for bf16 checkpoints' values
     let amx = !gemv && matches!(weight.dtype(), DType::BF16 | DType::F16) && crate::amx::available();
     let bf16_gemm = !gemv && weight.dtype() == DType::BF16 && !amx && crate::bf16_gemm::available();
-    // exact f32 products for f32 weights, and f16 ones where AMX does not take them
-    let f32_gemm = !gemv && matches!(weight.dtype(), DType::F32 | DType::F16) && !amx && crate::f32_gemm::available();
+    // exact f32 products for f32 weights, and 16-bit ones where neither 16-bit GEMM takes them
+    let f32_gemm = !gemv && !amx && !bf16_gemm && matches!(weight.dtype(), DType::F32 | DType::F16 | DType::BF16) && crate::f32_gemm::available();
     if m == 0 || !(gemv || amx || bf16_gemm || f32_gemm) || !x.device().is_cpu() || !weight.is_contiguous() || weight.dim(1)? != k {
         return Ok(None);
     }
@@ -259,6 +259,7 @@ pub fn dense_forward(x: &Tensor, weight: &Tensor) -> Result<Option<Tensor>> {
         match rows {
             WeightRows::F32(w) if f32_gemm => return crate::f32_gemm::gemm_vec(xs, m, crate::f32_gemm::F32Weight::F32(w), n, k),
             WeightRows::F16(w) if f32_gemm => return crate::f32_gemm::gemm_vec(xs, m, crate::f32_gemm::F32Weight::F16(w), n, k),
+            WeightRows::BF16(w) if f32_gemm => return crate::f32_gemm::gemm_vec(xs, m, crate::f32_gemm::F32Weight::BF16(w), n, k),
             _ => {}
         }
         let mut out = vec![0f32; m * n];
