@@ -20,6 +20,7 @@
 //! Numbers: every output is summed in k order with fused multiply-adds (one rounding per step),
 //! which `gemm_reference`, a plain `mul_add` loop, reproduces bit for bit.
 
+use crate::quant::QuantizedMatrix;
 use crate::tiled_output::ColumnTiles;
 use half::{bf16, f16};
 use rayon::prelude::*;
@@ -32,6 +33,9 @@ pub enum F32Weight<'a> {
     F16(&'a [f16]),
     /// Widened to f32 while packing (exact).
     BF16(&'a [bf16]),
+    /// Decoded to f32 while packing, one `[32][KC]` slice at a time (`pack_panel`), so the
+    /// decoded weight never exists whole.
+    Quantized(&'a QuantizedMatrix),
 }
 
 impl F32Weight<'_> {
@@ -40,6 +44,7 @@ impl F32Weight<'_> {
             F32Weight::F32(v) => v.len(),
             F32Weight::F16(v) => v.len(),
             F32Weight::BF16(v) => v.len(),
+            F32Weight::Quantized(q) => q.dims().0 * q.dims().1,
         }
     }
 
@@ -48,6 +53,14 @@ impl F32Weight<'_> {
             F32Weight::F32(v) => v[i],
             F32Weight::F16(v) => v[i].to_f32(),
             F32Weight::BF16(v) => v[i].to_f32(),
+            F32Weight::Quantized(q) => {
+                // the value's whole block decoded (the partial last panel's path only)
+                let (k, block) = (q.dims().1, q.format().block_len());
+                let (row, col) = (i / k, i % k);
+                let mut values = vec![0f32; block];
+                q.dequantize_row_range(row, col / block * block, &mut values);
+                values[col % block]
+            }
         }
     }
 }
@@ -158,6 +171,16 @@ fn gemm_into(isa: Isa, x: &[f32], m: usize, w: F32Weight, n: usize, k: usize, ds
 /// of `panel`, zero past `n`.
 #[allow(clippy::too_many_arguments)]
 fn pack_panel(isa: Isa, w: F32Weight, n: usize, k: usize, first: usize, kb: usize, kc: usize, panel: &mut [f32]) {
+    if let (F32Weight::Quantized(q), true) = (w, first + PANEL <= n) {
+        // decoded into a [32][kc] slice that stays in cache, then packed as f32; K slices start
+        // at multiples of KC, a multiple of both formats' blocks, and K is one too
+        const _: () = assert!(KC.is_multiple_of(256));
+        let mut decoded = vec![0f32; PANEL * kc];
+        for (c, row) in decoded.chunks_exact_mut(kc).enumerate() {
+            q.dequantize_row_range(first + c, kb, row);
+        }
+        return pack_panel(isa, F32Weight::F32(&decoded), PANEL, kc, 0, 0, kc, panel);
+    }
     if first + PANEL <= n {
         // SAFETY: the CPU runs `isa` (asserted by `gemm_vec_with` or the tests); the columns are
         // inside the weight.
@@ -220,6 +243,7 @@ mod avx512 {
                             F32Weight::F16(s) => _mm512_castps_si512(_mm512_cvtph_ps(_mm256_loadu_si256(s.as_ptr().add(at) as *const __m256i))),
                             // a bf16 is the high half of the f32 with the same bits
                             F32Weight::BF16(s) => _mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(_mm256_loadu_si256(s.as_ptr().add(at) as *const __m256i))),
+                            F32Weight::Quantized(_) => unreachable!("`pack_panel` decodes quantized weights to f32 first"),
                         }
                     });
                     crate::amx::transpose_16x16(&mut v);
@@ -350,6 +374,24 @@ mod tests {
                     let plain = gemm_reference(&x, m, w, n, k);
                     assert!(fast.iter().zip(&plain).all(|(a, b)| a.to_bits() == b.to_bits()), "{isa:?} [{m}, {k}] x [{n}, {k}]^T");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn quantized_weights_equal_their_decoded_f32() {
+        use crate::quant::WeightFormat;
+        // 40 columns: one panel decoded by slices, a partial one value by value; K over KC
+        let (m, n, k) = (7, 40, 512);
+        let x = values(m * k, 17);
+        for format in [WeightFormat::Q8_0, WeightFormat::Q4K] {
+            let q = QuantizedMatrix::quantize(&values(n * k, 19), n, k, format).unwrap();
+            let mut decoded = vec![0f32; n * k];
+            q.dequantize_rows(0, n, &mut decoded);
+            let plain = gemm_reference(&x, m, F32Weight::F32(&decoded), n, k);
+            for isa in isas_here() {
+                let fast = gemm_vec_with(isa, &x, m, F32Weight::Quantized(&q), n, k);
+                assert!(fast.iter().zip(&plain).all(|(a, b)| a.to_bits() == b.to_bits()), "{isa:?} {format}");
             }
         }
     }

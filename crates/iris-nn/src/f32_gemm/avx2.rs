@@ -21,6 +21,7 @@ unsafe fn load8(w: F32Weight, at: usize) -> __m256 {
             F32Weight::F16(s) => _mm256_cvtph_ps(_mm_loadu_si128(s.as_ptr().add(at) as *const __m128i)),
             // a bf16 is the high half of the f32 with the same bits
             F32Weight::BF16(s) => _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(_mm_loadu_si128(s.as_ptr().add(at) as *const __m128i)))),
+            F32Weight::Quantized(_) => unreachable!("`pack_panel` decodes quantized weights to f32 first"),
         }
     }
 }

@@ -319,6 +319,13 @@ impl QuantizedMatrix {
         }
     }
 
+    /// Decodes values `kb..kb + out.len()` of row `row` into `out`; both multiples of the
+    /// format's block (32 values, 256 for q4_K).
+    pub(crate) fn dequantize_row_range(&self, row: usize, kb: usize, out: &mut [f32]) {
+        assert!(row < self.n);
+        kernels::dequantize_row_range(&self.blocks, self.k, row, kb, out)
+    }
+
     /// Decodes row `row` into `out` (`K` values).
     pub(crate) fn dequantize_row_into(&self, row: usize, out: &mut [f32]) {
         assert!(row < self.n && out.len() == self.k);
@@ -451,28 +458,24 @@ impl QuantizedMatrix {
         Ok(Some(Tensor::from_vec(out, (m, self.n), x.device())?))
     }
 
-    /// Prefill without VNNI: f32 activations against f32 tiles of the weight, each tile's columns
-    /// written straight into the output (collecting the tiles and concatenating held the output
-    /// twice). The tiles go through Iris's f32 GEMM where the CPU runs it (`f32_gemm`, which
-    /// packs only the tile; candle's repacked the activations for every tile), else candle's.
+    /// Prefill without VNNI: f32 activations against the weight decoded to f32. Iris's f32 GEMM
+    /// (`f32_gemm`, where the CPU runs it) decodes each panel's K slice as it packs it; elsewhere
+    /// tiles of `DEQUANT_TILE_ROWS` rows go through candle's GEMM, each tile's columns written
+    /// straight into the output (collecting the tiles and concatenating held the output twice).
     fn matmul_t_f32_tiles(&self, x: &Tensor) -> Result<Tensor> {
         let m = x.dim(0)?;
+        if crate::f32_gemm::available() && x.device().is_cpu() {
+            let out = with_f32_values(x, |xs| crate::f32_gemm::gemm_vec(xs, m, crate::f32_gemm::F32Weight::Quantized(self), self.n, self.k))?;
+            return Ok(Tensor::from_vec(out, (m, self.n), x.device())?);
+        }
         let mut out = vec![0f32; m * self.n];
-        let own_gemm = crate::f32_gemm::available() && x.device().is_cpu();
-        // once here rather than per tile in `with_f32_values`
-        let x = x.contiguous()?;
         for start in (0..self.n).step_by(DEQUANT_TILE_ROWS) {
             let len = DEQUANT_TILE_ROWS.min(self.n - start);
             let mut tile = vec![0f32; len * self.k];
             self.dequantize_rows(start, len, &mut tile);
-            // [m, K] x [len, K]^T -> [m, len]
-            let piece: Vec<f32> = if own_gemm {
-                with_f32_values(&x, |xs| crate::f32_gemm::gemm_vec(xs, m, crate::f32_gemm::F32Weight::F32(&tile), len, self.k))?
-            } else {
-                // the tensor takes the buffer (no copy)
-                let tile = Tensor::from_vec(tile, (len, self.k), x.device())?;
-                x.matmul(&tile.t()?)?.flatten_all()?.to_vec1()?
-            };
+            // the tensor takes the buffer (no copy); [m, K] x [len, K]^T -> [m, len]
+            let tile = Tensor::from_vec(tile, (len, self.k), x.device())?;
+            let piece: Vec<f32> = x.matmul(&tile.t()?)?.flatten_all()?.to_vec1()?;
             for (dst, src) in out.chunks_exact_mut(self.n).zip(piece.chunks_exact(len)) {
                 dst[start..start + len].copy_from_slice(src);
             }

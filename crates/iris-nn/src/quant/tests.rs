@@ -1,7 +1,7 @@
 //! Quantized storage and kernels against their twins: candle's ggml decoders, the scalar integer
 //! kernel, and an f64 product with the dequantized weight.
 
-use super::kernels::{abs_max, dequantize_row, dequantize_row_portable, gemv_with, quantize_blocks, quantize_blocks_portable, Kernel, MAX_ROWS};
+use super::kernels::{abs_max, dequantize_row, dequantize_row_portable, dequantize_row_range, gemv_with, quantize_blocks, quantize_blocks_portable, Kernel, MAX_ROWS};
 use super::{DEQUANT_TILE_ROWS, INTEGER_KERNEL_MAX_ROWS};
 use super::*;
 use candle_core::quantized::k_quants::{BlockQ4K, BlockQ8_0, GgmlType};
@@ -317,8 +317,12 @@ fn weight_decoding_matches_its_portable_twin() {
         for row in 0..n {
             let (mut fast, mut slow) = (vec![0f32; k], vec![0f32; k]);
             dequantize_row(&q.blocks, k, row, &mut fast);
-            dequantize_row_portable(&q.blocks, k, row, &mut slow);
+            dequantize_row_portable(&q.blocks, k, row, 0, &mut slow);
             assert_eq!(fast, slow, "{format} row {row}");
+            // the second half alone, as the f32 GEMM's packer asks for a K slice
+            let mut half = vec![0f32; k / 2];
+            dequantize_row_range(&q.blocks, k, row, k / 2, &mut half);
+            assert_eq!(half, fast[k / 2..], "{format} row {row}, values {}..", k / 2);
         }
     }
 }

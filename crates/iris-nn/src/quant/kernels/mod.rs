@@ -127,29 +127,41 @@ pub(crate) fn q4k_interleave(row_major: Vec<Q4KBlock>, per_row: usize) -> Vec<Q4
 
 /// Weight row `row` as f32 (the prefill and vision path decodes weight tiles with this).
 pub(crate) fn dequantize_row(blocks: &Blocks, k: usize, row: usize, out: &mut [f32]) {
+    dequantize_row_range(blocks, k, row, 0, out)
+}
+
+/// Values `kb..kb + out.len()` of weight row `row` as f32; `kb` and the length are multiples
+/// of the format's block (32 values for q8_0, 256 for q4_K).
+pub(crate) fn dequantize_row_range(blocks: &Blocks, k: usize, row: usize, kb: usize, out: &mut [f32]) {
+    let block = match blocks {
+        Blocks::Q8_0 { .. } => QK8_0,
+        Blocks::Q4K(_) => QK_K,
+    };
+    assert!(kb.is_multiple_of(block) && out.len().is_multiple_of(block) && kb + out.len() <= k, "values {kb}..+{} of a {k}-wide row", out.len());
     #[cfg(target_arch = "x86_64")]
     if Kernel::best() != Kernel::Scalar {
         // SAFETY: a non-scalar kernel means the CPU has AVX2 and F16C (`Kernel::available`).
-        return unsafe { dequantize_row_avx2(blocks, k, row, out) };
+        return unsafe { dequantize_row_avx2(blocks, k, row, kb, out) };
     }
-    dequantize_row_portable(blocks, k, row, out)
+    dequantize_row_portable(blocks, k, row, kb, out)
 }
 
 /// `dequantize_row_portable` compiled with AVX2, which LLVM vectorises (the portable build
 /// measured ~9% of vision-encode time in a profile). Same code, same results (tested).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,f16c")]
-unsafe fn dequantize_row_avx2(blocks: &Blocks, k: usize, row: usize, out: &mut [f32]) {
-    dequantize_row_portable(blocks, k, row, out)
+unsafe fn dequantize_row_avx2(blocks: &Blocks, k: usize, row: usize, kb: usize, out: &mut [f32]) {
+    dequantize_row_portable(blocks, k, row, kb, out)
 }
 
+/// Values `kb..kb + out.len()` of row `row` (block-aligned, as `dequantize_row_range` checks).
 #[inline(always)]
-pub(super) fn dequantize_row_portable(blocks: &Blocks, k: usize, row: usize, out: &mut [f32]) {
+pub(super) fn dequantize_row_portable(blocks: &Blocks, k: usize, row: usize, kb: usize, out: &mut [f32]) {
     match blocks {
         Blocks::Q8_0 { qs, d } => {
             let per_row = k / QK8_0;
-            let scales = &d[row * per_row..(row + 1) * per_row];
-            let values = qs[row * k..(row + 1) * k].chunks_exact(QK8_0);
+            let scales = &d[row * per_row + kb / QK8_0..][..out.len() / QK8_0];
+            let values = qs[row * k + kb..][..out.len()].chunks_exact(QK8_0);
             for ((dst, q), scale) in out.chunks_exact_mut(QK8_0).zip(values).zip(scales) {
                 let scale = scale.to_f32();
                 for (o, &v) in dst.iter_mut().zip(q) {
@@ -159,11 +171,12 @@ pub(super) fn dequantize_row_portable(blocks: &Blocks, k: usize, row: usize, out
         }
         Blocks::Q4K(blocks) => {
             let per_row = k / QK_K;
-            for (s, blk) in q4k_row(blocks, per_row, row) {
+            let first = kb / QK_K;
+            for (s, blk) in q4k_row(blocks, per_row, row).skip(first).take(out.len() / QK_K) {
                 let (d, dmin) = (blk.dm[0].to_f32(), blk.dm[1].to_f32());
                 // byte `32g + l` of qs holds value `64g + l` (low nibble) and `64g + 32 + l` (high)
                 for g in 0..4 {
-                    let dst = &mut out[s * QK_K + 64 * g..][..64];
+                    let dst = &mut out[(s - first) * QK_K + 64 * g..][..64];
                     let bytes = &blk.qs[32 * g..32 * g + 32];
                     let (lo_scale, lo_min) = (d * blk.sc[2 * g] as f32, dmin * blk.m[2 * g] as f32);
                     let (hi_scale, hi_min) = (d * blk.sc[2 * g + 1] as f32, dmin * blk.m[2 * g + 1] as f32);
