@@ -46,8 +46,8 @@ impl Bf16Kernel {
 }
 
 /// Whether many-row bf16 products take this GEMM: on AVX512-BF16 CPUs, unless the environment
-/// sets `IRIS_NO_BF16_GEMM` (then they widen the weight for candle's f32 GEMM, for A/B runs).
-/// Without the instruction the scalar twin would be far slower than candle's GEMM.
+/// sets `IRIS_NO_BF16_GEMM` (then they take the f32 GEMM, which widens the weight as it packs
+/// it, for A/B runs). Without the instruction the scalar twin would be far slower than that.
 pub fn available() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| Bf16Kernel::available().contains(&Bf16Kernel::Avx512Bf16) && std::env::var_os("IRIS_NO_BF16_GEMM").is_none())
