@@ -1,7 +1,7 @@
 //! Many-row products with f32, f16 or bf16 weights on x86-64 CPUs without AMX: `[m, K] x W^T`,
 //! f32 activations and sums, f32 out: the exact path (`--quant f32`, the CPU default, and 16-bit
-//! weights, widened exactly) of the vision towers and prefill, and the f32 weight tiles of the
-//! quantized products on CPUs without VNNI. candle 0.11's GEMM (the `gemm` crate) issues 256-bit
+//! weights, widened exactly) of the vision towers and prefill, and the quantized products on
+//! CPUs without VNNI (decoded to f32 panel by panel). candle 0.11's GEMM (the `gemm` crate) issues 256-bit
 //! FMAs on stable Rust: ~180 GFLOP/s on the Xeon VM of BENCHMARKS.md, whose cores retire two
 //! 512-bit FMAs per cycle (`simd_peak`, ~490 GFLOP/s on 2 cores). On AVX2-only CPUs it reaches
 //! the same share of their 256-bit peak, but needs its operands as whole f32 matrices: bf16
@@ -54,7 +54,8 @@ impl F32Weight<'_> {
             F32Weight::F16(v) => v[i].to_f32(),
             F32Weight::BF16(v) => v[i].to_f32(),
             F32Weight::Quantized(q) => {
-                // the value's whole block decoded (the partial last panel's path only)
+                // the value's whole block decoded: for the plain twins (`pack_panel` decodes
+                // whole slices before it packs)
                 let (k, block) = (q.dims().1, q.format().block_len());
                 let (row, col) = (i / k, i % k);
                 let mut values = vec![0f32; block];
@@ -171,15 +172,17 @@ fn gemm_into(isa: Isa, x: &[f32], m: usize, w: F32Weight, n: usize, k: usize, ds
 /// of `panel`, zero past `n`.
 #[allow(clippy::too_many_arguments)]
 fn pack_panel(isa: Isa, w: F32Weight, n: usize, k: usize, first: usize, kb: usize, kc: usize, panel: &mut [f32]) {
-    if let (F32Weight::Quantized(q), true) = (w, first + PANEL <= n) {
-        // decoded into a [32][kc] slice that stays in cache, then packed as f32; K slices start
-        // at multiples of KC, a multiple of both formats' blocks, and K is one too
+    if let F32Weight::Quantized(q) = w {
+        // the panel's columns decoded into a [cols][kc] slice that stays in cache, then packed
+        // as f32 (a partial last panel by the scalar packer, zero past its columns); K slices
+        // start at multiples of KC, a multiple of both formats' blocks, and K is one too
         const _: () = assert!(KC.is_multiple_of(256));
-        let mut decoded = vec![0f32; PANEL * kc];
+        let cols = PANEL.min(n - first);
+        let mut decoded = vec![0f32; cols * kc];
         for (c, row) in decoded.chunks_exact_mut(kc).enumerate() {
             q.dequantize_row_range(first + c, kb, row);
         }
-        return pack_panel(isa, F32Weight::F32(&decoded), PANEL, kc, 0, 0, kc, panel);
+        return pack_panel(isa, F32Weight::F32(&decoded), cols, kc, 0, 0, kc, panel);
     }
     if first + PANEL <= n {
         // SAFETY: the CPU runs `isa` (asserted by `gemm_vec_with` or the tests); the columns are
@@ -381,7 +384,7 @@ mod tests {
     #[test]
     fn quantized_weights_equal_their_decoded_f32() {
         use crate::quant::WeightFormat;
-        // 40 columns: one panel decoded by slices, a partial one value by value; K over KC
+        // 40 columns: a whole panel and a partial one; K over KC
         let (m, n, k) = (7, 40, 512);
         let x = values(m * k, 17);
         for format in [WeightFormat::Q8_0, WeightFormat::Q4K] {

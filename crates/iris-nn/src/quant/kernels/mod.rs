@@ -383,6 +383,10 @@ pub(crate) fn gemv_with(blocks: &Blocks, n: usize, k: usize, x: &[f32], m: usize
     let rows: Vec<QuantizedRow> = x.chunks(k).map(|r| quantize_row(blocks, r)).collect();
     #[cfg(target_arch = "x86_64")]
     let prefetch = DecodePrefetch::get(kernel, m);
+    #[cfg(target_arch = "x86_64")]
+    let q8_0_ahead = prefetch.q8_0;
+    #[cfg(not(target_arch = "x86_64"))]
+    let q8_0_ahead = None;
     crate::gemv::for_each_block(m, n, ROWS_PER_TASK, out, |first, _, dst| {
         #[allow(unused_mut)]
         let mut j = 0;
@@ -422,10 +426,7 @@ pub(crate) fn gemv_with(blocks: &Blocks, n: usize, k: usize, x: &[f32], m: usize
             return unsafe { avx512::dot_rows_q8_0(qs, d, k, first + j, &rows, &mut dst[j * m..], prefetch.q8_0) };
         }
         for (jj, cell) in dst[j * m..].chunks_mut(m).enumerate() {
-            #[cfg(target_arch = "x86_64")]
-            dot_row(blocks, k, first + j + jj, &rows, cell, kernel, prefetch.q8_0);
-            #[cfg(not(target_arch = "x86_64"))]
-            dot_row(blocks, k, first + j + jj, &rows, cell, kernel, None);
+            dot_row(blocks, k, first + j + jj, &rows, cell, kernel, q8_0_ahead);
         }
     });
 }
