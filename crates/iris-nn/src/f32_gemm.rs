@@ -87,6 +87,8 @@ pub enum Isa {
 impl Isa {
     /// Every ISA this CPU runs the GEMM with, the fastest last.
     pub fn supported() -> Vec<Isa> {
+        // filled on x86-64 only
+        #[allow(unused_mut)]
         let mut out = Vec::new();
         #[cfg(target_arch = "x86_64")]
         {
