@@ -105,7 +105,7 @@ fn amx_attention(q: &Tensor, k: &Tensor, v: &Tensor, causal: Option<usize>, scal
 /// blocks from 16 MiB instead of 28-row blocks across all heads (with the fused softmax,
 /// 5.2-5.5 s a layer against 13.1-13.4 s here: `examples/attention_bench.rs`).
 /// Decode-sized steps (a few query rows per KV head, f32 on CPU) take `decode_attention`; full
-/// (non-causal) f32 attention on AVX-512F CPUs takes the fused `flash_attention`, and bf16
+/// (non-causal) f32 attention on AVX-512F and AVX2 CPUs takes the fused `flash_attention`, and bf16
 /// attention on AVX512-BF16 CPUs `flash_attention_bf16`.
 /// `k`/`v` may be stored in another dtype than `q` (a narrower KV cache); the output is `q`'s.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, causal: Option<usize>, scale: f64, max_score_bytes: usize) -> Result<Tensor> {

@@ -96,7 +96,7 @@ impl Isa {
             if has!("avx2") && has!("fma") && has!("f16c") {
                 out.push(Isa::Avx2);
             }
-            if has!("avx512f") {
+            if has!("avx512f") && has!("fma") {
                 out.push(Isa::Avx512);
             }
         }

@@ -1,9 +1,9 @@
-//! Fused full attention for many query rows on AVX-512F CPUs (the vision towers): scores,
-//! softmax and the probability-weighted sum of V computed one block of keys at a time with the
-//! online softmax of FlashAttention (Dao et al., 2022), so the `[T, S]` score matrix never
-//! exists. Each task owns 48 query rows in register tiles of six; a tile's scores for 64 keys
-//! (24 registers) come from K transposed once per head, and its output rows take the block's V
-//! rows in register chunks.
+//! Fused full attention for many query rows on AVX-512F and AVX2 CPUs (the vision towers):
+//! scores, softmax and the probability-weighted sum of V computed one block of keys at a time
+//! with the online softmax of FlashAttention (Dao et al., 2022), so the `[T, S]` score matrix
+//! never exists. Each task owns 48 query rows in register tiles of six; a tile's scores for 64
+//! keys (24 registers on AVX-512) come from K transposed once per head, and its output rows take
+//! the block's V rows in register chunks.
 //!
 //! Two operand precisions: f32 products (`flash_attention`, FMA: 16 multiply-adds per
 //! instruction), and bf16 operands with f32 sums (`flash_attention_bf16`, AVX512-BF16's
@@ -24,15 +24,18 @@
 //!
 //! Why: the blocked path (`attention::blocked_attention`) ran two matmuls with a short inner
 //! dimension (`D` = 80 in Qwen2-VL's tower) through candle's GEMM plus a softmax pass over a
-//! 4 MiB score block per head, ~85 GFLOP/s here (`attention_bench`). Same formula as
-//! `attention_slow` (its twin in the tests); the sums run in another order.
-//! `IRIS_NO_FLASH_ATTENTION=1` turns both off, for A/B runs.
+//! 4 MiB score block per head, ~85 GFLOP/s here (`attention_bench`). The AVX2 kernel
+//! (`avx2.rs`, f32 only) took `attention_bench 16 1024 80` from 86 to 132-142 GFLOP/s and
+//! `attention_bench 2 9217 112` (CogVLM2's tower) from 108-113 to 151-158 on the 2-core Zen 2
+//! VM of 2026-12-06. Same formula as `attention_slow` (its twin in the tests); the sums run in
+//! another order. `IRIS_NO_FLASH_ATTENTION=1` turns all of them off, for A/B runs.
 
 // The kernels are x86-64 only; elsewhere `available()` is false and the callers' operands unused.
 #![cfg_attr(not(target_arch = "x86_64"), allow(unused_variables, dead_code))]
 
 use crate::bf16_gemm::bf16_bits;
 use crate::error::Result;
+pub use crate::f32_gemm::Isa;
 use candle_core::{CpuStorage, DType, Layout, Storage, Tensor};
 use rayon::prelude::*;
 
@@ -47,23 +50,23 @@ const KEY_BLOCK: usize = 64;
 /// Largest head dim taken (a tile's output rows stay in L1).
 const MAX_HEAD_DIM: usize = 256;
 
-/// Whether this CPU runs the fused f32 kernel (and it is not switched off).
-pub fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::env::var_os("IRIS_NO_FLASH_ATTENTION").is_none() && std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+/// The ISA the fused f32 kernel runs with on this CPU: the fastest it has (`avx512.rs` or
+/// `avx2.rs`), or none where it has neither or the environment sets `IRIS_NO_FLASH_ATTENTION`.
+pub fn isa() -> Option<Isa> {
+    static ISA: std::sync::OnceLock<Option<Isa>> = std::sync::OnceLock::new();
+    *ISA.get_or_init(|| if std::env::var_os("IRIS_NO_FLASH_ATTENTION").is_some() { None } else { Isa::supported().last().copied() })
 }
 
-/// Whether this CPU runs the fused bf16 kernel (AVX512-BF16 as well).
+/// Whether this CPU runs the fused f32 kernel (and it is not switched off).
+pub fn available() -> bool {
+    isa().is_some()
+}
+
+/// Whether this CPU runs the fused bf16 kernel (AVX-512F and AVX512-BF16).
 pub fn bf16_available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        available() && std::arch::is_x86_feature_detected!("avx512bf16")
+        isa() == Some(Isa::Avx512) && std::arch::is_x86_feature_detected!("avx512bf16")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -147,12 +150,19 @@ fn for_each_query_block<Q: Sync>(q: &[Q], q_row: usize, out: &mut [f32], (t, d):
 
 /// `q [H, T, D]`, `k`/`v` `[KVH, S, D]` (f32, contiguous, `H % KVH == 0`), every query seeing
 /// every key -> `Some([H, T, D])`; `None` where this path does not apply (another dtype or
-/// layout, `D` not a multiple of 16 or over 256, no AVX-512F).
+/// layout, `D` not a multiple of 16 or over 256, neither AVX-512F nor AVX2 and FMA).
 pub fn flash_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Option<Tensor>> {
-    let Some((h, t, d, kvh, s)) = fitting_shape(q, k, v, &[DType::F32])? else { return Ok(None) };
-    if !available() {
-        return Ok(None);
+    match isa() {
+        Some(isa) => flash_attention_with(isa, q, k, v, scale),
+        None => Ok(None),
     }
+}
+
+/// `flash_attention` with the kernel of `isa`, one of `Isa::supported()` (benchmarks and tests
+/// run each).
+pub fn flash_attention_with(isa: Isa, q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Option<Tensor>> {
+    let Some((h, t, d, kvh, s)) = fitting_shape(q, k, v, &[DType::F32])? else { return Ok(None) };
+    assert!(Isa::supported().contains(&isa), "{isa:?} kernels on a CPU without them");
     let (qs, ql) = q.storage_and_layout();
     let (ks, kl) = k.storage_and_layout();
     let (vs, vl) = v.storage_and_layout();
@@ -172,9 +182,12 @@ pub fn flash_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result
     for_each_query_block(qv, d, &mut out, (t, d), h / kvh, |kvi, _, qb, o| {
         let (kth, vh) = (&kt[kvi * d * s_pad..(kvi + 1) * d * s_pad], &vv[kvi * s * d..(kvi + 1) * s * d]);
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `available()` checked AVX-512F and FMA at run time.
+        // SAFETY: `Isa::supported()` checked the ISA's features at run time.
         unsafe {
-            avx512::query_block_f32(qb, kth, vh, o, shape)
+            match isa {
+                Isa::Avx512 => avx512::query_block_f32(qb, kth, vh, o, shape),
+                Isa::Avx2 => avx2::query_block_f32(qb, kth, vh, o, shape),
+            }
         };
     });
     drop((qs, ks, vs));
@@ -263,6 +276,8 @@ impl Shape {
 }
 
 #[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
 mod avx512;
 
 #[cfg(test)]
@@ -274,7 +289,9 @@ mod tests {
 
     #[test]
     fn fused_attention_matches_the_slow_twin() {
-        println!("fused attention available: {}", available());
+        if Isa::supported().is_empty() {
+            println!("SKIPPED: this CPU runs no fused attention kernel");
+        }
         let dev = Device::Cpu;
         // (heads, kv heads, query rows, keys, head dim): partial tiles (T % 6), partial key
         // blocks (S % 64), head dims of 1 to 8 vectors (Qwen2-VL's tower 80, CogVLM2's 112),
@@ -282,14 +299,13 @@ mod tests {
         for (h, kvh, t, s, d, spread) in [(2, 2, 7, 7, 16, 1.0), (4, 2, 13, 70, 80, 1.0), (3, 3, 64, 64, 112, 3.0), (2, 1, 1, 130, 128, 1.0), (2, 2, 20, 200, 64, 6.0), (1, 1, 6, 1, 32, 1.0)] {
             let [q, k, v] = [(h, t), (kvh, s), (kvh, s)].map(|(a, b)| Tensor::randn(0f32, spread, (a, b, d), &dev).unwrap());
             let scale = 1.0 / (d as f64).sqrt();
-            let Some(fast) = flash_attention(&q, &k, &v, scale).unwrap() else {
-                assert!(!available(), "the fused path should take h={h} kvh={kvh} t={t} s={s} d={d}");
-                continue;
-            };
             let slow = attention_slow(&q, &k, &v, None, scale).unwrap();
-            let diff = max_abs_diff(&fast, &slow).unwrap();
-            println!("fused attention h={h} kvh={kvh} t={t} s={s} d={d} spread={spread}: max|diff| = {diff:e}");
-            assert!(diff < 2e-5 * spread, "{diff}");
+            for isa in Isa::supported() {
+                let fast = flash_attention_with(isa, &q, &k, &v, scale).unwrap().expect("the fused path takes these shapes");
+                let diff = max_abs_diff(&fast, &slow).unwrap();
+                println!("fused attention ({isa:?}) h={h} kvh={kvh} t={t} s={s} d={d} spread={spread}: max|diff| = {diff:e}");
+                assert!(diff < 2e-5 * spread, "{diff}");
+            }
         }
     }
 

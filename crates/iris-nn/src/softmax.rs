@@ -155,8 +155,9 @@ fn exp_shifted_in_place(row: &mut [f32], max: f32, scale: f32) -> f32 {
     sum
 }
 
+/// The 8-lane kernels (softmax rows on AVX2 CPUs, `flash_attention/avx2.rs`).
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
+pub(crate) mod avx2 {
     use std::arch::x86_64::*;
 
     /// `exp(x)` for 8 lanes with `x <= 0`: `x = n ln2 + r`, `|r| <= ln2/2`, `exp(r)` by a
@@ -164,7 +165,7 @@ mod avx2 {
     /// below -87.3 (where `expf` turns subnormal) return 0, as do `-inf` lanes.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn exp_nonpositive(x: __m256) -> __m256 {
+    pub(crate) unsafe fn exp_nonpositive(x: __m256) -> __m256 {
         let underflow = _mm256_cmp_ps::<_CMP_LT_OQ>(x, _mm256_set1_ps(-87.3));
         // the clamp first: `max` returns its second operand for NaN, so a NaN lane stays NaN
         let x = _mm256_max_ps(_mm256_set1_ps(-87.3), x);
