@@ -1,12 +1,15 @@
 //! Prefill/vision product benchmark: `QuantizedMatrix::matmul_t` on many rows (the int8 GEMM on
-//! AVX512-VNNI and AVX-VNNI CPUs, f32 weight tiles elsewhere; `IRIS_QUANT_KERNEL` picks one) next to candle's f32 matmul with the weight
-//! already dequantized (the f32 path's GEMM alone), at Qwen2-VL-2B sizes: the vision MLP on 1024
-//! patches, the language MLP on a 307-token prompt and on 9-64 rows (batched decode); and for bf16
-//! weights the bf16 GEMM (AVX512-BF16) next to the general path it replaces (widen the weight to
-//! f32, then candle's f32 matmul). On AMX CPUs the q8_0/q4k rows and the "bf16 AMX GEMM" row take
-//! the AMX GEMM (`IRIS_NO_AMX=1` for the AVX-512 paths); f32 and bf16 weights also take Iris's
-//! f32 GEMM (`f32_gemm`) with each ISA this CPU runs. Prints GFLOP/s (2 * m * N * K per product).
-//! `IRIS_NO_F32_GEMM=1` sends the quantized f32-tile path (no VNNI) back to candle's GEMM.
+//! AVX512-VNNI and AVX-VNNI CPUs, the f32 GEMM on decoded weights elsewhere;
+//! `IRIS_QUANT_KERNEL` picks one) next to candle's f32 matmul with the weight already
+//! dequantized, at Qwen2-VL-2B sizes: the vision MLP on 1024 patches, the language MLP on a
+//! 307-token prompt and on 9-64 rows (batched decode), and the f32 GEMM on the decoded
+//! quantized weight at every row count (where `matmul_t`'s switch from passes goes); and for
+//! bf16 weights the bf16 GEMM (AVX512-BF16) next to the general path it replaces (widen the
+//! weight to f32, then candle's f32 matmul). On AMX CPUs the q8_0/q4k rows and the "bf16 AMX
+//! GEMM" row take the AMX GEMM (`IRIS_NO_AMX=1` for the AVX-512 paths); f32 and bf16 weights
+//! also take Iris's f32 GEMM (`f32_gemm`) with each ISA this CPU runs. Prints GFLOP/s
+//! (2 * m * N * K per product). `IRIS_NO_F32_GEMM=1` sends the quantized path without VNNI
+//! back to candle's GEMM on f32 tiles.
 //! `cargo run --release -p iris-nn --example gemm_bench`
 
 use candle_core::{DType, Device, Tensor};
@@ -34,6 +37,8 @@ fn main() {
         ("lm down", 307, 1536, 8960),
         ("lm gate", 128, 8960, 1536),
         ("lm gate", 64, 8960, 1536),
+        ("lm gate", 48, 8960, 1536),
+        ("lm gate", 40, 8960, 1536),
         ("lm gate", 32, 8960, 1536),
         ("lm gate", 16, 8960, 1536),
         ("lm gate", 9, 8960, 1536),
@@ -52,6 +57,14 @@ fn main() {
                 q.matmul_t(&x).unwrap();
             });
             println!("{label} [{m}, {k}] x [{n}, {k}]^T {format} matmul_t: {:.1} ms, {:.0} GFLOP/s", t * 1e3, flops / t / 1e9);
+            // the f32 GEMM on the decoded weight whatever the row count (`matmul_t` takes it
+            // from `gemm_min_rows` rows on CPUs without VNNI or AMX)
+            for isa in iris_nn::f32_gemm::Isa::supported() {
+                use iris_nn::f32_gemm::{gemm_vec_with, F32Weight};
+                let xs: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+                let t = best_of(3, || drop(gemm_vec_with(isa, &xs, m, F32Weight::Quantized(&q), n, k)));
+                println!("{label} [{m}, {k}] x [{n}, {k}]^T {format} f32 GEMM ({isa:?}): {:.1} ms, {:.0} GFLOP/s", t * 1e3, flops / t / 1e9);
+            }
         }
         let wb = w.to_dtype(DType::BF16).unwrap();
         let widened = best_of(3, || {

@@ -124,10 +124,10 @@ pub(crate) enum Blocks {
     Q4K(Vec<kernels::Q4KBlock>),
 }
 
-/// Rows above which the f32-tile GEMM beats passes of the integer kernel. Measured on full-size
-/// Qwen2-VL-2B q8_0 (2-core AVX2): decoding every weight to f32 costs ~2.5 s per forward whatever
-/// the row count, while one integer pass of <= 8 rows costs 0.13-0.23 s, so passes win up to
-/// roughly 100 rows; 64 keeps a margin for the slower q4k kernel.
+/// Rows above which candle's GEMM on f32 tiles beats passes of the integer kernel. Measured on
+/// full-size Qwen2-VL-2B q8_0 (2-core AVX2): decoding every weight to f32 costs ~2.5 s per
+/// forward whatever the row count, while one integer pass of <= 8 rows costs 0.13-0.23 s, so
+/// passes win up to roughly 100 rows; 64 keeps a margin for the slower q4k kernel.
 pub const INTEGER_KERNEL_MAX_ROWS: usize = 64;
 
 /// Rows from which the int8 GEMM (AVX512-VNNI, AVX-VNNI) beats passes of the decode kernels, per
@@ -154,15 +154,30 @@ pub fn int8_gemm_min_rows(format: WeightFormat) -> usize {
 /// (passes); at 32 rows 1.7 / 2.1 against 1.9-2.3 / 4.0.
 pub const AMX_MIN_ROWS: usize = 16;
 
+/// Rows from which the f32 GEMM on weights decoded panel by panel (`f32_gemm`, CPUs without
+/// VNNI) beats passes of the decode kernels. Its AVX2 kernels, `gemm_bench` on a [8960, 1536]
+/// weight, 2-core Zen 2 VM of 2026-12-06, two rounds, passes vs GEMM in ms: q8_0 at 64 rows
+/// 17.0, 17.2 vs 15.0, 16.1; at 48 12.8, 12.8 vs 12.4, 12.4; at 40 10.7, 10.8 vs 11.3, 12.2; q4k
+/// at 48 11.6, 11.6 vs 10.5, 10.2; at 40 9.8, 9.7 vs 9.2, 9.2; at 32 7.8, 7.8 vs 8.3, 8.4.
+/// Elsewhere (candle's GEMM on f32 tiles) `INTEGER_KERNEL_MAX_ROWS` holds.
+pub fn f32_gemm_min_rows(format: WeightFormat) -> usize {
+    let avx2_gemm = crate::f32_gemm::isa() == Some(crate::f32_gemm::Isa::Avx2);
+    match (format, avx2_gemm && kernels::Kernel::best() == kernels::Kernel::Avx2) {
+        (WeightFormat::Q8_0, true) => 48,
+        (_, true) => 40,
+        _ => INTEGER_KERNEL_MAX_ROWS + 1,
+    }
+}
+
 /// Rows from which a product of a `format` weight leaves the decode kernels' passes for a GEMM
-/// on this CPU (AMX, int8 or f32 tiles, in that order of preference).
+/// on this CPU (AMX, int8 or f32, in that order of preference).
 pub fn gemm_min_rows(format: WeightFormat) -> usize {
     if crate::amx::available() {
         AMX_MIN_ROWS
     } else if gemm::available() {
         int8_gemm_min_rows(format)
     } else {
-        INTEGER_KERNEL_MAX_ROWS + 1
+        f32_gemm_min_rows(format)
     }
 }
 
@@ -413,7 +428,7 @@ impl QuantizedMatrix {
     /// `x [m, K] (f32) -> x W^T [m, N] (f32)`. Inputs of fewer than `gemm_min_rows` rows
     /// (decode, batched decode) run the integer kernels in passes of `MAX_ROWS` rows; more take
     /// the AMX GEMM where the CPU has AMX, else the int8 GEMM where it has AVX512-VNNI, else
-    /// (from `INTEGER_KERNEL_MAX_ROWS + 1` rows) decode weight tiles to f32 for the f32 GEMM.
+    /// (from `f32_gemm_min_rows`) the f32 GEMM on weights decoded as it packs them.
     pub fn matmul_t(&self, x: &Tensor) -> Result<Tensor> {
         let (m, k) = x.dims2()?;
         if k != self.k {
