@@ -1,10 +1,10 @@
 //! The AVX2/FMA twin of the f32 GEMM's AVX-512 kernels (`f32_gemm.rs`), for CPUs without
-//! AVX-512F (Zen 2/3, Intel client cores): the same `[KC][32]` panels and bit-identical sums.
-//! Sixteen 256-bit registers hold a 6 x 16 tile (12 accumulators, two panel vectors, one
-//! broadcast), so a `TILE_ROWS` tile runs as up to two 6-row groups, each over the panel's two
-//! 16-column halves.
+//! AVX-512F (Zen 2/3, Intel client cores): 32-column panels and bit-identical sums. Sixteen
+//! 256-bit registers hold a 6 x 16 tile (12 accumulators, two panel vectors, one broadcast), so
+//! a `TILE_ROWS` tile runs as up to two 6-row groups, each over the panel's two 16-column
+//! halves, which the packer stores apart (`[2][kc][16]`, `f32_gemm::panel_index`).
 
-use super::{F32Weight, KC, PANEL, TILE_ROWS};
+use super::{F32Weight, Isa, KC, PANEL, TILE_ROWS};
 use std::arch::x86_64::*;
 
 /// Activation rows per register tile.
@@ -49,7 +49,7 @@ unsafe fn transpose_8x8(v: &mut [__m256; 8]) {
 }
 
 /// `pack_panel` for 32 columns inside the weight: 8 columns x 8 k values loaded, transposed in
-/// registers, stored as 8 panel rows; a slice's last k values (`kc % 8`) one by one.
+/// registers, stored as 8 rows of a half-panel; a slice's last k values (`kc % 8`) one by one.
 ///
 /// # Safety
 /// AVX2, FMA and F16C; columns `first..first + 32` and k values `kb..kb + kc` are inside the
@@ -67,20 +67,20 @@ pub unsafe fn pack_whole_panel(w: F32Weight, k: usize, first: usize, kb: usize, 
                 let mut v: [__m256; 8] = std::array::from_fn(|c| load8(w, (c0 + c) * k + kb + i0));
                 transpose_8x8(&mut v);
                 for (j, row) in v.iter().enumerate() {
-                    _mm256_storeu_ps(panel.as_mut_ptr().add((i0 + j) * PANEL + 8 * eighth), *row);
+                    _mm256_storeu_ps(panel.as_mut_ptr().add(super::panel_index(Isa::Avx2, kc, i0 + j, 8 * eighth)), *row);
                 }
             }
         }
         for i in whole..kc {
             for c in 0..8 {
-                panel[i * PANEL + 8 * eighth + c] = w.at((c0 + c) * k + kb + i);
+                panel[super::panel_index(Isa::Avx2, kc, i, 8 * eighth + c)] = w.at((c0 + c) * k + kb + i);
             }
         }
     }
 }
 
 /// One tile, as `avx512::tile`: `rows` (1..=TILE_ROWS) activation rows at `a` (`lda` apart,
-/// `kc` values each) against a `[kc][32]` panel, into `cols` (1..=32) output columns at `c`
+/// `kc` values each) against a `[2][kc][16]` panel, into `cols` (1..=32) output columns at `c`
 /// (rows `ldc` apart), added to what they hold when `accumulate`.
 ///
 /// # Safety
@@ -97,7 +97,7 @@ pub unsafe fn tile(rows: usize, a: *const f32, lda: usize, panel: &[f32], kc: us
             }
             // SAFETY (all): per the contract, rows r0.. and columns 16 * half.. of the tile.
             unsafe {
-                let (a, w, c) = (a.add(r0 * lda), panel.as_ptr().add(16 * half), c.add(r0 * ldc + 16 * half));
+                let (a, w, c) = (a.add(r0 * lda), panel.as_ptr().add(super::panel_index(Isa::Avx2, kc, 0, 16 * half)), c.add(r0 * ldc + 16 * half));
                 match (rows - r0).min(GROUP_ROWS) {
                     1 => group::<1>(a, lda, w, kc, c, ldc, half_cols, accumulate),
                     2 => group::<2>(a, lda, w, kc, c, ldc, half_cols, accumulate),
@@ -111,7 +111,7 @@ pub unsafe fn tile(rows: usize, a: *const f32, lda: usize, panel: &[f32], kc: us
     }
 }
 
-/// `R` rows against 16 panel columns at `w` (`PANEL` apart per k), into `cols` (1..=16)
+/// `R` rows against a half-panel's 16 columns at `w` (`[kc][16]`), into `cols` (1..=16)
 /// output columns. Each output is a fused multiply-add chain in k order, as in the AVX-512 tile.
 #[allow(clippy::too_many_arguments)]
 #[inline]
@@ -136,7 +136,7 @@ unsafe fn group<const R: usize>(a: *const f32, lda: usize, w: *const f32, kc: us
             }
         }
         for i in 0..kc {
-            let (w0, w1) = (_mm256_loadu_ps(w.add(i * PANEL)), _mm256_loadu_ps(w.add(i * PANEL + 8)));
+            let (w0, w1) = (_mm256_loadu_ps(w.add(i * 16)), _mm256_loadu_ps(w.add(i * 16 + 8)));
             for (r, row) in acc.iter_mut().enumerate() {
                 let x = _mm256_broadcast_ss(&*a.add(r * lda + i));
                 row[0] = _mm256_fmadd_ps(x, w0, row[0]);
