@@ -182,6 +182,8 @@ fn pack_panel(isa: Isa, w: F32Weight, n: usize, k: usize, first: usize, kb: usiz
         let cols = PANEL.min(n - first);
         let mut decoded = vec![0f32; cols * kc];
         for (c, row) in decoded.chunks_exact_mut(kc).enumerate() {
+            // the same row of the next panel, one panel's decoding ahead
+            q.prefetch_row_range(first + PANEL + c, kb, kc);
             q.dequantize_row_range(first + c, kb, row);
         }
         return pack_panel(isa, F32Weight::F32(&decoded), cols, kc, 0, 0, kc, panel);

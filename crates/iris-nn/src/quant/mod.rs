@@ -158,7 +158,9 @@ pub const AMX_MIN_ROWS: usize = 16;
 /// VNNI) beats passes of the decode kernels. Its AVX2 kernels, `gemm_bench` on a [8960, 1536]
 /// weight, 2-core Zen 2 VM of 2026-12-06, two rounds, passes vs GEMM in ms: q8_0 at 64 rows
 /// 17.0, 17.2 vs 15.0, 16.1; at 48 12.8, 12.8 vs 12.4, 12.4; at 40 10.7, 10.8 vs 11.3, 12.2; q4k
-/// at 48 11.6, 11.6 vs 10.5, 10.2; at 40 9.8, 9.7 vs 9.2, 9.2; at 32 7.8, 7.8 vs 8.3, 8.4.
+/// at 48 11.6, 11.6 vs 10.5, 10.2; at 40 9.8, 9.7 vs 9.2, 9.2; at 32 7.8, 7.8 vs 8.3, 8.4. With
+/// the GEMM's half-panel layout (`f32_gemm::panel_index`) three rounds at 40 rows: q8_0 10.6-10.7
+/// vs 10.1-11.1, q4k 8.6-8.7 vs 8.6-8.7; at 32 rows passes still won (q8_0 8.5 vs 9.1).
 /// Elsewhere (candle's GEMM on f32 tiles) `INTEGER_KERNEL_MAX_ROWS` holds.
 pub fn f32_gemm_min_rows(format: WeightFormat) -> usize {
     let avx2_gemm = crate::f32_gemm::isa() == Some(crate::f32_gemm::Isa::Avx2);
@@ -339,6 +341,14 @@ impl QuantizedMatrix {
     pub(crate) fn dequantize_row_range(&self, row: usize, kb: usize, out: &mut [f32]) {
         assert!(row < self.n);
         kernels::dequantize_row_range(&self.blocks, self.k, row, kb, out)
+    }
+
+    /// Starts loading the bytes of values `kb..kb + len` of row `row` into L2, where the row
+    /// exists (`kernels::prefetch_row_range`).
+    pub(crate) fn prefetch_row_range(&self, row: usize, kb: usize, len: usize) {
+        if row < self.n {
+            kernels::prefetch_row_range(&self.blocks, self.k, row, kb, len)
+        }
     }
 
     /// Decodes row `row` into `out` (`K` values).
