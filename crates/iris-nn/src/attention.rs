@@ -104,18 +104,21 @@ fn amx_attention(q: &Tensor, k: &Tensor, v: &Tensor, causal: Option<usize>, scal
 /// first keeps each block's matmuls large: a 9217-token ViT layer with 16 heads gets 455-row
 /// blocks from 16 MiB instead of 28-row blocks across all heads (with the fused softmax,
 /// 5.2-5.5 s a layer against 13.1-13.4 s here: `examples/attention_bench.rs`).
-/// Decode-sized steps (a few query rows per KV head, f32 on CPU) take `decode_attention`; full
-/// (non-causal) f32 attention on AVX-512F and AVX2 CPUs takes the fused `flash_attention`, and bf16
-/// attention on AVX512-BF16 CPUs `flash_attention_bf16`.
+/// Decode-sized steps (a few query rows per KV head, f32 on CPU) take `decode_attention`; f32
+/// attention on AVX-512F and AVX2 CPUs (full, or causal from 16 query rows: prefill) takes the
+/// fused `flash_attention`, and full bf16 attention on AVX512-BF16 CPUs `flash_attention_bf16`.
 /// `k`/`v` may be stored in another dtype than `q` (a narrower KV cache); the output is `q`'s.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, causal: Option<usize>, scale: f64, max_score_bytes: usize) -> Result<Tensor> {
     if let Some(o) = crate::decode_attention::decode_attention(q, k, v, causal, scale)? {
         return Ok(o);
     }
-    if causal.is_none() {
-        if let Some(o) = crate::flash_attention::flash_attention(q, k, v, scale)? {
+    // f32 queries (a narrower cache's rows widened once), from 16 query rows when causal
+    if causal.is_none() || q.dim(1)? >= MIN_QUERY_ROWS {
+        if let Some(o) = crate::flash_attention::flash_attention(q, k, v, causal, scale)? {
             return Ok(o);
         }
+    }
+    if causal.is_none() {
         // bf16 inputs keep bf16 products (the blocked path's semantics), fused
         if q.dtype() == DType::BF16 {
             if let Some(o) = crate::flash_attention::flash_attention_bf16(q, k, v, None, scale)? {

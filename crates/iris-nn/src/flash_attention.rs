@@ -1,7 +1,7 @@
-//! Fused full attention for many query rows on AVX-512F and AVX2 CPUs (the vision towers):
-//! scores, softmax and the probability-weighted sum of V computed one block of keys at a time
-//! with the online softmax of FlashAttention (Dao et al., 2022), so the `[T, S]` score matrix
-//! never exists. Each task owns 48 query rows in register tiles of six; a tile's scores for 64
+//! Fused attention for many query rows on AVX-512F and AVX2 CPUs (the vision towers' full
+//! attention, and causal prefill): scores, softmax and the probability-weighted sum of V
+//! computed one block of keys at a time with the online softmax of FlashAttention (Dao et al.,
+//! 2022), so the `[T, S]` score matrix never exists. Each task owns 48 query rows in register tiles of six; a tile's scores for 64
 //! keys (24 registers on AVX-512) come from K transposed once per head, and its output rows take
 //! the block's V rows in register chunks.
 //!
@@ -18,8 +18,8 @@
 //! the FMA rate (`simd_peak`: 119 against 246 GFLOP/s a thread), so bf16 operands were slower
 //! there (190 against 226 GFLOP/s on CogVLM2's vision attention shape). f32 inputs whose model
 //! asks for bf16 products (`attention::Products::Bf16`: quantized linears) take the bf16 kernel
-//! where it is the faster (`bf16_faster_than_f32`: AMD's AVX512-BF16), causal prefill included:
-//! the bf16 kernel takes a causal offset, its tiles skip the key blocks past their last row and
+//! where it is the faster (`bf16_faster_than_f32`: AMD's AVX512-BF16), causal prefill included.
+//! Both kernels take a causal offset: their tiles skip the key blocks past their last row and
 //! mask the rest per row.
 //!
 //! Why: the blocked path (`attention::blocked_attention`) ran two matmuls with a short inner
@@ -148,21 +148,28 @@ fn for_each_query_block<Q: Sync>(q: &[Q], q_row: usize, out: &mut [f32], (t, d):
     });
 }
 
-/// `q [H, T, D]`, `k`/`v` `[KVH, S, D]` (f32, contiguous, `H % KVH == 0`), every query seeing
-/// every key -> `Some([H, T, D])`; `None` where this path does not apply (another dtype or
-/// layout, `D` not a multiple of 16 or over 256, neither AVX-512F nor AVX2 and FMA).
-pub fn flash_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Option<Tensor>> {
+/// `q [H, T, D]` (f32), `k`/`v` `[KVH, S, D]` (f32, or a narrower KV cache's f16 or bf16 rows,
+/// widened once), `H % KVH == 0`, any layout (copied row-major where not), with `causal` as in
+/// `attention::attention` -> `Some([H, T, D])`; `None` where this path does not apply (another
+/// dtype, `D` not a multiple of 16 or over 256, neither AVX-512F nor AVX2 and FMA).
+pub fn flash_attention(q: &Tensor, k: &Tensor, v: &Tensor, causal: Option<usize>, scale: f64) -> Result<Option<Tensor>> {
     match isa() {
-        Some(isa) => flash_attention_with(isa, q, k, v, scale),
+        Some(isa) => flash_attention_with(isa, q, k, v, causal, scale),
         None => Ok(None),
     }
 }
 
 /// `flash_attention` with the kernel of `isa`, one of `Isa::supported()` (benchmarks and tests
 /// run each).
-pub fn flash_attention_with(isa: Isa, q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Option<Tensor>> {
-    let Some((h, t, d, kvh, s)) = fitting_shape(q, k, v, &[DType::F32])? else { return Ok(None) };
+pub fn flash_attention_with(isa: Isa, q: &Tensor, k: &Tensor, v: &Tensor, causal: Option<usize>, scale: f64) -> Result<Option<Tensor>> {
+    let Some((h, t, d, kvh, s)) = fitting_shape(q, k, v, &[DType::F32, DType::F16, DType::BF16])? else { return Ok(None) };
+    if q.dtype() != DType::F32 {
+        return Ok(None);
+    }
     assert!(Isa::supported().contains(&isa), "{isa:?} kernels on a CPU without them");
+    // no copy where already f32 and row-major (the vision towers' operands)
+    let widen = |x: &Tensor| -> Result<Tensor> { Ok(x.to_dtype(DType::F32)?.contiguous()?) };
+    let (q, k, v) = (widen(q)?, widen(k)?, widen(v)?);
     let (qs, ql) = q.storage_and_layout();
     let (ks, kl) = k.storage_and_layout();
     let (vs, vl) = v.storage_and_layout();
@@ -178,9 +185,10 @@ pub fn flash_attention_with(isa: Isa, q: &Tensor, k: &Tensor, v: &Tensor, scale:
         }
     });
     let mut out = vec![0f32; h * t * d];
-    let shape = Shape { d, s, s_pad, scale: scale as f32, causal: None, first_row: 0 };
-    for_each_query_block(qv, d, &mut out, (t, d), h / kvh, |kvi, _, qb, o| {
+    let shape = Shape { d, s, s_pad, scale: scale as f32, causal, first_row: 0 };
+    for_each_query_block(qv, d, &mut out, (t, d), h / kvh, |kvi, first_row, qb, o| {
         let (kth, vh) = (&kt[kvi * d * s_pad..(kvi + 1) * d * s_pad], &vv[kvi * s * d..(kvi + 1) * s * d]);
+        let shape = Shape { first_row, ..shape };
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::supported()` checked the ISA's features at run time.
         unsafe {
@@ -301,10 +309,36 @@ mod tests {
             let scale = 1.0 / (d as f64).sqrt();
             let slow = attention_slow(&q, &k, &v, None, scale).unwrap();
             for isa in Isa::supported() {
-                let fast = flash_attention_with(isa, &q, &k, &v, scale).unwrap().expect("the fused path takes these shapes");
+                let fast = flash_attention_with(isa, &q, &k, &v, None, scale).unwrap().expect("the fused path takes these shapes");
                 let diff = max_abs_diff(&fast, &slow).unwrap();
                 println!("fused attention ({isa:?}) h={h} kvh={kvh} t={t} s={s} d={d} spread={spread}: max|diff| = {diff:e}");
                 assert!(diff < 2e-5 * spread, "{diff}");
+            }
+        }
+    }
+
+    /// Causal f32 attention (prefill: query `i` at position `offset + i` sees keys
+    /// `0..=offset + i`) over f32, f16 (a narrower cache, compared on the widened values) and
+    /// strided keys and values.
+    #[test]
+    fn causal_fused_attention_matches_the_slow_twin() {
+        let dev = Device::Cpu;
+        for (h, kvh, t, offset, d) in [(2, 1, 100, 0, 32), (4, 2, 70, 30, 64), (2, 2, 17, 0, 80), (3, 3, 130, 5, 16), (2, 2, 49, 150, 128)] {
+            let s = offset + t;
+            let [q, k, v] = [(h, t), (kvh, s), (kvh, s)].map(|(a, b)| Tensor::randn(0f32, 1.0, (a, b, d), &dev).unwrap());
+            let scale = 1.0 / (d as f64).sqrt();
+            let slow = attention_slow(&q, &k, &v, Some(offset), scale).unwrap();
+            let [k16, v16] = [&k, &v].map(|x| x.to_dtype(DType::F16).unwrap());
+            let slow16 = attention_slow(&q, &k16.to_dtype(DType::F32).unwrap(), &v16.to_dtype(DType::F32).unwrap(), Some(offset), scale).unwrap();
+            // the same values with D as the middle axis, viewed back: not row-major
+            let [ks, vs] = [&k, &v].map(|x| x.transpose(1, 2).unwrap().contiguous().unwrap().transpose(1, 2).unwrap());
+            for isa in Isa::supported() {
+                for (kind, (ki, vi, twin)) in [("f32", (&k, &v, &slow)), ("f16", (&k16, &v16, &slow16)), ("strided", (&ks, &vs, &slow))] {
+                    let fast = flash_attention_with(isa, &q, ki, vi, Some(offset), scale).unwrap().expect("the fused path takes these inputs");
+                    let diff = max_abs_diff(&fast, twin).unwrap();
+                    println!("causal fused attention ({isa:?}, {kind} K/V) h={h} kvh={kvh} t={t} offset={offset} d={d}: max|diff| = {diff:e}");
+                    assert!(diff < 2e-5, "{diff}");
+                }
             }
         }
     }
@@ -364,11 +398,11 @@ mod tests {
     fn other_inputs_are_left_to_the_blocked_path() {
         let dev = Device::Cpu;
         let q = Tensor::randn(0f32, 1.0, (2, 8, 20), &dev).unwrap();
-        assert!(flash_attention(&q, &q, &q, 0.5).unwrap().is_none(), "head dim 20 is not a multiple of 16");
+        assert!(flash_attention(&q, &q, &q, None, 0.5).unwrap().is_none(), "head dim 20 is not a multiple of 16");
         let q = Tensor::randn(0f32, 1.0, (2, 8, 32), &dev).unwrap();
         let qb = q.to_dtype(DType::BF16).unwrap();
-        assert!(flash_attention(&qb, &qb, &qb, 0.5).unwrap().is_none(), "bf16");
-        let strided = Tensor::randn(0f32, 1.0, (2, 32, 8), &dev).unwrap().transpose(1, 2).unwrap();
-        assert!(flash_attention(&strided, &strided, &strided, 0.5).unwrap().is_none(), "not contiguous");
+        assert!(flash_attention(&qb, &qb, &qb, None, 0.5).unwrap().is_none(), "bf16 queries");
+        let k = Tensor::randn(0f32, 1.0, (3, 8, 32), &dev).unwrap();
+        assert!(flash_attention(&q, &k, &k, None, 0.5).unwrap().is_none(), "2 query heads over 3 KV heads");
     }
 }
