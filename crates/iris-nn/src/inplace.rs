@@ -7,8 +7,9 @@
 //! per-op rounding, so the results are bit-identical to the out-of-place twins the tests compare
 //! against (candle runs some of its bf16 ops on one thread).
 //!
-//! Exception: on AVX-512F CPUs the f32 activations (`quick_gelu`, `silu_mul`, `gelu_erf`) run
-//! 16 lanes at a time (`avx512`, with the softmax's Cephes `exp` polynomial): scalar `expf`
+//! Exception: on AVX-512F and AVX2 CPUs the f32 activations (`quick_gelu`, `silu_mul`,
+//! `gelu_erf`) run 16 or 8 lanes at a time (`inplace/avx512.rs`, `inplace/avx2.rs`, with the
+//! softmax's Cephes `exp` polynomial): scalar `expf`
 //! calls were ~4% of a 448² vision encode and prefill, and CogVLM2's ViT takes 8.9 G erf GELUs
 //! per 1344² image. The sigmoids agree with candle's within a few ulp, the erf GELU within
 //! 3e-7 of `max(|x|, 1)` (tested), not bit for bit. `IRIS_SCALAR_ACTIVATIONS=1` keeps the
@@ -20,6 +21,7 @@
 //! the out-of-place formula runs instead, with the same result.
 
 use crate::error::Result;
+use crate::f32_gemm::Isa;
 use candle_core::{CpuStorage, DType, InplaceOp1, InplaceOp2, Layout, Tensor};
 use half::{bf16, f16};
 use rayon::prelude::*;
@@ -146,20 +148,13 @@ impl<F: Fn(&mut [f32]) + Sync + Send> InplaceOp1 for ChunkMap<F> {
     }
 }
 
-/// Whether the f32 activations (sigmoids, erf GELU) take the AVX-512 kernels.
+/// The vector kernels the f32 activations (sigmoids, erf GELU) take: AVX-512F (`avx512.rs`) or
+/// AVX2 and FMA (`avx2.rs`), the fastest this CPU runs; none elsewhere or with
+/// `IRIS_SCALAR_ACTIVATIONS` set.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-fn vector_activations() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        {
-            std::env::var_os("IRIS_SCALAR_ACTIVATIONS").is_none() && std::arch::is_x86_feature_detected!("avx512f")
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            false
-        }
-    })
+fn vector_isa() -> Option<Isa> {
+    static ISA: std::sync::OnceLock<Option<Isa>> = std::sync::OnceLock::new();
+    *ISA.get_or_init(|| if std::env::var_os("IRIS_SCALAR_ACTIVATIONS").is_some() { None } else { Isa::supported().last().copied() })
 }
 
 /// `f` over a fresh contiguous CPU `x` of `dtype` in place; `false` (nothing done) otherwise.
@@ -190,16 +185,19 @@ impl Activation {
         }
     }
 
-    /// The same over f32 values in place, as the tensor functions compute f32 (each 16 values in
-    /// vector lanes and a tail by the scalar formula on AVX-512F CPUs, else the scalar formula).
+    /// The same over f32 values in place, as the tensor functions compute f32 (each 16 or 8
+    /// values in vector lanes and a tail by the scalar formula on AVX-512F or AVX2 CPUs, else
+    /// the scalar formula).
     pub(crate) fn apply_f32(self, x: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
-        if vector_activations() {
-            // SAFETY: `vector_activations` checked AVX-512F.
+        if let Some(isa) = vector_isa() {
+            // SAFETY: `Isa::supported()` checked the ISA's features.
             unsafe {
-                match self {
-                    Activation::GeluErf => avx512::gelu_erf(x),
-                    Activation::QuickGelu => avx512::quick_gelu(x),
+                match (isa, self) {
+                    (Isa::Avx512, Activation::GeluErf) => avx512::gelu_erf(x),
+                    (Isa::Avx512, Activation::QuickGelu) => avx512::quick_gelu(x),
+                    (Isa::Avx2, Activation::GeluErf) => avx2::gelu_erf(x),
+                    (Isa::Avx2, Activation::QuickGelu) => avx2::quick_gelu(x),
                 }
             }
             return;
@@ -303,81 +301,10 @@ fn quick_gelu_scalar(v: f32) -> f32 {
     v * ((-(v * 1.702f32 + 0.0)).exp() + 1.0).recip()
 }
 
-/// 16-lane sigmoids: `exp(-|a|)` from the softmax's polynomial (its argument is never positive),
-/// then `1 / (1 + e)` for `a >= 0` and `e / (1 + e)` for `a < 0`, so no lane overflows.
 #[cfg(target_arch = "x86_64")]
-mod avx512 {
-    use crate::softmax::avx512::exp_nonpositive;
-    use std::arch::x86_64::*;
-
-    #[inline(always)]
-    unsafe fn sigmoid(a: __m512) -> __m512 {
-        let e = exp_nonpositive(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_abs_ps(a)));
-        let denominator = _mm512_add_ps(e, _mm512_set1_ps(1.0));
-        let negative = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(a, _mm512_setzero_ps());
-        _mm512_div_ps(_mm512_mask_blend_ps(negative, _mm512_set1_ps(1.0), e), denominator)
-    }
-
-    /// `vector` over each 16 values of `x` in place, `scalar` over the tail.
-    #[inline(always)]
-    unsafe fn map_lanes(x: &mut [f32], vector: impl Fn(__m512) -> __m512, scalar: fn(f32) -> f32) {
-        let mut chunks = x.chunks_exact_mut(16);
-        for c in &mut chunks {
-            // SAFETY: `c` holds 16 values.
-            unsafe { _mm512_storeu_ps(c.as_mut_ptr(), vector(_mm512_loadu_ps(c.as_ptr()))) };
-        }
-        chunks.into_remainder().iter_mut().for_each(|v| *v = scalar(*v));
-    }
-
-    /// `x * sigmoid(1.702 x)` in place.
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn quick_gelu(x: &mut [f32]) {
-        // SAFETY: AVX-512F is enabled here.
-        unsafe { map_lanes(x, |v| _mm512_mul_ps(v, sigmoid(_mm512_mul_ps(v, _mm512_set1_ps(1.702)))), super::quick_gelu_scalar) }
-    }
-
-    /// `0.5 x (1 + erf(x / sqrt 2))` in place. erf by Abramowitz & Stegun 7.1.26 (absolute
-    /// error <= 1.5e-7; PyTorch's vectorised `erf` uses the same formula): with `a = |x| / sqrt 2`,
-    /// `t = 1 / (1 + 0.3275911 a)`, `q = t P(t) exp(-a^2)` is `1 - erf(a)`, so `1 + erf(x)` is
-    /// `2 - q` for `x >= 0` and `q` (without cancellation) for `x < 0`.
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn gelu_erf(x: &mut [f32]) {
-        let erf_gelu = |v: __m512| {
-            let a = _mm512_mul_ps(_mm512_abs_ps(v), _mm512_set1_ps(std::f32::consts::FRAC_1_SQRT_2));
-            let t = _mm512_div_ps(_mm512_set1_ps(1.0), _mm512_fmadd_ps(a, _mm512_set1_ps(0.327_591_1), _mm512_set1_ps(1.0)));
-            let mut p = _mm512_set1_ps(1.061_405_4);
-            for coefficient in [-1.453_152, 1.421_413_7, -0.284_496_74, 0.254_829_6] {
-                p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(coefficient));
-            }
-            let minus_a2 = _mm512_mul_ps(_mm512_sub_ps(_mm512_setzero_ps(), a), a);
-            // SAFETY: AVX-512F is enabled here.
-            let q = _mm512_mul_ps(_mm512_mul_ps(p, t), unsafe { exp_nonpositive(minus_a2) });
-            let negative = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(v, _mm512_setzero_ps());
-            let one_plus_erf = _mm512_mask_blend_ps(negative, _mm512_sub_ps(_mm512_set1_ps(2.0), q), q);
-            _mm512_mul_ps(_mm512_mul_ps(one_plus_erf, _mm512_set1_ps(0.5)), v)
-        };
-        // SAFETY: AVX-512F is enabled here.
-        unsafe { map_lanes(x, erf_gelu, super::gelu_erf_scalar) }
-    }
-
-    /// `g = g * sigmoid(g) * u` in place.
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn silu_mul(g: &mut [f32], u: &[f32]) {
-        assert_eq!(g.len(), u.len());
-        let whole = g.len() / 16 * 16;
-        for i in (0..whole).step_by(16) {
-            // SAFETY: `i + 16 <= whole <= len` for both slices.
-            unsafe {
-                let v = _mm512_loadu_ps(g.as_ptr().add(i));
-                let w = _mm512_loadu_ps(u.as_ptr().add(i));
-                _mm512_storeu_ps(g.as_mut_ptr().add(i), _mm512_mul_ps(_mm512_mul_ps(v, sigmoid(v)), w));
-            }
-        }
-        for (g, &u) in g[whole..].iter_mut().zip(&u[whole..]) {
-            *g = super::silu_mul_scalar(*g, u);
-        }
-    }
-}
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 
 /// `g[i] = f(g[i], u[i])`, across the pool for large buffers.
 fn zip_in_place<T: Copy + Send + Sync>(g: &mut [T], u: &[T], f: impl Fn(T, T) -> T + Sync + Send) {
@@ -402,10 +329,15 @@ impl InplaceOp2 for SiluMul {
         match (s1, s2) {
             // candle's silu `v / (1 + exp(-v))`, then the product
             #[cfg(target_arch = "x86_64")]
-            (CpuStorage::F32(g), CpuStorage::F32(u)) if vector_activations() => {
-                let (g, u) = (&mut g[span(l1)], &u[span(l2)]);
-                // SAFETY: `vector_activations` checked AVX-512F.
-                g.par_chunks_mut(CHUNK).zip(u.par_chunks(CHUNK)).for_each(|(g, u)| unsafe { avx512::silu_mul(g, u) });
+            (CpuStorage::F32(g), CpuStorage::F32(u)) if vector_isa().is_some() => {
+                let (g, u, isa) = (&mut g[span(l1)], &u[span(l2)], vector_isa());
+                // SAFETY: `Isa::supported()` checked the ISA's features.
+                g.par_chunks_mut(CHUNK).zip(u.par_chunks(CHUNK)).for_each(|(g, u)| unsafe {
+                    match isa {
+                        Some(Isa::Avx512) => avx512::silu_mul(g, u),
+                        _ => avx2::silu_mul(g, u),
+                    }
+                });
             }
             (CpuStorage::F32(g), CpuStorage::F32(u)) => zip_in_place(&mut g[span(l1)], &u[span(l2)], silu_mul_scalar),
             // the same steps in half's bf16 arithmetic, rounding after each as candle's bf16 ops do
@@ -473,60 +405,60 @@ mod tests {
         assert!(same_bits(&add_bias(x.copy().unwrap(), &b).unwrap(), &x.broadcast_add(&b).unwrap()), "add_bias");
     }
 
-    /// Bit-identical, or for f32 through the AVX-512 sigmoids within 4 ulp (of the value, or of
+    /// Bit-identical, or for f32 through the vector sigmoids within 4 ulp (of the value, or of
     /// 1e-20 near zero).
     fn same_bits_or_vector_ulps(a: &Tensor, b: &Tensor) -> bool {
-        if !(a.dtype() == DType::F32 && vector_activations()) {
+        if !(a.dtype() == DType::F32 && vector_isa().is_some()) {
             return same_bits(a, b);
         }
         let (a, b): (Vec<f32>, Vec<f32>) = (a.flatten_all().unwrap().to_vec1().unwrap(), b.flatten_all().unwrap().to_vec1().unwrap());
         let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs() / (y.abs().max(1e-20) * f32::EPSILON)).fold(0f32, f32::max);
-        println!("AVX-512 sigmoid: {worst:.2} ulp from candle's scalar formula");
+        println!("{:?} sigmoid: {worst:.2} ulp from candle's scalar formula", vector_isa());
         a.len() == b.len() && worst <= 4.0
     }
 
-    /// Bit-identical, or for f32 through the AVX-512 erf GELU within 3e-7 of `max(|x|, 1)`.
+    /// Bit-identical, or for f32 through the vector erf GELU within 3e-7 of `max(|x|, 1)`.
     fn same_bits_or_erf_tolerance(a: &Tensor, b: &Tensor, x: &Tensor) -> bool {
-        if !(a.dtype() == DType::F32 && vector_activations()) {
+        if !(a.dtype() == DType::F32 && vector_isa().is_some()) {
             return same_bits(a, b);
         }
         let values = |t: &Tensor| -> Vec<f32> { t.flatten_all().unwrap().to_vec1().unwrap() };
         let (a, b, x) = (values(a), values(b), values(x));
         let worst = a.iter().zip(&b).zip(&x).map(|((p, q), v)| (p - q).abs() / v.abs().max(1.0)).fold(0f32, f32::max);
-        println!("AVX-512 erf GELU: {worst:.2e} of max(|x|, 1) from candle's");
+        println!("{:?} erf GELU: {worst:.2e} of max(|x|, 1) from candle's", vector_isa());
         worst <= 3e-7
     }
 
     #[test]
     #[cfg(target_arch = "x86_64")]
     fn vector_activations_match_the_scalar_formulas_over_the_whole_range() {
-        if !vector_activations() {
-            println!("SKIPPED: no AVX-512F (the scalar formulas run)");
-            return;
+        if Isa::supported().is_empty() {
+            println!("SKIPPED: neither AVX-512F nor AVX2 (the scalar formulas run)");
         }
         // from deep in the saturated negative tail (exp underflow) to large positive values
         let x: Vec<f32> = (0..20_001).map(|i| (i as f32 - 10_000.0) * 0.01).chain([-1e4, -88.0, -87.0, 0.0, -0.0, 87.0, 1e4]).collect();
-        let (mut fast, mut g) = (x.clone(), x.clone());
         let u: Vec<f32> = x.iter().map(|v| 0.5 - v * 0.01).collect();
-        // SAFETY: `vector_activations` checked AVX-512F.
-        unsafe {
-            avx512::quick_gelu(&mut fast);
-            avx512::silu_mul(&mut g, &u);
+        for isa in Isa::supported() {
+            let (mut fast, mut g, mut erf_gelu) = (x.clone(), x.clone(), x.clone());
+            // SAFETY: `Isa::supported()` checked the ISA's features.
+            unsafe {
+                match isa {
+                    Isa::Avx512 => (avx512::quick_gelu(&mut fast), avx512::silu_mul(&mut g, &u), avx512::gelu_erf(&mut erf_gelu)),
+                    Isa::Avx2 => (avx2::quick_gelu(&mut fast), avx2::silu_mul(&mut g, &u), avx2::gelu_erf(&mut erf_gelu)),
+                };
+            }
+            // relative to the value, or to 1e-20 in the underflowing tails (the polynomial
+            // flushes exp below -87.3 to 0; the scalar formula leaves ~1e-36)
+            let ulps = |got: f32, want: f32| (got - want).abs() / (want.abs().max(1e-20) * f32::EPSILON);
+            let gelu = x.iter().zip(&fast).map(|(&v, &f)| ulps(f, quick_gelu_scalar(v))).fold(0f32, f32::max);
+            let silu = x.iter().zip(&u).zip(&g).map(|((&v, &w), &f)| ulps(f, silu_mul_scalar(v, w))).fold(0f32, f32::max);
+            println!("{isa:?} quick_gelu {gelu:.2} ulp, silu_mul {silu:.2} ulp from the scalar formulas");
+            assert!(gelu <= 4.0 && silu <= 4.0, "{isa:?}: {gelu} / {silu} ulp");
+            // A&S 7.1.26's 1.5e-7 on erf, times 0.5 |x|, plus rounding
+            let worst = x.iter().zip(&erf_gelu).map(|(&v, &f)| (f - gelu_erf_scalar(v)).abs() / v.abs().max(1.0)).fold(0f32, f32::max);
+            println!("{isa:?} gelu_erf: max |error| {worst:.2e} of max(|x|, 1) from candle's erf formula");
+            assert!(worst <= 3e-7, "{isa:?} gelu_erf {worst:e}");
         }
-        // relative to the value, or to 1e-20 in the underflowing tails (the polynomial flushes
-        // exp below -87.3 to 0; the scalar formula leaves ~1e-36)
-        let ulps = |got: f32, want: f32| (got - want).abs() / (want.abs().max(1e-20) * f32::EPSILON);
-        let gelu = x.iter().zip(&fast).map(|(&v, &f)| ulps(f, quick_gelu_scalar(v))).fold(0f32, f32::max);
-        let silu = x.iter().zip(&u).zip(&g).map(|((&v, &w), &f)| ulps(f, silu_mul_scalar(v, w))).fold(0f32, f32::max);
-        println!("AVX-512 quick_gelu {gelu:.2} ulp, silu_mul {silu:.2} ulp from the scalar formulas");
-        assert!(gelu <= 4.0 && silu <= 4.0, "{gelu} / {silu} ulp");
-        let mut erf_gelu = x.clone();
-        // SAFETY: as above.
-        unsafe { avx512::gelu_erf(&mut erf_gelu) };
-        // A&S 7.1.26's 1.5e-7 on erf, times 0.5 |x|, plus rounding
-        let worst = x.iter().zip(&erf_gelu).map(|(&v, &f)| (f - gelu_erf_scalar(v)).abs() / v.abs().max(1.0)).fold(0f32, f32::max);
-        println!("AVX-512 gelu_erf: max |error| {worst:.2e} of max(|x|, 1) from candle's erf formula");
-        assert!(worst <= 3e-7, "gelu_erf {worst:e}");
     }
 
     #[test]
