@@ -10,7 +10,7 @@
 //! also take Iris's f32 GEMM (`f32_gemm`) with each ISA this CPU runs. Prints GFLOP/s
 //! (2 * m * N * K per product). `IRIS_NO_F32_GEMM=1` sends the quantized path without VNNI
 //! back to candle's GEMM on f32 tiles.
-//! `cargo run --release -p iris-nn --example gemm_bench`
+//! `cargo run --release -p iris-nn --example gemm_bench [large]` (`large`: see `large_inputs`)
 
 use candle_core::{DType, Device, Tensor};
 use iris_nn::{QuantizedMatrix, WeightFormat};
@@ -43,6 +43,9 @@ fn main() {
         ("lm gate", 16, 8960, 1536),
         ("lm gate", 9, 8960, 1536),
     ];
+    if std::env::args().nth(1).as_deref() == Some("large") {
+        return large_inputs();
+    }
     for (label, m, n, k) in shapes {
         let x = Tensor::randn(0f32, 1.0, (m, k), &dev).unwrap();
         let w = Tensor::randn(0f32, 0.05, (n, k), &dev).unwrap();
@@ -89,6 +92,22 @@ fn main() {
         if iris_nn::amx::available() {
             let t = best_of(3, || drop(iris_nn::ops::dense_forward(&x, &wb).unwrap().expect("the AMX path takes bf16 weights")));
             println!("{label} [{m}, {k}] x [{n}, {k}]^T bf16 AMX GEMM: {:.1} ms, {:.0} GFLOP/s", t * 1e3, flops / t / 1e9);
+        }
+    }
+}
+
+/// `gemm_bench large`: the f32 GEMM (f32 weights) with each ISA this CPU runs on CogVLM2's
+/// vision MLP at 9216 rows (a 1344² image) next to the same products on 1024 rows, where a
+/// task's rows and output block fit the caches.
+fn large_inputs() {
+    for (m, n, k) in [(1024, 15360, 1792), (9216, 15360, 1792), (1024, 1792, 15360), (9216, 1792, 15360)] {
+        let xs: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 * 0.1).collect();
+        let ws: Vec<f32> = (0..n * k).map(|i| (i % 5) as f32 * 0.1).collect();
+        let flops = 2.0 * (m * n * k) as f64;
+        for isa in iris_nn::f32_gemm::Isa::supported() {
+            use iris_nn::f32_gemm::{gemm_vec_with, F32Weight};
+            let t = best_of(2, || drop(gemm_vec_with(isa, &xs, m, F32Weight::F32(&ws), n, k)));
+            println!("[{m}, {k}] x [{n}, {k}]^T f32 GEMM ({isa:?}): {:.1} ms, {:.0} GFLOP/s", t * 1e3, flops / t / 1e9);
         }
     }
 }

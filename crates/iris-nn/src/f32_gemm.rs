@@ -9,10 +9,11 @@
 //! repacked for each tile. This GEMM packs only the weight, from any of those storages, so the
 //! AVX2 twin (`f32_gemm/avx2.rs`) serves those paths.
 //!
-//! Blocking (GotoBLAS's): a task owns up to `COL_BLOCK` output columns. For each `KC` slice of K
-//! it packs them into panels of 32 columns, `KC x 32` f32 (16 x 16 register transposes, laid
-//! out as the ISA's tiles read them, `panel_index`; the task's panels stay in L2), then for each tile of `TILE_ROWS` activation rows (their `KC`
-//! slice stays in L1) runs every panel: `2 * TILE_ROWS` accumulators, per k two panel loads and
+//! Blocking (GotoBLAS's): a task owns up to `COL_BLOCK` output columns and takes the rows in
+//! blocks of up to `ROW_BLOCK`. For each block and each `KC` slice of K it packs its columns
+//! into panels of 32, `KC x 32` f32 (16 x 16 register transposes, laid out as the ISA's tiles
+//! read them, `panel_index`; the task's panels stay in L2), then for each tile of `TILE_ROWS`
+//! activation rows (their `KC` slice stays in L1) runs every panel: `2 * TILE_ROWS` accumulators, per k two panel loads and
 //! one broadcast per row. Partial sums live in the output between K slices. (Copying each
 //! tile's activations k-major, so a k step's broadcasts read one line through one pointer,
 //! measured slower: 280-300 -> 195-245 GFLOP/s on `gemm_bench`'s vision MLP.)
@@ -75,6 +76,14 @@ const TILE_ROWS: usize = 12;
 const KC: usize = 256;
 /// Most output columns per task.
 const COL_BLOCK: usize = 256;
+/// Most activation rows a task takes through all of K before the next rows (GotoBLAS's `mc`).
+/// With every row at once, a large input's K slice (9217 rows x 1 KiB in CogVLM2's tower) and
+/// the task's output block, read back for each K slice, left the caches between slices:
+/// `gemm_bench` (2-core Zen 2 VM, AVX2 kernels, f32 weights) `[9216, 1792] x [15360, 1792]^T`
+/// 152-159 GFLOP/s and `[9216, 15360] x [1792, 15360]^T` 152-156, against 174 and 165 at 1024
+/// rows; in blocks of 1020 rows 176 and 182-183, 1320 rows 173 and 183, 2040 rows 171 and
+/// 178. (Prefetching the next tile's rows instead changed nothing.) Not re-timed on AVX-512.
+const ROW_BLOCK: usize = 1536;
 
 /// The kernels a CPU runs this GEMM with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -146,23 +155,30 @@ fn gemm_into(isa: Isa, x: &[f32], m: usize, w: F32Weight, n: usize, k: usize, ds
         let (p0, count) = (task * per_task, per_task.min(panels - task * per_task));
         // [count][KC][PANEL]
         let mut packed = vec![0f32; count * KC * PANEL];
-        for kb in (0..k).step_by(KC) {
-            let kc = KC.min(k - kb);
-            for (p, panel) in packed.chunks_exact_mut(KC * PANEL).enumerate() {
-                pack_panel(isa, w, n, k, (p0 + p) * PANEL, kb, kc, panel);
-            }
-            for r0 in (0..m).step_by(TILE_ROWS) {
-                let rows = TILE_ROWS.min(m - r0);
-                for (p, panel) in packed.chunks_exact(KC * PANEL).enumerate() {
-                    let first = (p0 + p) * PANEL;
-                    let cols = PANEL.min(n - first);
-                    // SAFETY: the CPU runs `isa` (`gemm_vec_with`); the activations hold rows r0.. of
-                    // k values from kb + kc <= k, the panel kc rows; this task alone owns columns
-                    // first..first + cols of the output, whose rows are n apart.
-                    let (a, c) = unsafe { (x.as_ptr().add(r0 * k + kb), dst.at(r0, first)) };
-                    match isa {
-                        Isa::Avx512 => unsafe { avx512::tile(rows, a, k, panel, kc, c, n, cols, kb > 0) },
-                        Isa::Avx2 => unsafe { avx2::tile(rows, a, k, panel, kc, c, n, cols, kb > 0) },
+        // rows in blocks of at most ROW_BLOCK, equal and whole tiles, each block taking every
+        // K slice before the next (the slices' panels packed again per block)
+        let row_blocks = m.div_ceil(ROW_BLOCK);
+        let block_rows = m.div_ceil(row_blocks).next_multiple_of(TILE_ROWS);
+        for m0 in (0..m).step_by(block_rows) {
+            let m1 = (m0 + block_rows).min(m);
+            for kb in (0..k).step_by(KC) {
+                let kc = KC.min(k - kb);
+                for (p, panel) in packed.chunks_exact_mut(KC * PANEL).enumerate() {
+                    pack_panel(isa, w, n, k, (p0 + p) * PANEL, kb, kc, panel);
+                }
+                for r0 in (m0..m1).step_by(TILE_ROWS) {
+                    let rows = TILE_ROWS.min(m1 - r0);
+                    for (p, panel) in packed.chunks_exact(KC * PANEL).enumerate() {
+                        let first = (p0 + p) * PANEL;
+                        let cols = PANEL.min(n - first);
+                        // SAFETY: the CPU runs `isa` (`gemm_vec_with`); the activations hold rows
+                        // r0.. of k values from kb + kc <= k, the panel kc rows; this task alone
+                        // owns columns first..first + cols of the output, whose rows are n apart.
+                        let (a, c) = unsafe { (x.as_ptr().add(r0 * k + kb), dst.at(r0, first)) };
+                        match isa {
+                            Isa::Avx512 => unsafe { avx512::tile(rows, a, k, panel, kc, c, n, cols, kb > 0) },
+                            Isa::Avx2 => unsafe { avx2::tile(rows, a, k, panel, kc, c, n, cols, kb > 0) },
+                        }
                     }
                 }
             }
@@ -388,7 +404,8 @@ mod tests {
         // past COL_BLOCK and not a multiple of PANEL (or of 8 and 16), K past KC and not a
         // multiple of 16 or 8
         for isa in isas_here() {
-            for (m, n, k) in [(1, 1, 1), (5, 33, 17), (37, 45, 300), (30, 290, 530), (13, 64, 256), (7, 21, 9)] {
+            // and rows past ROW_BLOCK (two row blocks)
+            for (m, n, k) in [(1, 1, 1), (5, 33, 17), (37, 45, 300), (30, 290, 530), (13, 64, 256), (7, 21, 9), (ROW_BLOCK + 13, 40, 300)] {
                 let x = values(m * k, 11);
                 let (w32, w16, wb16) = weights(n, k, 13);
                 for w in [F32Weight::F32(&w32), F32Weight::F16(&w16), F32Weight::BF16(&wb16)] {
