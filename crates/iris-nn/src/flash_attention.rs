@@ -283,6 +283,59 @@ impl Shape {
     }
 }
 
+/// The order a block of `rows` query rows takes the keys in (both ISAs' kernels): key blocks
+/// outermost, every tile of up to `TILE_ROWS` rows taking each in turn, so a key block stays
+/// in cache for all of them. Causal: the block's last row sees the most keys, and a tile skips
+/// the blocks past its last row's (key 0 is visible to every row, so every row's first block
+/// sets a finite max). Calls `step(tile's first row, its rows, first key, shape)` with the
+/// shape's `first_row` moved to the tile's.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+#[inline(always)]
+fn for_each_tile_step(rows: usize, sh: Shape, mut step: impl FnMut(usize, usize, usize, Shape)) {
+    for j0 in (0..sh.visible_keys(sh.first_row + rows - 1)).step_by(KEY_BLOCK) {
+        for r0 in (0..rows).step_by(TILE_ROWS) {
+            let tile_rows = (rows - r0).min(TILE_ROWS);
+            if j0 < sh.visible_keys(sh.first_row + r0 + tile_rows - 1) {
+                step(r0, tile_rows, j0, Shape { first_row: sh.first_row + r0, ..sh });
+            }
+        }
+    }
+}
+
+/// Evaluates `$body` with the constant `$r` set to `$rows` (1..=TILE_ROWS), so a tile's row
+/// count is a compile-time constant of its kernel.
+#[cfg(target_arch = "x86_64")]
+macro_rules! with_tile_rows {
+    ($rows:expr, |$r:ident| $body:expr) => {
+        match $rows {
+            1 => {
+                const $r: usize = 1;
+                $body
+            }
+            2 => {
+                const $r: usize = 2;
+                $body
+            }
+            3 => {
+                const $r: usize = 3;
+                $body
+            }
+            4 => {
+                const $r: usize = 4;
+                $body
+            }
+            5 => {
+                const $r: usize = 5;
+                $body
+            }
+            _ => {
+                const $r: usize = TILE_ROWS;
+                $body
+            }
+        }
+    };
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]

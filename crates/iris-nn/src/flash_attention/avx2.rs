@@ -31,26 +31,10 @@ pub(super) unsafe fn query_block_f32(q: &[f32], kt: &[f32], v: &[f32], o: &mut [
     assert!(rows <= QUERY_BLOCK && s_pad.is_multiple_of(KEY_BLOCK) && d.is_multiple_of(TILE_COLUMNS));
     let mut state = [RowState { max: f32::NEG_INFINITY, sum: _mm256_setzero_ps() }; QUERY_BLOCK];
     o.fill(0.0);
-    // causal: the block's last row sees the most keys; a tile skips blocks past its last row's
-    // (key 0 is visible to every row, so every row's first block sets a finite max)
-    for j0 in (0..sh.visible_keys(sh.first_row + rows - 1)).step_by(KEY_BLOCK) {
-        for r0 in (0..rows).step_by(TILE_ROWS) {
-            let tile_rows = (rows - r0).min(TILE_ROWS);
-            if j0 >= sh.visible_keys(sh.first_row + r0 + tile_rows - 1) {
-                continue;
-            }
-            let (qt, ot, st) = (&q[r0 * d..], &mut o[r0 * d..], &mut state[r0..]);
-            let sh = Shape { first_row: sh.first_row + r0, ..sh };
-            match tile_rows {
-                1 => tile_step::<1>(qt, kt, v, ot, st, j0, sh),
-                2 => tile_step::<2>(qt, kt, v, ot, st, j0, sh),
-                3 => tile_step::<3>(qt, kt, v, ot, st, j0, sh),
-                4 => tile_step::<4>(qt, kt, v, ot, st, j0, sh),
-                5 => tile_step::<5>(qt, kt, v, ot, st, j0, sh),
-                _ => tile_step::<TILE_ROWS>(qt, kt, v, ot, st, j0, sh),
-            }
-        }
-    }
+    super::for_each_tile_step(rows, sh, |r0, tile_rows, j0, sh| {
+        let (qt, ot, st) = (&q[r0 * d..], &mut o[r0 * d..], &mut state[r0..]);
+        with_tile_rows!(tile_rows, |R| tile_step::<R>(qt, kt, v, ot, st, j0, sh))
+    });
     for (row, st) in o.chunks_exact_mut(d).zip(&state) {
         let inv = _mm256_set1_ps(1.0 / horizontal_sum(st.sum));
         for x in row.chunks_exact_mut(8) {

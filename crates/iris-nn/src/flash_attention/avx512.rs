@@ -59,26 +59,10 @@ unsafe fn query_block<H: HeadOperands>(head: &H, q: &[H::Q], q_row: usize, o: &m
     assert!(q.len() == rows * q_row && rows <= QUERY_BLOCK && s_pad.is_multiple_of(KEY_BLOCK) && d.is_multiple_of(16));
     let mut state = [RowState { max: f32::NEG_INFINITY, sum: _mm512_setzero_ps() }; QUERY_BLOCK];
     o.fill(0.0);
-    // causal: the block's last row sees the most keys; a tile skips blocks past its last row's
-    // (key 0 is visible to every row, so every row's first block sets a finite max)
-    for j0 in (0..sh.visible_keys(sh.first_row + rows - 1)).step_by(KEY_BLOCK) {
-        for r0 in (0..rows).step_by(TILE_ROWS) {
-            let tile_rows = (rows - r0).min(TILE_ROWS);
-            if j0 >= sh.visible_keys(sh.first_row + r0 + tile_rows - 1) {
-                continue;
-            }
-            let (qt, ot, st) = (&q[r0 * q_row..], &mut o[r0 * d..], &mut state[r0..]);
-            let sh = Shape { first_row: sh.first_row + r0, ..sh };
-            match tile_rows {
-                1 => head.tile_step::<1>(qt, ot, st, j0, sh),
-                2 => head.tile_step::<2>(qt, ot, st, j0, sh),
-                3 => head.tile_step::<3>(qt, ot, st, j0, sh),
-                4 => head.tile_step::<4>(qt, ot, st, j0, sh),
-                5 => head.tile_step::<5>(qt, ot, st, j0, sh),
-                _ => head.tile_step::<TILE_ROWS>(qt, ot, st, j0, sh),
-            }
-        }
-    }
+    super::for_each_tile_step(rows, sh, |r0, tile_rows, j0, sh| {
+        let (qt, ot, st) = (&q[r0 * q_row..], &mut o[r0 * d..], &mut state[r0..]);
+        with_tile_rows!(tile_rows, |R| head.tile_step::<R>(qt, ot, st, j0, sh))
+    });
     for (row, st) in o.chunks_exact_mut(d).zip(&state) {
         let inv = _mm512_set1_ps(1.0 / _mm512_reduce_add_ps(st.sum));
         for x in row.chunks_exact_mut(16) {
