@@ -80,7 +80,7 @@ const COL_BLOCK: usize = 256;
 /// With every row at once, a large input's K slice (9217 rows x 1 KiB in CogVLM2's tower) and
 /// the task's output block, read back for each K slice, left the caches between slices:
 /// `gemm_bench` (2-core Zen 2 VM, AVX2 kernels, f32 weights) `[9216, 1792] x [15360, 1792]^T`
-/// 152-159 GFLOP/s and `[9216, 15360] x [1792, 15360]^T` 152-156, against 174 and 165 at 1024
+/// 156-159 GFLOP/s and `[9216, 15360] x [1792, 15360]^T` 152-156, against 174 and 165 at 1024
 /// rows; in blocks of 1020 rows 176 and 182-183, 1320 rows 173 and 183, 2040 rows 171 and
 /// 178. (Prefetching the next tile's rows instead changed nothing.) Not re-timed on AVX-512.
 const ROW_BLOCK: usize = 1536;
