@@ -1,22 +1,22 @@
-//! Many-row products with f32, f16 or bf16 weights on x86-64 CPUs without AMX: `[m, K] x W^T`,
-//! f32 activations and sums, f32 out: the exact path (`--quant f32`, the CPU default, and 16-bit
-//! weights, widened exactly) of the vision towers and prefill, and the quantized products on
-//! CPUs without VNNI (decoded to f32 panel by panel). candle 0.11's GEMM (the `gemm` crate) issues 256-bit
-//! FMAs on stable Rust: ~180 GFLOP/s on the Xeon VM of BENCHMARKS.md, whose cores retire two
-//! 512-bit FMAs per cycle (`simd_peak`, ~490 GFLOP/s on 2 cores). On AVX2-only CPUs it reaches
-//! the same share of their 256-bit peak, but needs its operands as whole f32 matrices: bf16
-//! weights were widened whole on every call, quantized ones tile by tile with the activations
-//! repacked for each tile. This GEMM packs only the weight, from any of those storages, so the
-//! AVX2 twin (`f32_gemm/avx2.rs`) serves those paths.
+//! Many-row products with f32, f16 or bf16 weights on x86-64 CPUs without AMX: `[m, K] x W^T`, f32
+//! activations and sums, f32 out: the exact path (`--quant f32`, the CPU default, and 16-bit
+//! weights, widened exactly) of the vision towers and prefill, and the quantized products on CPUs
+//! without VNNI (decoded to f32 panel by panel). candle 0.11's GEMM (the `gemm` crate) issues
+//! 256-bit FMAs on stable Rust: ~180 GFLOP/s on the Xeon VM of BENCHMARKS.md, whose cores retire
+//! two 512-bit FMAs per cycle (`simd_peak`, ~490 GFLOP/s on 2 cores). On AVX2-only CPUs it reaches
+//! the same share of their 256-bit peak, but needs its operands as whole f32 matrices: bf16 weights
+//! were widened whole on every call, quantized ones tile by tile with the activations repacked for
+//! each tile. This GEMM packs only the weight, from any of those storages, so the AVX2 twin
+//! (`f32_gemm/avx2.rs`) serves those paths.
 //!
-//! Blocking (GotoBLAS's): a task owns up to `COL_BLOCK` output columns and takes the rows in
-//! blocks of up to `ROW_BLOCK`. For each block and each `KC` slice of K it packs its columns
-//! into panels of 32, `KC x 32` f32 (16 x 16 register transposes, laid out as the ISA's tiles
-//! read them, `panel_index`; the task's panels stay in L2), then for each tile of `TILE_ROWS`
-//! activation rows (their `KC` slice stays in L1) runs every panel: `2 * TILE_ROWS` accumulators, per k two panel loads and
-//! one broadcast per row. Partial sums live in the output between K slices. (Copying each
-//! tile's activations k-major, so a k step's broadcasts read one line through one pointer,
-//! measured slower: 280-300 -> 195-245 GFLOP/s on `gemm_bench`'s vision MLP.)
+//! Blocking (GotoBLAS's): a task owns up to `COL_BLOCK` output columns and takes the rows in blocks
+//! of up to `ROW_BLOCK`. For each block and each `KC` slice of K it packs its columns into panels
+//! of 32, `KC x 32` f32 (16 x 16 register transposes, laid out as the ISA's tiles read them,
+//! `panel_index`; the task's panels stay in L2), then for each tile of `TILE_ROWS` activation rows
+//! (their `KC` slice stays in L1) runs every panel: `2 * TILE_ROWS` accumulators, per k two panel
+//! loads and one broadcast per row. Partial sums live in the output between K slices. (Copying each
+//! tile's activations k-major, so a k step's broadcasts read one line through one pointer, measured
+//! slower: 280-300 -> 195-245 GFLOP/s on `gemm_bench`'s vision MLP.)
 //!
 //! Numbers: every output is summed in k order with fused multiply-adds (one rounding per step),
 //! which `gemm_reference`, a plain `mul_add` loop, reproduces bit for bit.

@@ -1,9 +1,9 @@
 //! Fused attention for many query rows on AVX-512F and AVX2 CPUs (the vision towers' full
-//! attention, and causal prefill): scores, softmax and the probability-weighted sum of V
-//! computed one block of keys at a time with the online softmax of FlashAttention (Dao et al.,
-//! 2022), so the `[T, S]` score matrix never exists. Each task owns 48 query rows in register tiles of six; a tile's scores for 64
-//! keys (24 registers on AVX-512) come from K transposed once per head, and its output rows take
-//! the block's V rows in register chunks.
+//! attention, and causal prefill): scores, softmax and the probability-weighted sum of V computed
+//! one block of keys at a time with the online softmax of FlashAttention (Dao et al., 2022), so the
+//! `[T, S]` score matrix never exists. Each task owns 48 query rows in register tiles of six; a
+//! tile's scores for 64 keys (24 registers on AVX-512) come from K transposed once per head, and
+//! its output rows take the block's V rows in register chunks.
 //!
 //! Two operand precisions: f32 products (`flash_attention`, FMA: 16 multiply-adds per
 //! instruction), and bf16 operands with f32 sums (`flash_attention_bf16`, AVX512-BF16's

@@ -7,13 +7,12 @@
 //! per-op rounding, so the results are bit-identical to the out-of-place twins the tests compare
 //! against (candle runs some of its bf16 ops on one thread).
 //!
-//! Exception: on AVX-512F and AVX2 CPUs the f32 activations (`quick_gelu`, `silu_mul`,
-//! `gelu_erf`) run 16 or 8 lanes at a time (`inplace/avx512.rs`, `inplace/avx2.rs`, with the
-//! softmax's Cephes `exp` polynomial): scalar `expf`
-//! calls were ~4% of a 448² vision encode and prefill, and CogVLM2's ViT takes 8.9 G erf GELUs
-//! per 1344² image. The sigmoids agree with candle's within a few ulp, the erf GELU within
-//! 3e-7 of `max(|x|, 1)` (tested), not bit for bit. `IRIS_SCALAR_ACTIVATIONS=1` keeps the
-//! scalar formulas, for A/B runs.
+//! Exception: on AVX-512F and AVX2 CPUs the f32 activations (`quick_gelu`, `silu_mul`, `gelu_erf`)
+//! run 16 or 8 lanes at a time (`inplace/avx512.rs`, `inplace/avx2.rs`, with the softmax's Cephes
+//! `exp` polynomial): scalar `expf` calls were ~4% of a 448² vision encode and prefill, and
+//! CogVLM2's ViT takes 8.9 G erf GELUs per 1344² image. The sigmoids agree with candle's within a
+//! few ulp, the erf GELU within 3e-7 of `max(|x|, 1)` (tested), not bit for bit.
+//! `IRIS_SCALAR_ACTIVATIONS=1` keeps the scalar formulas, for A/B runs.
 //!
 //! Every function here takes its input by value and may write into its buffer: pass only a
 //! tensor nothing else still reads (a fresh matmul output, not a view of a weight or of a tensor

@@ -107,6 +107,13 @@ pub(crate) fn q4k_row(blocks: &[Q4KBlock], per_row: usize, o: usize) -> impl Ite
     blocks[start..].iter().step_by(stride).take(per_row).enumerate()
 }
 
+/// The int8 quants and f16 scales of values `kb..kb + len` of q8_0 weight row `row`
+/// (block-aligned; rows are stored one after another).
+fn q8_0_range<'a>(qs: &'a [i8], d: &'a [f16], k: usize, row: usize, kb: usize, len: usize) -> (&'a [i8], &'a [f16]) {
+    let first = row * k + kb;
+    (&qs[first..][..len], &d[first / QK8_0..][..len / QK8_0])
+}
+
 /// Super-block `s` of weight row `o`.
 pub(crate) fn q4k_block(blocks: &[Q4KBlock], per_row: usize, o: usize, s: usize) -> &Q4KBlock {
     let (start, stride) = q4k_row_layout(blocks.len(), per_row, o);
@@ -153,19 +160,21 @@ pub(crate) fn dequantize_row_range(blocks: &Blocks, k: usize, row: usize, kb: us
 pub(crate) fn prefetch_row_range(blocks: &Blocks, k: usize, row: usize, kb: usize, len: usize) {
     #[cfg(target_arch = "x86_64")]
     {
-        let lines = |bytes: &[u8]| (0..bytes.len()).step_by(64).for_each(|i| prefetch::prefetch_to_l2(bytes[i..].as_ptr() as *const i8));
+        // every 64-byte line of `len` bytes from `start`, the last byte's included
+        let lines = |start: *const u8, len: usize| {
+            (0..len).step_by(64).chain(len.checked_sub(1)).for_each(|i| prefetch::prefetch_to_l2(start.wrapping_add(i) as *const i8));
+        };
         match blocks {
             Blocks::Q8_0 { qs, d } => {
-                let (qs, d) = (&qs[row * k + kb..][..len], &d[(row * k + kb) / QK8_0..][..len / QK8_0]);
-                // SAFETY: plain bytes of the same slices (i8 and f16 have no invalid bit patterns)
-                let (qs, d) = unsafe { (std::slice::from_raw_parts(qs.as_ptr() as *const u8, qs.len()), std::slice::from_raw_parts(d.as_ptr() as *const u8, 2 * d.len())) };
-                lines(qs);
-                lines(d);
+                let (qs, d) = q8_0_range(qs, d, k, row, kb, len);
+                lines(qs.as_ptr() as *const u8, qs.len());
+                lines(d.as_ptr() as *const u8, std::mem::size_of_val(d));
             }
+            // a row's blocks are interleaved with its group's (`q4k_row_layout`), not contiguous
             Blocks::Q4K(blocks) => {
-                let row_blocks = &blocks[(row * k + kb) / QK_K..][..len / QK_K];
-                // SAFETY: `Q4KBlock` is `repr(C)` plain data
-                lines(unsafe { std::slice::from_raw_parts(row_blocks.as_ptr() as *const u8, std::mem::size_of_val(row_blocks)) });
+                for (_, blk) in q4k_row(blocks, k / QK_K, row).skip(kb / QK_K).take(len / QK_K) {
+                    lines(blk as *const Q4KBlock as *const u8, std::mem::size_of::<Q4KBlock>());
+                }
             }
         }
     }
@@ -180,7 +189,10 @@ pub(crate) fn prefetch_row_range(blocks: &Blocks, k: usize, row: usize, kb: usiz
 #[target_feature(enable = "avx2,f16c")]
 unsafe fn dequantize_row_avx2(blocks: &Blocks, k: usize, row: usize, kb: usize, out: &mut [f32]) {
     match blocks {
-        Blocks::Q8_0 { qs, d } => avx2::dequantize_q8_0(&qs[row * k + kb..][..out.len()], &d[(row * k + kb) / QK8_0..][..out.len() / QK8_0], out),
+        Blocks::Q8_0 { qs, d } => {
+            let (qs, d) = q8_0_range(qs, d, k, row, kb, out.len());
+            avx2::dequantize_q8_0(qs, d, out)
+        }
         Blocks::Q4K(_) => dequantize_row_portable(blocks, k, row, kb, out),
     }
 }
@@ -190,10 +202,8 @@ unsafe fn dequantize_row_avx2(blocks: &Blocks, k: usize, row: usize, kb: usize, 
 pub(super) fn dequantize_row_portable(blocks: &Blocks, k: usize, row: usize, kb: usize, out: &mut [f32]) {
     match blocks {
         Blocks::Q8_0 { qs, d } => {
-            let per_row = k / QK8_0;
-            let scales = &d[row * per_row + kb / QK8_0..][..out.len() / QK8_0];
-            let values = qs[row * k + kb..][..out.len()].chunks_exact(QK8_0);
-            for ((dst, q), scale) in out.chunks_exact_mut(QK8_0).zip(values).zip(scales) {
+            let (values, scales) = q8_0_range(qs, d, k, row, kb, out.len());
+            for ((dst, q), scale) in out.chunks_exact_mut(QK8_0).zip(values.chunks_exact(QK8_0)).zip(scales) {
                 let scale = scale.to_f32();
                 for (o, &v) in dst.iter_mut().zip(q) {
                     *o = scale * v as f32;
